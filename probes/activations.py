@@ -1,0 +1,187 @@
+"""Per-layer activations of a dataset, pooled per example and cached as safetensors.
+
+Layers follow METHODS.md §1: for the residual stream, layer 0 is ``blocks.0.hook_resid_pre`` and layer
+``l`` (1..L) is ``blocks.{l-1}.hook_resid_post``. Other sites live inside block ``l-1`` and are indexed
+1..L. The forward pass stops after the last block it needs and never computes the unembedding.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from probes.io import atomic_path, read_json, stage, write_json
+from probes.provenance import package_versions
+
+if TYPE_CHECKING:
+    import torch
+    from transformer_lens import HookedTransformer
+
+log = logging.getLogger(__name__)
+
+SITES = ("resid", "ln2.hook_normalized", "attn_out", "mlp_out")
+POOLINGS = ("last", "mean")
+
+
+@dataclass(frozen=True)
+class ExtractionSettings:
+    site: str = "resid"
+    poolings: tuple[str, ...] = POOLINGS
+    batch_size: int = 16
+    max_tokens: int = 256
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.site not in SITES:
+            raise ValueError(f"site {self.site!r} is not one of {SITES}")
+        unknown = set(self.poolings) - set(POOLINGS)
+        if unknown or not self.poolings:
+            raise ValueError(f"poolings {list(self.poolings)} must be a non-empty subset of {POOLINGS}")
+        if self.batch_size < 1 or self.max_tokens < 2:
+            raise ValueError("batch_size must be >= 1 and max_tokens >= 2")
+
+
+def site_hooks(site: str, n_layers: int) -> dict[int, str]:
+    """Map layer index -> TransformerLens hook name, so stored files name what they hold."""
+    if site == "resid":
+        return {0: "blocks.0.hook_resid_pre"} | {l: f"blocks.{l - 1}.hook_resid_post" for l in range(1, n_layers + 1)}
+    hook = site if site.startswith("ln") else f"hook_{site}"
+    return {l: f"blocks.{l - 1}.{hook}" for l in range(1, n_layers + 1)}
+
+
+def tokenize(model: HookedTransformer, texts: Sequence[str], max_tokens: int) -> tuple[list[torch.Tensor], int]:
+    """Tokenise one text at a time, so padding can never leak into what a text's tokens are."""
+    token_lists = [model.to_tokens(text, move_to_device=False, truncate=False)[0] for text in texts]
+    truncated = sum(len(tokens) > max_tokens for tokens in token_lists)
+    if truncated:
+        log.warning("%d of %d texts exceed max_tokens=%d and are truncated", truncated, len(texts), max_tokens)
+    return [tokens[:max_tokens] for tokens in token_lists], truncated
+
+
+def extract_activations(
+    model: HookedTransformer,
+    texts: Sequence[str],
+    settings: ExtractionSettings,
+    progress: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Pooled activations, ``{pooling: float32 tensor (n_texts, n_site_layers, d_model)}``, plus details.
+
+    Texts are batched in order of length with right padding: under causal attention the real tokens
+    never see the pads, so batched vectors equal one-at-a-time vectors.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    hooks = site_hooks(settings.site, model.cfg.n_layers)
+    layer_of = {name: layer for layer, name in hooks.items()}
+    token_lists, n_truncated = tokenize(model, texts, settings.max_tokens)
+    lengths = torch.tensor([len(tokens) for tokens in token_lists])
+    # Mean pooling skips a prepended BOS: its huge norm (an attention sink) would swamp the average.
+    skip_first = int(bool(model.cfg.default_prepend_bos))
+    order = torch.argsort(lengths, stable=True)
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    n, n_site_layers = len(texts), len(hooks)
+    out = {p: torch.zeros(n, n_site_layers, model.cfg.d_model, dtype=torch.float32) for p in settings.poolings}
+    columns = {layer: column for column, layer in enumerate(sorted(hooks))}
+    stop_at = max(int(name.split(".")[1]) for name in hooks.values()) + 1
+
+    batches = [order[i : i + settings.batch_size] for i in range(0, n, settings.batch_size)]
+    for batch in tqdm(batches, desc="extracting", unit="batch", disable=not progress):
+        batch_lengths = lengths[batch]
+        width = int(batch_lengths.max())
+        tokens = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        for row, index in enumerate(batch.tolist()):
+            tokens[row, : lengths[index]] = token_lists[index]
+        positions = torch.arange(width)
+        mask = (positions[None, :] < batch_lengths[:, None]).to(settings.device)
+        mean_mask = (mask & (positions[None, :].to(settings.device) >= min(skip_first, width - 1))).float()
+        last_index = (batch_lengths - 1).to(settings.device)
+
+        def pool(activation: torch.Tensor, hook: Any) -> None:
+            column = columns[layer_of[hook.name]]
+            activation = activation.float()
+            if "last" in out:
+                out["last"][batch, column] = activation[torch.arange(len(batch)), last_index].cpu()
+            if "mean" in out:
+                summed = (activation * mean_mask[:, :, None]).sum(1) / mean_mask.sum(1, keepdim=True)
+                out["mean"][batch, column] = summed.cpu()
+
+        with torch.inference_mode():
+            model.run_with_hooks(
+                tokens.to(settings.device),
+                attention_mask=mask.long(),
+                stop_at_layer=stop_at,
+                fwd_hooks=[(name, pool) for name in hooks.values()],
+            )
+    details = {
+        "layers": sorted(hooks),
+        "hook_names": [hooks[layer] for layer in sorted(hooks)],
+        "n_layers": model.cfg.n_layers,
+        "d_model": model.cfg.d_model,
+        "n_tokens": int(lengths.sum()),
+        "n_truncated": n_truncated,
+        "bos_prepended": bool(skip_first),
+    }
+    return out, details
+
+
+@stage
+def extract_stage(
+    manifest: str | os.PathLike,
+    dataset: str | os.PathLike,
+    tensors: str | os.PathLike,
+    meta: str | os.PathLike,
+    settings: ExtractionSettings,
+    text_column: str = "text",
+    label_column: str = "label",
+    seed: int = 0,
+) -> None:
+    """The ``extract_activations`` rule: validate the data first, then load the model and write both files."""
+    import torch
+    from safetensors.torch import save_file
+
+    from probes.datasets import load_dataset
+    from probes.models import load_model
+
+    data = load_dataset(dataset, text_column, label_column)
+    torch.manual_seed(seed)
+    model_record = read_json(manifest)
+    model = load_model(manifest, device=settings.device, dtype=settings.dtype)
+    pooled, details = extract_activations(model, data.texts, settings)
+    with atomic_path(tensors) as tmp:
+        stored = {p: t.contiguous() for p, t in pooled.items()}
+        save_file(stored | {"labels": torch.as_tensor(data.labels, dtype=torch.int64)}, str(tmp))
+    write_json(
+        meta,
+        {
+            "model": model_record["model"],
+            "model_source": model_record["source"],
+            "model_weights_sha256": model_record.get("weights_sha256"),
+            "dataset": str(dataset),
+            "dataset_sha256": data.checksum,
+            "text_column": text_column,
+            "label_column": label_column,
+            "classes": data.classes,
+            "n_examples": len(data.texts),
+            "seed": seed,
+            **asdict(settings),
+            **details,
+            "versions": package_versions(),
+        },
+    )
+
+
+def load_activations(path: str | os.PathLike, pooling: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled vectors (n, layers, d) and labels (n,) as written by :func:`extract_stage`."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    if pooling not in tensors:
+        poolings = sorted(set(tensors) - {"labels"})
+        raise KeyError(f"{path} holds poolings {poolings}, not {pooling!r}; add it to activations.poolings")
+    return tensors[pooling], tensors["labels"]

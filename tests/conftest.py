@@ -1,0 +1,80 @@
+"""Shared fixtures: a tiny random-weight model for fast tests and the real embedded models, converted once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+# The same cache the default pipeline uses, so converting the embedded models happens once per checkout.
+MODEL_CACHE = Path(os.environ.get("PROBES_TEST_MODEL_CACHE", REPO / "results" / "models"))
+TOKENIZER_CORPUS = [
+    "The city of Lyon is in France.",
+    "A coin is heads up. Alice flips the coin. Is the coin still heads up?",
+    "I loved the film, the acting was wonderful.",
+]
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+def embedded_manifest(name: str) -> Path:
+    from probes.models import convert_model
+
+    manifest = MODEL_CACHE / name / "manifest.json"
+    if not manifest.is_file():
+        convert_model(name, name, manifest)
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def smollm2_manifest() -> Path:
+    return embedded_manifest("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def gemma_manifest() -> Path:
+    return embedded_manifest("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_manifest):
+    from probes.models import load_model
+
+    return load_model(smollm2_manifest)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A 3-layer random-weight HookedTransformer with a byte-level BPE tokenizer trained here."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<bos>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(TOKENIZER_CORPUS * 5, trainer)
+    tokenizer_dir = tmp_path_factory.mktemp("tiny_tokenizer")
+    PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>").save_pretrained(
+        tokenizer_dir
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    cfg = HookedTransformerConfig(
+        n_layers=3, d_model=32, n_ctx=128, d_head=8, n_heads=4, d_mlp=64, d_vocab=tokenizer.vocab_size,
+        act_fn="gelu", normalization_type="RMS", positional_embedding_type="rotary", seed=0, default_prepend_bos=True,
+    )
+    torch.manual_seed(0)
+    return HookedTransformer(cfg, tokenizer=tokenizer).eval()

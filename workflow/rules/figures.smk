@@ -1,0 +1,38 @@
+rule plot_concept_depth:
+    input:
+        metrics_table=rules.summarise_concept_depth.output.metrics_table,
+        summary=rules.summarise_concept_depth.output.summary,
+    output:
+        figures=report(
+            figure_paths("concept_depth_{model}"),
+            caption="../report/concept_depth_model.rst",
+            category="Concept depth",
+            labels={"model": "{model}", "figure": "per-task curves"},
+        ),
+    params:
+        dpi=config["figures"]["dpi"],
+    log:
+        "logs/plot_concept_depth/{model}.log",
+    localrule: True
+    run:
+        probes.figures.plot_concept_depth(**input, **output, **params, **wildcards, log=log[0])
+
+
+rule plot_concept_depth_relative:
+    input:
+        metrics_table=rules.summarise_concept_depth.output.metrics_table,
+        summary=rules.summarise_concept_depth.output.summary,
+    output:
+        figures=report(
+            figure_paths("concept_depth_relative"),
+            caption="../report/concept_depth_relative.rst",
+            category="Concept depth",
+            labels={"model": "all", "figure": "relative depth"},
+        ),
+    params:
+        dpi=config["figures"]["dpi"],
+    log:
+        "logs/plot_concept_depth_relative.log",
+    localrule: True
+    run:
+        probes.figures.plot_concept_depth_relative(**input, **output, **params, log=log[0])
