@@ -136,7 +136,7 @@ def extract_stage(
     dataset: str | os.PathLike,
     tensors: str | os.PathLike,
     meta: str | os.PathLike,
-    settings: ExtractionSettings,
+    settings: ExtractionSettings | dict,
     text_column: str = "text",
     label_column: str = "label",
     seed: int = 0,
@@ -148,6 +148,7 @@ def extract_stage(
     from probes.datasets import load_dataset
     from probes.models import load_model
 
+    settings = settings if isinstance(settings, ExtractionSettings) else ExtractionSettings(**settings)
     data = load_dataset(dataset, text_column, label_column)
     torch.manual_seed(seed)
     model_record = read_json(manifest)
@@ -155,7 +156,7 @@ def extract_stage(
     pooled, details = extract_activations(model, data.texts, settings)
     with atomic_path(tensors) as tmp:
         stored = {p: t.contiguous() for p, t in pooled.items()}
-        save_file(stored | {"labels": torch.as_tensor(data.labels, dtype=torch.int64)}, str(tmp))
+        save_file(stored | {"labels": torch.tensor(data.labels, dtype=torch.int64)}, str(tmp))
     write_json(
         meta,
         {

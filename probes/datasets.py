@@ -3,14 +3,25 @@
 The built-in tasks span METHODS.md §2's three levels (factual, affective, inferential). Every generator
 is a pure function of its seed (``random.Random`` only, lists in fixed order), so regenerating
 ``data/concepts/*.csv`` gives byte-identical files; ``data/README.md`` is their data card.
+
+Every generator follows two rules, because a probe is trained and scored by cross-validation:
+
+- an item that identifies a row (a city, a pair of compared things) appears in one row only;
+- labels are dealt to rows at random (exactly half of each), independently of every surface feature that
+  is not the concept (template, relation word, country named, quantifiers, number of people, frame). Such
+  a feature is spread evenly over all rows, but how its rows split between the labels is left to the
+  shuffle. Splitting every feature exactly half-and-half would be worse than it looks: a held-out row then
+  always leaves its own label in the minority among training rows that share the feature, and a probe
+  that reads the feature scores *below* chance, which would be read as the concept being absent.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +32,7 @@ from probes.io import atomic_path, sha256_file
 
 LEVELS = ("factual", "affective", "inferential")
 EXAMPLES_PER_TASK = 400
+HALF = EXAMPLES_PER_TASK // 2
 
 
 class DatasetError(ValueError):
@@ -44,323 +56,719 @@ class BuiltinTask:
     generate: Callable[[int], pd.DataFrame]
 
 
+def _frame(rows: list[tuple], columns: Sequence[str], rng: random.Random) -> pd.DataFrame:
+    """Shuffle with the generator's own stream, and refuse to return duplicates or unbalanced labels."""
+    rng.shuffle(rows)
+    frame = pd.DataFrame(rows, columns=list(columns))
+    counts = frame["label"].value_counts()
+    if frame["text"].duplicated().any() or counts.get(0) != counts.get(1):
+        duplicates = int(frame["text"].duplicated().sum())
+        raise RuntimeError(f"generator broke its invariants: labels {counts.to_dict()}, {duplicates} duplicate texts")
+    return frame
+
+
+def _dealt_labels(rng: random.Random) -> list[int]:
+    """Half ones, half zeros, in random order: the label of each row before anything else is chosen."""
+    labels = [1] * HALF + [0] * HALF
+    rng.shuffle(labels)
+    return labels
+
+
+def _spread(options: Sequence, rng: random.Random) -> list:
+    """Each option for (nearly) the same number of rows, in random order, so independent of the labels."""
+    spread = [options[i % len(options)] for i in range(EXAMPLES_PER_TASK)]
+    rng.shuffle(spread)
+    return spread
+
+
+def _unique(draw: Callable[..., tuple], seen: set[str], *args: object) -> tuple:
+    """Draw rows until one has a text not seen before."""
+    while (row := draw(*args))[0] in seen:
+        pass
+    seen.add(row[0])
+    return row
+
+
+def _capitalise(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
 # --------------------------------------------------------------------------------------------------
 # factual: cities
 
+# Real cities and their countries, from general knowledge.
 COUNTRY_CITIES: dict[str, tuple[str, ...]] = {
-    "France": ("Lyon", "Marseille", "Toulouse", "Bordeaux", "Lille", "Nantes", "Strasbourg"),
-    "Germany": ("Munich", "Hamburg", "Cologne", "Frankfurt", "Stuttgart", "Dresden", "Leipzig"),
-    "Italy": ("Milan", "Naples", "Turin", "Florence", "Venice", "Bologna", "Palermo"),
-    "Spain": ("Barcelona", "Seville", "Valencia", "Bilbao", "Malaga", "Granada", "Zaragoza"),
-    "Portugal": ("Lisbon", "Porto", "Coimbra", "Braga", "Faro"),
-    "the United Kingdom": ("Manchester", "Liverpool", "Birmingham", "Edinburgh", "Glasgow", "Leeds", "Bristol"),
-    "Ireland": ("Dublin", "Cork", "Galway", "Limerick"),
-    "the Netherlands": ("Amsterdam", "Rotterdam", "Utrecht", "Eindhoven", "The Hague"),
-    "Belgium": ("Brussels", "Antwerp", "Ghent", "Bruges", "Liege"),
-    "Switzerland": ("Zurich", "Geneva", "Basel", "Bern", "Lausanne"),
+    "France": (
+        "Lyon", "Marseille", "Toulouse", "Bordeaux", "Lille", "Nantes", "Strasbourg", "Montpellier", "Rennes",
+        "Grenoble", "Nice", "Dijon", "Reims",
+    ),
+    "Germany": (
+        "Munich", "Hamburg", "Cologne", "Frankfurt", "Stuttgart", "Dresden", "Leipzig", "Dusseldorf", "Nuremberg",
+        "Bremen", "Hanover", "Heidelberg", "Bonn",
+    ),
+    "Italy": (
+        "Milan", "Naples", "Turin", "Florence", "Venice", "Bologna", "Palermo", "Genoa", "Verona", "Bari", "Pisa",
+        "Siena", "Trieste",
+    ),
+    "Spain": (
+        "Barcelona", "Seville", "Bilbao", "Malaga", "Zaragoza", "Alicante", "Pamplona", "Salamanca", "San Sebastian",
+        "Cadiz", "Murcia", "Vigo",
+    ),
+    "Portugal": ("Lisbon", "Porto", "Coimbra", "Braga", "Faro", "Aveiro"),
+    "the United Kingdom": (
+        "Manchester", "Liverpool", "Edinburgh", "Glasgow", "Leeds", "Bristol", "Cardiff", "Belfast", "Sheffield",
+        "Newcastle upon Tyne", "Nottingham", "Southampton", "Brighton",
+    ),
+    "Ireland": ("Dublin", "Cork", "Galway", "Limerick", "Waterford"),
+    "the Netherlands": ("Amsterdam", "Rotterdam", "Utrecht", "Eindhoven", "Groningen", "Maastricht"),
+    "Belgium": ("Brussels", "Antwerp", "Ghent", "Bruges", "Liege", "Leuven"),
+    "Switzerland": ("Zurich", "Geneva", "Basel", "Bern", "Lausanne", "Lucerne"),
     "Austria": ("Vienna", "Salzburg", "Innsbruck", "Graz", "Linz"),
-    "Poland": ("Warsaw", "Krakow", "Gdansk", "Wroclaw", "Poznan"),
-    "the Czech Republic": ("Prague", "Brno", "Ostrava", "Pilsen"),
+    "Poland": ("Warsaw", "Krakow", "Gdansk", "Wroclaw", "Poznan", "Lodz", "Lublin", "Szczecin", "Torun"),
+    "the Czech Republic": ("Prague", "Brno", "Ostrava", "Pilsen", "Olomouc"),
+    "Slovakia": ("Bratislava", "Kosice", "Zilina"),
     "Hungary": ("Budapest", "Debrecen", "Szeged", "Pecs"),
-    "Greece": ("Athens", "Thessaloniki", "Patras", "Heraklion"),
-    "Sweden": ("Stockholm", "Gothenburg", "Malmo", "Uppsala"),
-    "Norway": ("Oslo", "Bergen", "Trondheim", "Stavanger"),
+    "Romania": ("Bucharest", "Cluj-Napoca", "Timisoara", "Iasi", "Constanta"),
+    "Bulgaria": ("Sofia", "Plovdiv", "Varna", "Burgas"),
+    "Serbia": ("Belgrade", "Novi Sad", "Nis"),
+    "Croatia": ("Zagreb", "Split", "Dubrovnik", "Rijeka"),
+    "Greece": ("Athens", "Thessaloniki", "Patras", "Heraklion", "Larissa"),
+    "Sweden": ("Stockholm", "Gothenburg", "Malmo", "Uppsala", "Linkoping"),
+    "Norway": ("Oslo", "Bergen", "Trondheim", "Stavanger", "Tromso"),
     "Denmark": ("Copenhagen", "Aarhus", "Odense", "Aalborg"),
     "Finland": ("Helsinki", "Tampere", "Turku", "Oulu"),
-    "Russia": ("Moscow", "Saint Petersburg", "Novosibirsk", "Kazan", "Vladivostok"),
-    "Ukraine": ("Kyiv", "Kharkiv", "Odesa", "Lviv"),
-    "Turkey": ("Istanbul", "Ankara", "Izmir", "Antalya", "Bursa"),
-    "Egypt": ("Cairo", "Alexandria", "Luxor", "Aswan"),
-    "Morocco": ("Casablanca", "Marrakesh", "Rabat", "Fez", "Tangier"),
-    "Nigeria": ("Lagos", "Abuja", "Kano", "Ibadan"),
-    "Kenya": ("Nairobi", "Mombasa", "Kisumu"),
-    "South Africa": ("Johannesburg", "Cape Town", "Durban", "Pretoria"),
-    "India": ("Mumbai", "Delhi", "Bangalore", "Chennai", "Kolkata", "Hyderabad", "Jaipur"),
-    "Pakistan": ("Karachi", "Lahore", "Islamabad", "Peshawar"),
-    "China": ("Shanghai", "Beijing", "Shenzhen", "Guangzhou", "Chengdu", "Wuhan", "Xi'an"),
-    "Japan": ("Tokyo", "Osaka", "Kyoto", "Nagoya", "Sapporo", "Hiroshima", "Fukuoka"),
-    "South Korea": ("Seoul", "Busan", "Incheon", "Daegu"),
-    "Vietnam": ("Hanoi", "Ho Chi Minh City", "Da Nang", "Hue"),
+    "Lithuania": ("Vilnius", "Kaunas", "Klaipeda"),
+    "Russia": (
+        "Moscow", "Saint Petersburg", "Novosibirsk", "Kazan", "Vladivostok", "Yekaterinburg", "Omsk", "Sochi",
+        "Murmansk", "Irkutsk",
+    ),
+    "Ukraine": ("Kyiv", "Kharkiv", "Odesa", "Lviv", "Dnipro"),
+    "Turkey": ("Istanbul", "Ankara", "Izmir", "Antalya", "Bursa", "Konya", "Trabzon", "Gaziantep"),
+    "Israel": ("Tel Aviv", "Haifa", "Eilat"),
+    "Saudi Arabia": ("Riyadh", "Jeddah", "Mecca", "Medina"),
+    "the United Arab Emirates": ("Dubai", "Abu Dhabi", "Sharjah"),
+    "Iran": ("Tehran", "Isfahan", "Shiraz", "Tabriz", "Mashhad"),
+    "Iraq": ("Baghdad", "Basra", "Mosul", "Erbil"),
+    "Egypt": ("Cairo", "Luxor", "Aswan", "Giza", "Port Said"),
+    "Morocco": ("Casablanca", "Marrakesh", "Rabat", "Fez", "Tangier", "Agadir"),
+    "Algeria": ("Algiers", "Oran", "Constantine"),
+    "Tunisia": ("Tunis", "Sfax", "Sousse"),
+    "Nigeria": ("Lagos", "Abuja", "Kano", "Ibadan", "Port Harcourt"),
+    "Ghana": ("Accra", "Kumasi", "Tamale"),
+    "Ethiopia": ("Addis Ababa", "Dire Dawa", "Gondar"),
+    "Kenya": ("Nairobi", "Mombasa", "Kisumu", "Nakuru"),
+    "Tanzania": ("Dar es Salaam", "Dodoma", "Arusha", "Zanzibar City"),
+    "South Africa": ("Johannesburg", "Cape Town", "Durban", "Pretoria", "Port Elizabeth"),
+    "India": (
+        "Mumbai", "Delhi", "Bangalore", "Chennai", "Kolkata", "Jaipur", "Pune", "Ahmedabad", "Lucknow", "Varanasi",
+        "Amritsar", "Agra", "Kochi",
+    ),
+    "Pakistan": ("Karachi", "Lahore", "Islamabad", "Peshawar", "Quetta"),
+    "Bangladesh": ("Dhaka", "Chittagong", "Khulna", "Sylhet"),
+    "Sri Lanka": ("Colombo", "Kandy", "Galle"),
+    "Nepal": ("Kathmandu", "Pokhara"),
+    "China": (
+        "Shanghai", "Beijing", "Shenzhen", "Guangzhou", "Chengdu", "Wuhan", "Xi'an", "Hangzhou", "Nanjing", "Harbin",
+        "Tianjin", "Chongqing", "Suzhou",
+    ),
+    "Japan": (
+        "Tokyo", "Osaka", "Kyoto", "Nagoya", "Sapporo", "Hiroshima", "Fukuoka", "Kobe", "Yokohama", "Nagasaki",
+        "Sendai", "Kanazawa", "Okayama",
+    ),
+    "South Korea": ("Seoul", "Busan", "Incheon", "Daegu", "Gwangju"),
+    "Vietnam": ("Hanoi", "Ho Chi Minh City", "Da Nang", "Hue", "Haiphong"),
     "Thailand": ("Bangkok", "Chiang Mai", "Phuket", "Pattaya"),
-    "Indonesia": ("Jakarta", "Surabaya", "Bandung", "Medan"),
-    "Australia": ("Sydney", "Melbourne", "Brisbane", "Perth", "Adelaide"),
-    "New Zealand": ("Auckland", "Wellington", "Christchurch", "Dunedin"),
-    "Canada": ("Toronto", "Montreal", "Vancouver", "Calgary", "Ottawa", "Quebec City"),
-    "the United States": ("Chicago", "Houston", "Boston", "Seattle", "Denver", "Miami", "San Francisco"),
-    "Mexico": ("Guadalajara", "Monterrey", "Puebla", "Cancun", "Tijuana"),
-    "Brazil": ("Rio de Janeiro", "Sao Paulo", "Salvador", "Brasilia", "Recife", "Manaus"),
-    "Argentina": ("Buenos Aires", "Cordoba", "Rosario", "Mendoza"),
-    "Chile": ("Santiago", "Valparaiso", "Concepcion", "Antofagasta"),
-    "Peru": ("Lima", "Cusco", "Arequipa", "Trujillo"),
-    "Colombia": ("Bogota", "Medellin", "Cali", "Cartagena"),
-    "Iran": ("Tehran", "Isfahan", "Shiraz", "Tabriz"),
+    "Malaysia": ("Kuala Lumpur", "George Town", "Ipoh", "Kota Kinabalu"),
+    "Indonesia": ("Jakarta", "Surabaya", "Bandung", "Medan", "Yogyakarta"),
+    "the Philippines": ("Manila", "Cebu City", "Davao City", "Quezon City"),
+    "Australia": (
+        "Sydney", "Melbourne", "Brisbane", "Adelaide", "Canberra", "Hobart", "Darwin", "Gold Coast", "Cairns",
+    ),
+    "New Zealand": ("Auckland", "Wellington", "Christchurch", "Dunedin", "Rotorua"),
+    "Canada": (
+        "Toronto", "Montreal", "Vancouver", "Calgary", "Ottawa", "Quebec City", "Winnipeg", "Edmonton", "Regina",
+        "Saskatoon",
+    ),
+    "the United States": (
+        "Chicago", "Houston", "Boston", "Seattle", "Denver", "Miami", "San Francisco", "Los Angeles", "New Orleans",
+        "Philadelphia", "Atlanta", "Detroit", "Las Vegas", "Phoenix",
+    ),
+    "Mexico": ("Guadalajara", "Monterrey", "Puebla", "Cancun", "Tijuana", "Oaxaca", "Acapulco"),
+    "Cuba": ("Havana", "Santiago de Cuba", "Camaguey"),
+    "Brazil": (
+        "Rio de Janeiro", "Sao Paulo", "Salvador", "Brasilia", "Recife", "Manaus", "Fortaleza", "Porto Alegre",
+        "Curitiba", "Belo Horizonte",
+    ),
+    "Argentina": ("Buenos Aires", "Rosario", "Mendoza", "La Plata", "Mar del Plata"),
+    "Chile": ("Valparaiso", "Antofagasta", "Punta Arenas", "Vina del Mar"),
+    "Peru": ("Lima", "Cusco", "Arequipa", "Iquitos"),
+    "Colombia": ("Bogota", "Medellin", "Cali", "Barranquilla"),
+    "Venezuela": ("Caracas", "Maracaibo", "Barquisimeto"),
+    "Ecuador": ("Quito", "Guayaquil"),
+    "Bolivia": ("Santa Cruz de la Sierra", "Cochabamba", "Sucre"),
 }
-
+# Well-known places of the same name in another listed country; never named in a false statement, so
+# that none of them is accidentally true. (Names shared by two large cities, such as Cordoba, Valencia,
+# Hyderabad or Perth, are left out of the list above altogether.)
+NAMESAKES: dict[str, tuple[str, ...]] = {
+    "Amsterdam": ("the United States",), "Athens": ("the United States",), "Bergen": ("the Netherlands",),
+    "Boston": ("the United Kingdom",), "Brighton": ("Australia", "the United States"),
+    "Bristol": ("the United States",), "Cairo": ("the United States",), "Christchurch": ("the United Kingdom",),
+    "Dublin": ("the United States",), "Dunedin": ("the United States",), "Edmonton": ("the United Kingdom",),
+    "Florence": ("the United States",), "Geneva": ("the United States",), "Gold Coast": ("Ghana",),
+    "Guadalajara": ("Spain",), "Hamburg": ("the United States",), "Hanover": ("the United States",),
+    "Kochi": ("Japan",), "Lagos": ("Portugal",), "Lima": ("the United States",), "Liverpool": ("Australia",),
+    "Los Angeles": ("Chile",), "Manchester": ("the United States",), "Medina": ("the United States",),
+    "Melbourne": ("the United States",), "Moscow": ("the United States",), "Naples": ("the United States",),
+    "Ottawa": ("the United States",), "Pamplona": ("Colombia",), "Rotterdam": ("the United States",),
+    "Saint Petersburg": ("the United States",), "Salamanca": ("Mexico",), "San Francisco": ("Argentina",),
+    "San Sebastian": ("Argentina", "Mexico", "Chile"), "Southampton": ("the United States",), "Sydney": ("Canada",),
+    "Vancouver": ("the United States",), "Venice": ("the United States",), "Vienna": ("the United States",),
+    "Warsaw": ("the United States",), "Waterford": ("the United States",),
+    "Wellington": ("South Africa", "the United Kingdom", "the United States"),
+}
 CITY_TEMPLATES = (
     "The city of {city} is in {country}.",
     "{city} is a city in {country}.",
     "{city} is located in {country}.",
+    "{city} lies in {country}.",
 )
 
 
+def _city_statement(template: str, city: str, country: str) -> str:
+    if city.endswith(" City") and template.startswith("The city of"):
+        template = "{city} is in {country}."  # not "The city of Quebec City"
+    return template.format(city=city, country=country)
+
+
 def generate_cities(seed: int) -> pd.DataFrame:
-    """True statements name a city's real country; false ones swap in another country from the list."""
+    """Each of 400 drawn cities appears once, and each row names one of the countries of those cities.
+
+    Labels are dealt at random over the named countries, and the cities left after the true statements
+    go to the false ones (never naming their own country). So, country by country, true and false rows
+    split as under a random shuffle of the labels: neither the country named nor the city's real country
+    carries the label. (Exactly equal counts per country would not do: with a few rows per country, each
+    country would then predict the *opposite* label on held-out folds.)
+    """
     rng = random.Random(seed)
-    countries = list(COUNTRY_CITIES)
     pairs = [(city, country) for country, cities in COUNTRY_CITIES.items() for city in cities]
-    rows = []
-    for city, country in pairs:
-        true_template, false_template = rng.sample(CITY_TEMPLATES, 2)
-        wrong = rng.choice([c for c in countries if c != country])
-        rows.append((true_template.format(city=city, country=country), 1, city, country))
-        rows.append((false_template.format(city=city, country=wrong), 0, city, wrong))
-    frame = pd.DataFrame(rows, columns=["text", "label", "city", "country"])
-    return _balanced_sample(frame, rng)
+    chosen = rng.sample(pairs, EXAMPLES_PER_TASK)
+    named = [country for _, country in chosen]
+    labels = _dealt_labels(rng)
+    unused = {country: [city for city, c in chosen if c == country] for country in COUNTRY_CITIES}
+    cities: list[str] = [unused[country].pop() if label else "" for country, label in zip(named, labels)]
+    left = [city for country in COUNTRY_CITIES for city in unused[country]]
+    country_of = dict(pairs)
+    false_slots = [i for i, label in enumerate(labels) if not label]
+    rng.shuffle(left)
+
+    def fits(city: str, slot: int) -> bool:
+        return named[slot] != country_of[city] and named[slot] not in NAMESAKES.get(city, ())
+
+    for k, slot in enumerate(false_slots):  # repair clashes by swaps that keep both rows valid
+        if not fits(left[k], slot):
+            m = next(m for m in rng.sample(range(HALF), HALF) if fits(left[m], slot) and fits(left[k], false_slots[m]))
+            left[k], left[m] = left[m], left[k]
+    for k, slot in enumerate(false_slots):
+        cities[slot] = left[k]
+    templates = _spread(CITY_TEMPLATES, rng)
+    rows = [
+        (_city_statement(template, city, country), label, city, country)
+        for template, city, country, label in zip(templates, cities, named, labels)
+    ]
+    return _frame(rows, ["text", "label", "city", "country"], rng)
 
 
 # --------------------------------------------------------------------------------------------------
 # factual: comparisons of well-known quantities
 
-QUANTITIES: dict[str, tuple[tuple[str, str], dict[str, float]]] = {
-    # kind: ((relation if larger, relation if smaller), {item: value})
-    "height_m": (
-        ("is taller than", "is lower than"),
-        {
-            "Mount Everest": 8849, "K2": 8611, "Aconcagua": 6961, "Denali": 6190, "Kilimanjaro": 5895,
-            "Mount Elbrus": 5642, "Mont Blanc": 4806, "the Matterhorn": 4478, "Mount Fuji": 3776,
-            "Mount Olympus": 2918, "Mount Kosciuszko": 2228, "Ben Nevis": 1345, "Mount Vesuvius": 1281,
-            "Table Mountain": 1085,
-        },
-    ),
-    "length_km": (
-        ("is longer than", "is shorter than"),
-        {
-            "the Nile": 6650, "the Amazon": 6400, "the Yangtze": 6300, "the Congo": 4700, "the Mekong": 4350,
-            "the Mississippi": 3730, "the Volga": 3530, "the Danube": 2850, "the Ganges": 2525,
-            "the Rhine": 1230, "the Loire": 1006, "the Seine": 777, "the Tiber": 406, "the Thames": 346,
-        },
-    ),
-    "area_km2": (
-        ("is larger than", "is smaller than"),
-        {
-            "Russia": 17_098_000, "Canada": 9_985_000, "China": 9_597_000, "Brazil": 8_516_000,
-            "Australia": 7_692_000, "India": 3_287_000, "Argentina": 2_780_000, "Mexico": 1_964_000,
-            "Egypt": 1_010_000, "Nigeria": 924_000, "France": 551_000, "Spain": 506_000, "Japan": 378_000,
-            "Germany": 357_000, "Italy": 301_000, "the United Kingdom": 243_000, "Greece": 132_000,
-            "Iceland": 103_000, "Portugal": 92_000, "Denmark": 43_000, "the Netherlands": 41_500,
-            "Belgium": 30_700, "Luxembourg": 2_590, "Malta": 316, "Monaco": 2,
-        },
-    ),
-    "weight_kg": (
-        ("is heavier than", "is lighter than"),
-        {
-            "a blue whale": 150_000, "an elephant": 6_000, "a hippopotamus": 1_800, "a giraffe": 1_000,
-            "a cow": 700, "a horse": 500, "a grizzly bear": 300, "a tiger": 220, "a lion": 190,
-            "an ostrich": 120, "a sheep": 70, "a dog": 30, "a fox": 6, "a cat": 4, "a chicken": 2.5,
-            "a rabbit": 2, "a pigeon": 0.35, "a hamster": 0.12, "a sparrow": 0.03, "a mouse": 0.02,
-        },
-    ),
-    "population": (
-        ("has more inhabitants than", "has fewer inhabitants than"),
-        {
-            "Tokyo": 37_000_000, "Delhi": 32_000_000, "Shanghai": 28_000_000, "Sao Paulo": 22_000_000,
-            "Cairo": 21_000_000, "London": 9_000_000, "Madrid": 6_700_000, "Berlin": 3_600_000,
-            "Rome": 2_800_000, "Vienna": 1_900_000, "Prague": 1_300_000, "Oslo": 700_000,
-            "Edinburgh": 520_000, "Florence": 370_000, "Geneva": 200_000, "Salzburg": 155_000,
-            "Reykjavik": 135_000, "Bruges": 118_000,
-        },
-    ),
+
+@dataclass(frozen=True)
+class Scale:
+    """Items with (low, high) values: a measured value has low == high; a range covers real variation
+    (animal sizes, city versus metropolitan population, years of construction)."""
+
+    more: str  # relation when the first item has the larger value
+    less: str
+    values: dict[str, tuple[float, float]]
+    additive: bool = False  # years: compare by a gap in years, not by a ratio
+
+    def clearly_greater(self, big: str, small: str) -> bool:
+        """True only when every plausible value of ``big`` beats every plausible value of ``small`` by a margin."""
+        (big_low, _), (_, small_high) = self.values[big], self.values[small]
+        if self.additive:
+            return big_low - small_high >= 100
+        return big_low >= 1.5 * small_high
+
+
+def _exact(values: dict[str, float]) -> dict[str, tuple[float, float]]:
+    return {item: (value, value) for item, value in values.items()}
+
+
+QUANTITIES: dict[str, Scale] = {
+    "height_m": Scale("is higher than", "is lower than", _exact({
+        "Mount Everest": 8849, "K2": 8611, "Kangchenjunga": 8586, "Aconcagua": 6961, "Denali": 6190,
+        "Kilimanjaro": 5895, "Mount Elbrus": 5642, "Mount Kenya": 5199, "Mount Ararat": 5137, "Mont Blanc": 4806,
+        "the Matterhorn": 4478, "Mount Whitney": 4421, "Mount Rainier": 4392, "Mount Kinabalu": 4095,
+        "Mount Fuji": 3776, "Mount Etna": 3357, "the Zugspitze": 2962, "Mount Olympus": 2918,
+        "Mount Kosciuszko": 2228, "Ben Nevis": 1345, "Mount Vesuvius": 1281, "Snowdon": 1085, "Scafell Pike": 978,
+    })),
+    "length_km": Scale("is longer than", "is shorter than", _exact({
+        "the Nile": 6650, "the Amazon": 6400, "the Yangtze": 6300, "the Congo": 4700, "the Mekong": 4350,
+        "the Niger": 4180, "the Mississippi": 3730, "the Volga": 3530, "the Yukon": 3190, "the Indus": 3180,
+        "the Danube": 2850, "the Euphrates": 2800, "the Zambezi": 2574, "the Ganges": 2525, "the Tigris": 1850,
+        "the Rhine": 1230, "the Elbe": 1094, "the Loire": 1006, "the Seine": 777, "the Po": 652,
+        "the Hudson": 507, "the Tiber": 406, "the Shannon": 360, "the Thames": 346,
+    })),
+    "area_km2": Scale("is larger than", "is smaller than", _exact({
+        "Russia": 17_098_000, "Canada": 9_985_000, "the United States": 9_834_000, "China": 9_597_000,
+        "Brazil": 8_516_000, "Australia": 7_692_000, "India": 3_287_000, "Argentina": 2_780_000,
+        "Kazakhstan": 2_725_000, "Saudi Arabia": 2_150_000, "Mexico": 1_964_000, "Indonesia": 1_905_000,
+        "Peru": 1_285_000, "Egypt": 1_010_000, "Nigeria": 924_000, "Spain": 506_000, "Sweden": 450_000,
+        "Japan": 378_000, "Germany": 357_000, "Poland": 313_000, "Italy": 301_000, "the United Kingdom": 243_000,
+        "Greece": 132_000, "Iceland": 103_000, "Portugal": 92_000, "Austria": 84_000, "Ireland": 70_000,
+        "the Netherlands": 41_500, "Switzerland": 41_300, "Belgium": 30_700, "Luxembourg": 2_590,
+        "Singapore": 730, "Malta": 316, "Monaco": 2,
+    }) | {"France": (551_000, 643_000), "Norway": (324_000, 385_000)}),  # without / with overseas lands
+    "weight_kg": Scale("is heavier than", "is lighter than", {
+        "a blue whale": (100_000, 190_000), "an elephant": (2_700, 7_000), "a hippopotamus": (1_300, 3_200),
+        "a giraffe": (700, 1_900), "a cow": (400, 1_000), "a horse": (380, 1_000), "a grizzly bear": (130, 360),
+        "a lion": (120, 250), "a gorilla": (70, 200), "an ostrich": (63, 145), "a sheep": (35, 160),
+        "a wolf": (25, 80), "a fox": (3, 11), "a cat": (2.5, 7), "a chicken": (0.5, 5), "a pigeon": (0.25, 0.4),
+        "a hamster": (0.03, 0.2), "a sparrow": (0.024, 0.04), "a mouse": (0.012, 0.03),
+        "a bee": (0.00005, 0.0003),
+    }),
+    "population": Scale("has more inhabitants than", "has fewer inhabitants than", {  # millions: city, metro area
+        "Tokyo": (9.7, 37.4), "Delhi": (11.0, 32.9), "Shanghai": (24.9, 29.2), "Sao Paulo": (11.5, 22.6),
+        "Cairo": (10.0, 22.2), "London": (8.9, 14.8), "New York": (8.3, 20.1), "Madrid": (3.3, 6.8),
+        "Berlin": (3.7, 6.2), "Rome": (2.75, 4.3), "Vienna": (2.0, 2.9), "Prague": (1.3, 2.7),
+        "Oslo": (0.71, 1.6), "Edinburgh": (0.52, 0.9), "Florence": (0.36, 1.0), "Geneva": (0.2, 1.0),
+        "Salzburg": (0.155, 0.36), "Reykjavik": (0.14, 0.24), "Bruges": (0.12, 0.2), "Oxford": (0.16, 0.2),
+    }),
+    "year": Scale("is newer than", "is older than", {  # years of construction; negative: BC
+        "Stonehenge": (-3000, -1500), "the Great Pyramid of Giza": (-2600, -2560), "the Parthenon": (-447, -432),
+        "the Colosseum": (70, 80), "Hagia Sophia": (532, 537), "Angkor Wat": (1113, 1150),
+        "Notre-Dame de Paris": (1163, 1345), "the Leaning Tower of Pisa": (1173, 1372),
+        "the Forbidden City": (1406, 1420), "Machu Picchu": (1420, 1470), "St Peter's Basilica": (1506, 1626),
+        "the Taj Mahal": (1632, 1653), "Big Ben": (1843, 1859), "the Statue of Liberty": (1875, 1886),
+        "the Eiffel Tower": (1887, 1889), "the Empire State Building": (1930, 1931),
+        "the Golden Gate Bridge": (1933, 1937), "the Sydney Opera House": (1959, 1973),
+        "the Burj Khalifa": (2004, 2010),
+    }, additive=True),
 }
-# Pairs closer than this ratio are skipped, so no statement's truth hinges on a fine measurement.
-MIN_RATIO = {"height_m": 1.5, "length_km": 1.5, "area_km2": 1.5, "weight_kg": 2.0, "population": 3.0}
+
+
+def comparison_pairs(scale: Scale) -> list[tuple[str, str]]:
+    """(bigger, smaller) pairs whose order no plausible measurement could reverse."""
+    return [(big, small) for big, small in itertools.permutations(scale.values, 2) if scale.clearly_greater(big, small)]
 
 
 def generate_comparisons(seed: int) -> pd.DataFrame:
-    """Every clearly-ordered pair gives four statements (both orders x both relations), two true."""
+    """Each pair appears once, with a label dealt at random and a relation drawn at random, so neither the
+    relation word nor which item comes first says anything about the label."""
     rng = random.Random(seed)
+    per_kind, extra = divmod(EXAMPLES_PER_TASK, len(QUANTITIES))
+    pairs = [
+        (kind, pair)
+        for k, (kind, scale) in enumerate(QUANTITIES.items())
+        for pair in rng.sample(comparison_pairs(scale), per_kind + (k < extra))
+    ]
     rows = []
-    for kind, ((more, less), values) in QUANTITIES.items():
-        for big, small in itertools.permutations(values, 2):
-            if values[big] < MIN_RATIO[kind] * values[small]:
-                continue  # keep pairs where big is clearly larger than small
-            for first, relation, second, truth in (
-                (big, more, small, 1), (big, less, small, 0), (small, less, big, 1), (small, more, big, 0)
-            ):
-                sentence = f"{first} {relation} {second}."
-                rows.append((sentence[0].upper() + sentence[1:], truth, kind))
-    frame = pd.DataFrame(rows, columns=["text", "label", "quantity"])
-    return _balanced_sample(frame, rng)
+    for (kind, (big, small)), truth in zip(pairs, _dealt_labels(rng)):
+        scale = QUANTITIES[kind]
+        relation = rng.choice((scale.more, scale.less))
+        first, second = (big, small) if (relation == scale.more) == bool(truth) else (small, big)
+        rows.append((_capitalise(f"{first} {relation} {second}."), truth, kind))
+    return _frame(rows, ["text", "label", "quantity"], rng)
 
 
 # --------------------------------------------------------------------------------------------------
 # affective: everyday sentences
 
-GOOD_EVENTS = (
-    "the train arrived ten minutes early", "my sister called with wonderful news", "we found a quiet table by the window",
-    "the new neighbours brought us homemade bread", "I finally fixed the leaking tap myself", "the kids slept through the whole night",
-    "my best friend surprised me at the station", "the sun came out just as the picnic started", "I passed the driving test on my first try",
-    "our team won the final in the last minute", "a stranger returned the wallet I had lost", "the doctor said the scan was completely clear",
-    "my grandmother taught me her secret recipe", "the garden is full of flowers this spring", "we danced in the kitchen until midnight",
-    "my old teacher wrote me a kind letter", "the puppy learned to fetch in one afternoon", "the concert was the best night of the year",
-    "I got the job I had dreamed about for years", "the whole family came home for the holidays", "our flight was upgraded for free",
-    "my daughter read her first book aloud", "the bakery saved the last warm croissant for me", "we watched the sunrise from the hilltop",
-    "my colleagues threw me a lovely farewell party", "the lake was warm enough for a long swim", "I finished the marathon with a personal best",
-    "the landlord lowered our rent without being asked", "my brother and I finally made up after years", "the snow turned the village into a postcard",
+# topic: (good things that happened, bad things that happened), written in parallel.
+EVENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "commute": (
+        (
+            "the train arrived early", "I got a seat by the window", "the bus driver waited for me",
+            "I reached the office with time to spare",
+        ),
+        (
+            "the train was cancelled again", "I had to stand squashed against the doors",
+            "the bus drove off right in front of me", "I reached the office an hour late",
+        ),
+    ),
+    "holiday": (
+        (
+            "the cottage was even prettier than the photos", "we saw dolphins from the boat",
+            "the sun shone from dawn to dusk", "we found a hidden beach all to ourselves",
+        ),
+        (
+            "the cottage smelled of mould", "we got seasick on the boat", "it poured from dawn to dusk",
+            "someone stole our bags on the beach",
+        ),
+    ),
+    "work": (
+        (
+            "my boss praised my report in front of everyone", "I finally got the promotion",
+            "the meeting finished early", "my colleagues helped me meet the deadline",
+        ),
+        (
+            "my boss blamed me for her own mistake", "I was passed over for promotion again",
+            "the meeting dragged on for three hours", "my colleagues left me to meet the deadline alone",
+        ),
+    ),
+    "picnic": (
+        (
+            "the sun came out for our picnic", "the kids played happily in the park",
+            "we found a shady spot under the trees", "a kind stranger shared his strawberries with us",
+        ),
+        (
+            "a storm ruined our picnic", "the kids fought all afternoon", "wasps swarmed around our food",
+            "a dog ran off with our sandwiches",
+        ),
+    ),
+    "home": (
+        (
+            "I finally fixed the leaking tap", "the new sofa arrived on time",
+            "the plumber got the heating working again", "the neighbours brought us homemade bread",
+        ),
+        (
+            "a pipe burst under the sink", "the new sofa arrived badly scratched",
+            "the heating broke in the middle of winter", "the neighbours played loud music until dawn",
+        ),
+    ),
+    "health": (
+        (
+            "the doctor said my scan was clear", "my cough finally went away", "I slept a full eight hours",
+            "my knee did not hurt at all",
+        ),
+        (
+            "the doctor found something worrying on my scan", "my cough kept me awake all night",
+            "I barely slept at all", "my knee hurt with every step",
+        ),
+    ),
+    "family": (
+        (
+            "my sister called with great news", "the whole family came home for dinner",
+            "my daughter read her first book aloud", "grandma taught me her secret recipe",
+        ),
+        (
+            "I had a bitter argument with my sister", "nobody came home for dinner",
+            "my daughter cried all the way to school", "grandma broke her hip in a fall",
+        ),
+    ),
+    "sport": (
+        (
+            "our team won in the last minute", "I ran my fastest race ever", "the coach picked me for the first team",
+            "we celebrated the win all evening",
+        ),
+        (
+            "our team lost in the last minute", "I twisted my ankle halfway through the race",
+            "the coach left me on the bench", "we trudged home in silence after the defeat",
+        ),
+    ),
+    "shopping": (
+        (
+            "the parcel arrived a day early", "the shop gave me a big discount",
+            "a stranger returned the wallet I had lost", "I found the perfect gift for my mother",
+        ),
+        (
+            "the parcel arrived smashed", "the shop charged me twice", "someone stole my wallet on the bus",
+            "I could not find a gift anywhere",
+        ),
+    ),
+    "school": (
+        (
+            "I passed my driving test first time", "the exam was easier than I feared",
+            "my teacher wrote me a kind note", "I got top marks in maths",
+        ),
+        (
+            "I failed my driving test again", "the exam was far harder than I feared",
+            "my teacher shouted at me in front of the class", "I got the lowest mark in maths",
+        ),
+    ),
+    "pets": (
+        (
+            "the puppy learned to sit in one afternoon", "the vet said our old cat was healthy",
+            "the dog greeted me at the door", "the kitten curled up on my lap",
+        ),
+        (
+            "the puppy chewed up my new shoes", "our old cat got very sick", "the dog ran away during the storm",
+            "the kitten scratched my arm badly",
+        ),
+    ),
+    "friends": (
+        (
+            "my best friend surprised me at the station", "old friends came over for a barbecue",
+            "my friends threw me a surprise party", "we laughed until our sides hurt",
+        ),
+        (
+            "my best friend forgot my birthday", "my friends cancelled on me at the last minute",
+            "nobody turned up to my party", "we argued the whole way home",
+        ),
+    ),
+    "travel": (
+        (
+            "our flight was upgraded for free", "we landed half an hour early", "our bags came out first",
+            "a taxi was waiting for us at the airport",
+        ),
+        (
+            "our flight was delayed by nine hours", "the airline lost our bags", "we missed our connecting flight",
+            "there was no taxi anywhere at the airport",
+        ),
+    ),
+}
+# How it felt, (positive, negative) with the same subject and an intensifier slot.
+REACTIONS = (
+    ("I was {i} happy", "I was {i} upset"), ("we were {i} thrilled", "we were {i} sad"),
+    ("I felt {i} grateful", "I felt {i} miserable"), ("it was {i} wonderful", "it was {i} horrible"),
+    ("the day felt {i} special", "the day felt {i} awful"), ("I felt {i} lucky", "I felt {i} unlucky"),
 )
-BAD_EVENTS = (
-    "the train was cancelled for the third time", "my phone slipped and the screen shattered", "the heating broke in the middle of winter",
-    "the neighbours played loud music until dawn", "I missed the last bus and walked home in the rain", "the kids were sick all week",
-    "my best friend forgot my birthday again", "the storm flattened the tent during the picnic", "I failed the driving test for the second time",
-    "our team lost the final to a late own goal", "someone stole my bike from outside the library", "the doctor called with worrying results",
-    "the restaurant got our order wrong twice", "the garden flooded and every plant drowned", "we argued in the car the whole way home",
-    "my landlord raised the rent without warning", "the puppy chewed through my new shoes", "the concert was cancelled an hour before the start",
-    "I was turned down for the job after five interviews", "the washing machine leaked all over the floor", "our flight was delayed by nine hours",
-    "the boss blamed me for a mistake I did not make", "the bakery ran out of bread before I arrived", "we were stuck in traffic for three hours",
-    "my colleagues ignored me at the meeting", "the lake was closed because of pollution", "I twisted my ankle halfway through the race",
-    "the parcel arrived broken and soaking wet", "my brother and I had another bitter fight", "the power went out during the exam revision",
+INTENSIFIERS = ("really", "so", "truly", "incredibly")
+WHEN = (
+    ("Yesterday", "yesterday"), ("Last weekend", "last weekend"), ("On Friday", "on Friday"),
+    ("On Saturday", "on Saturday"), ("Last week", "last week"), ("Today", "today"),
+    ("On my birthday", "on my birthday"), ("On Sunday", "on Sunday"),
 )
-GOOD_FEELINGS = (
-    "and I could not stop smiling", "and it made the whole week brighter", "and I felt truly grateful", "and we laughed about it all evening",
-    "and honestly it was perfect", "and I went to bed happy", "and everyone was in a wonderful mood", "and it felt like a small miracle",
-)
-BAD_FEELINGS = (
-    "and I could have cried", "and it ruined the whole week", "and I felt completely miserable", "and we were furious all evening",
-    "and honestly it was awful", "and I went to bed upset", "and everyone was in a terrible mood", "and it felt like a bad joke",
-)
-# When an event happened, as it reads at the start of a sentence and after the event.
-OPENERS = (
-    ("Yesterday", "yesterday"), ("This morning", "this morning"), ("Last weekend", "last weekend"),
-    ("On Friday", "on Friday"), ("Over the summer", "over the summer"), ("Today", "today"),
-    ("Last night", "last night"), ("On my birthday", "on my birthday"),
+# Sentence frames over two events e1, e2 of one topic, a time (W capitalised, w not) and a reaction r.
+SENTENCE_FRAMES = (
+    "{W}, {e1} and {e2}.",
+    "{E1} and {e2}, so {r}.",
+    "{E1} {w}, and {r}.",
+    "{R} because {e1}.",
+    "{W}, {e1}. {R}.",
 )
 
 
 def generate_sentiment(seed: int) -> pd.DataFrame:
-    """Sentences about everyday events; a sentence's events and feelings always share one polarity."""
+    """Positive and negative sentences draw topic, frame, time, reaction slot and intensifier from the same
+    lists, so only what happened and how it felt carries the label."""
     rng = random.Random(seed)
-    rows = []
-    for label, events, feelings in ((1, GOOD_EVENTS, GOOD_FEELINGS), (0, BAD_EVENTS, BAD_FEELINGS)):
-        for event in events:
-            for opener, when in OPENERS:
-                shape = rng.randrange(3)
-                if shape == 0:
-                    text = f"{opener}, {event}."
-                elif shape == 1:
-                    text = f"{opener}, {event}, {rng.choice(feelings)}."
-                else:
-                    text = f"{event[0].upper()}{event[1:]} {when}, {rng.choice(feelings)}."
-                rows.append((text, label))
-    frame = pd.DataFrame(rows, columns=["text", "label"])
-    return _balanced_sample(frame, rng)
+    seen: set[str] = set()
+
+    def draw(label: int, frame: str) -> tuple:
+        topic = rng.choice(list(EVENTS))
+        e1, e2 = rng.sample(EVENTS[topic][1 - label], 2)
+        W, w = rng.choice(WHEN)
+        r = rng.choice(REACTIONS)[1 - label].format(i=rng.choice(INTENSIFIERS))
+        text = frame.format(W=W, w=w, e1=e1, e2=e2, E1=_capitalise(e1), r=r, R=_capitalise(r))
+        return text, label, topic
+
+    rows = [
+        _unique(draw, seen, label, frame)
+        for label, frame in zip(_dealt_labels(rng), _spread(SENTENCE_FRAMES, rng))
+    ]
+    return _frame(rows, ["text", "label", "topic"], rng)
 
 
 # --------------------------------------------------------------------------------------------------
 # affective: reviews
 
-REVIEW_ASPECTS = {
-    "film": ("The plot", "The acting", "The soundtrack", "The ending", "The dialogue", "The cinematography", "The lead performance"),
-    "restaurant": ("The pasta", "The service", "The dessert menu", "The wine list", "The steak", "The atmosphere", "The seafood platter"),
-    "product": ("The battery", "The screen", "The build quality", "The delivery", "The setup", "The camera", "The charger"),
-    "hotel": ("The room", "The breakfast", "The staff", "The location", "The pool", "The bed", "The spa"),
+
+@dataclass(frozen=True)
+class ReviewDomain:
+    items: tuple[str, ...]  # what is reviewed, as the subject of a remark
+    aspects: tuple[str, ...]  # parts judged with an adjective
+    remarks: tuple[tuple[str, ...], tuple[str, ...]]  # (positive, negative), in parallel
+    verdicts: tuple[tuple[str, ...], tuple[str, ...]]
+
+
+REVIEW_DOMAINS: dict[str, ReviewDomain] = {
+    "film": ReviewDomain(
+        ("the film", "this movie"),
+        ("the plot", "the acting", "the soundtrack", "the ending", "the dialogue", "the camera work"),
+        (
+            (
+                "kept me hooked until the credits", "had the whole audience laughing", "is beautifully shot",
+                "is the best I have seen this year",
+            ),
+            (
+                "put half the audience to sleep", "had the whole audience groaning", "is badly shot",
+                "is the worst I have seen this year",
+            ),
+        ),
+        (
+            ("Five stars.", "A must-see.", "I would watch it again."),
+            ("One star.", "Do not bother.", "I walked out halfway."),
+        ),
+    ),
+    "restaurant": ReviewDomain(
+        ("this restaurant", "the place"),
+        ("the pasta", "the service", "the dessert", "the wine list", "the steak", "the seafood"),
+        (
+            (
+                "serves the best food in town", "was packed for good reason", "gets every detail right",
+                "is worth the trip across town",
+            ),
+            (
+                "serves the worst food in town", "was empty for good reason", "gets every detail wrong",
+                "is not worth the trip across town",
+            ),
+        ),
+        (
+            ("We will be back.", "Book a table now.", "You will not regret it."),
+            ("We will not be back.", "Eat somewhere else.", "Avoid this place."),
+        ),
+    ),
+    "gadget": ReviewDomain(
+        ("this phone", "this laptop"),
+        ("the battery", "the screen", "the sound quality", "the build quality", "the charger", "the camera"),
+        (
+            (
+                "still works like new after a year", "does everything it promises", "charges in minutes",
+                "is worth every penny",
+            ),
+            (
+                "stopped working after a week", "does nothing it promises", "takes all night to charge",
+                "is not worth a penny",
+            ),
+        ),
+        (
+            ("Buy it.", "Highly recommended.", "You will not regret it."),
+            ("Avoid it.", "Sent it straight back.", "A waste of money."),
+        ),
+    ),
+    "hotel": ReviewDomain(
+        ("the hotel", "this resort"),
+        ("the room", "the breakfast", "the pool", "the bed", "the front desk", "the view"),
+        (
+            (
+                "made us feel at home", "was spotless from top to bottom", "has the friendliest staff we have met",
+                "was peaceful all night",
+            ),
+            (
+                "made us feel unwelcome", "was filthy from top to bottom", "has the rudest staff we have met",
+                "was noisy all night",
+            ),
+        ),
+        (
+            ("We will stay again.", "Highly recommended.", "Book it now."),
+            ("We will never stay again.", "Stay elsewhere.", "Avoid this place."),
+        ),
+    ),
+    "book": ReviewDomain(
+        ("this novel", "the book"),
+        ("the story", "the main character", "the writing", "the final chapter", "the translation", "the pacing"),
+        (
+            (
+                "kept me reading until dawn", "has an ending I never saw coming", "is beautifully written",
+                "stayed with me for weeks",
+            ),
+            (
+                "sent me to sleep every night", "has an ending anyone could see coming", "is badly written",
+                "bored me within a few pages",
+            ),
+        ),
+        (
+            ("I could not put it down.", "A real page-turner.", "Read it."),
+            ("I gave up halfway through.", "A real chore to finish.", "Skip it."),
+        ),
+    ),
 }
-POSITIVE_REMARKS = (
-    "exceeded every expectation", "was superb from start to finish", "is worth every penny", "felt genuinely special",
-    "was flawless", "impressed the whole group", "was far better than advertised", "deserves all the praise it gets",
+# Evaluative adjectives that fit any aspect, (positive, negative) in parallel.
+REVIEW_ADJECTIVES = (
+    ("superb", "dreadful"), ("excellent", "poor"), ("brilliant", "terrible"),
+    ("outstanding", "mediocre"), ("first-rate", "disappointing"), ("impressive", "dismal"),
 )
-NEGATIVE_REMARKS = (
-    "was a complete letdown", "fell apart within days", "is not worth the money", "felt cheap and rushed",
-    "was full of problems", "disappointed the whole group", "was far worse than advertised", "deserves every bad review it gets",
+REVIEW_OPENERS = ("", "Honestly, ", "Overall, ", "In short, ")
+REVIEW_ADVERBS = ("", "truly ", "simply ", "really ")
+# Frames over an opener o, item, remark, aspects a1/a2 with adjectives j1/j2, adverb d and a verdict v.
+REVIEW_FRAMES = (
+    "{o}{a1} is {d}{j1}.",
+    "{o}{a1} is {j1} and {a2} is {j2}.",
+    "{o}{item} {remark}. {v}",
+    "{o}{a1} is {j1}, and {item} {remark}.",
+    "{v} {A1} is {d}{j1}.",
+    "{o}{item} {remark}.",
 )
-POSITIVE_VERDICTS = ("Five stars.", "Highly recommended.", "Would happily go back.", "A real gem.", "Buy it.")
-NEGATIVE_VERDICTS = ("One star.", "Avoid at all costs.", "Never again.", "A total waste.", "Asked for a refund.")
 
 
 def generate_reviews(seed: int) -> pd.DataFrame:
-    """Short review snippets from four domains; each snippet's remark and verdict share a polarity."""
+    """As for ``sentiment``: both labels draw domain, frame, aspects, opener and adverb from the same lists,
+    so only the evaluative words carry the label."""
     rng = random.Random(seed)
-    rows = []
-    for domain, aspects in REVIEW_ASPECTS.items():
-        for aspect in aspects:
-            for label, remarks, verdicts in ((1, POSITIVE_REMARKS, POSITIVE_VERDICTS), (0, NEGATIVE_REMARKS, NEGATIVE_VERDICTS)):
-                for remark in remarks:
-                    verdict = rng.choice(verdicts) if rng.random() < 0.6 else ""
-                    rows.append((f"{aspect} {remark}. {verdict}".strip(), label, domain))
-    frame = pd.DataFrame(rows, columns=["text", "label", "domain"])
-    return _balanced_sample(frame, rng)
+    seen: set[str] = set()
+
+    def draw(label: int, frame: str) -> tuple:
+        name = rng.choice(list(REVIEW_DOMAINS))
+        domain, polarity = REVIEW_DOMAINS[name], 1 - label
+        a1, a2 = rng.sample(domain.aspects, 2)
+        j1, j2 = (adjectives[polarity] for adjectives in rng.sample(REVIEW_ADJECTIVES, 2))
+        text = frame.format(
+            o=rng.choice(REVIEW_OPENERS), d=rng.choice(REVIEW_ADVERBS), item=rng.choice(domain.items),
+            a1=a1, a2=a2, A1=_capitalise(a1), j1=j1, j2=j2,
+            remark=rng.choice(domain.remarks[polarity]), v=rng.choice(domain.verdicts[polarity]),
+        )
+        return _capitalise(text), label, name
+
+    rows = [
+        _unique(draw, seen, label, frame)
+        for label, frame in zip(_dealt_labels(rng), _spread(REVIEW_FRAMES, rng))
+    ]
+    return _frame(rows, ["text", "label", "domain"], rng)
 
 
 # --------------------------------------------------------------------------------------------------
 # inferential: coin flips
 
+# Sixty names, so that even the one-person examples are distinct for either label.
 NAMES = (
     "Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Irene", "Jack", "Karen", "Liam", "Maria",
     "Nathan", "Olivia", "Peter", "Quinn", "Rachel", "Samuel", "Tara", "Umar", "Vera", "Walter", "Xenia", "Yusuf",
-    "Zoe", "Aisha", "Bruno", "Chloe", "Diego", "Elena", "Felix",
+    "Zoe", "Aisha", "Bruno", "Chloe", "Diego", "Elena", "Felix", "Hannah", "Igor", "Jonas", "Kofi", "Leila",
+    "Mateo", "Nina", "Oscar", "Priya", "Rosa", "Sven", "Tom", "Ursula", "Victor", "Wendy", "Yara", "Zain",
+    "Anna", "Ben", "Clara", "Daniel", "Eva", "Fatima", "George", "Hugo", "Ines", "James", "Lucy",
 )
+MAX_PEOPLE = 5
 
 
-# Examples per label for each number of people; one person allows only len(NAMES) distinct texts per label.
-COINFLIP_CELLS = {1: 30, 2: 42, 3: 42, 4: 43, 5: 43}
-
-
-def coin_text(names: list[str], flips: list[bool]) -> str:
+def coin_text(names: Sequence[str], flips: Sequence[bool]) -> str:
     steps = " ".join(f"{name} {'flips' if flip else 'does not flip'} the coin." for name, flip in zip(names, flips))
     return f"A coin is heads up. {steps} Is the coin still heads up?"
 
 
 def generate_coinflip(seed: int) -> pd.DataFrame:
-    """1-5 people each flip or not; heads up (label 1) after an even number of flips; labels balanced
-    within every number of people."""
+    """1-5 people (80 examples each) flip or not; heads up (label 1) after an even number of flips. The
+    labels are dealt independently of the number of people, so length does not predict the answer."""
     rng = random.Random(seed)
-    rows = []
-    for n_people, per_label in COINFLIP_CELLS.items():
-        for label in (1, 0):
-            seen: set[str] = set()
-            while len(seen) < per_label:
-                flips = [rng.random() < 0.5 for _ in range(n_people)]
-                if (sum(flips) % 2 == 0) != bool(label):
-                    flips[rng.randrange(n_people)] ^= True  # fix the parity, keep the rest random
-                text = coin_text(rng.sample(NAMES, n_people), flips)
-                if text not in seen:
-                    seen.add(text)
-                    rows.append((text, label, n_people, sum(flips)))
-    frame = pd.DataFrame(rows, columns=["text", "label", "n_people", "n_flips"])
-    return frame.sample(frac=1, random_state=rng.randrange(2**32)).reset_index(drop=True)
+    seen: set[str] = set()
+
+    def draw(label: int, n_people: int) -> tuple:
+        flips = [rng.random() < 0.5 for _ in range(n_people)]
+        if (sum(flips) % 2 == 0) != bool(label):
+            flips[rng.randrange(n_people)] ^= True  # fix the parity: uniform over the flips with this parity
+        return coin_text(rng.sample(NAMES, n_people), flips), label, n_people, sum(flips)
+
+    rows = [
+        _unique(draw, seen, label, n_people)
+        for label, n_people in zip(_dealt_labels(rng), _spread(range(1, MAX_PEOPLE + 1), rng))
+    ]
+    return _frame(rows, ["text", "label", "n_people", "n_flips"], rng)
 
 
 # --------------------------------------------------------------------------------------------------
 # inferential: syllogisms
 
-# (premise 1, premise 2, conclusion) over terms A, B, C; q: "all" | "no" | "some" | "some_not".
-VALID_FORMS = (
-    (("all", "A", "B"), ("all", "B", "C"), ("all", "A", "C")),  # Barbara
-    (("no", "B", "C"), ("all", "A", "B"), ("no", "A", "C")),  # Celarent
-    (("all", "B", "C"), ("some", "A", "B"), ("some", "A", "C")),  # Darii
-    (("no", "B", "C"), ("some", "A", "B"), ("some_not", "A", "C")),  # Ferio
-)
-# The same premises with a conclusion that does not follow: converted terms or a stronger quantifier.
-INVALID_FORMS = (
-    (("all", "A", "B"), ("all", "B", "C"), ("all", "C", "A")),
-    (("no", "B", "C"), ("all", "A", "B"), ("no", "A", "B")),
-    (("all", "B", "C"), ("some", "A", "B"), ("all", "A", "C")),
-    (("no", "B", "C"), ("some", "A", "B"), ("no", "A", "C")),
-    (("all", "A", "B"), ("all", "C", "B"), ("all", "A", "C")),  # undistributed middle
-    (("some", "A", "B"), ("some", "B", "C"), ("some", "A", "C")),
-    (("all", "A", "B"), ("all", "B", "C"), ("some_not", "A", "C")),  # contradicts Barbara
-)
-SYLLABLES = ("bl", "d", "f", "gr", "k", "l", "m", "n", "p", "r", "sn", "t", "v", "w", "z")
-VOWELS = ("a", "e", "i", "o", "u", "oo", "ee")
+Proposition = tuple[str, str, str]  # (quantifier, subject term, predicate term) over terms "A", "B", "C"
+Form = tuple[Proposition, Proposition, Proposition]  # (premise, premise, conclusion)
+
+
+STATEMENTS = {"all": "All {} are {}", "no": "No {} are {}", "some": "Some {} are {}", "some_not": "Some {} are not {}"}
 
 
 def statement(q: str, x: str, y: str) -> str:
-    return {"all": f"All {x} are {y}", "no": f"No {x} are {y}", "some": f"Some {x} are {y}", "some_not": f"Some {x} are not {y}"}[q]
+    return STATEMENTS[q].format(x, y)
 
 
-def syllogism_follows(form: tuple) -> bool:
-    """Brute-force validity over every Venn model of three terms (the 2^8 occupancy patterns)."""
+def syllogism_follows(form: Form, existential_import: bool = True) -> bool:
+    """Brute-force validity over every Venn model of three terms (the 2^8 occupancy patterns).
+
+    With existential import every term names something, as in classical logic; without it (modern logic)
+    terms may be empty.
+    """
     regions = list(itertools.product((0, 1), repeat=3))  # membership of A, B, C
 
-    def holds(q: str, x: str, y: str, occupied: set) -> bool:
+    def holds(q: str, x: str, y: str, occupied: list) -> bool:
         i, j = "ABC".index(x), "ABC".index(y)
         xs = [r for r in occupied if r[i]]
         return {
@@ -371,71 +779,92 @@ def syllogism_follows(form: tuple) -> bool:
         }[q]
 
     for pattern in itertools.product((0, 1), repeat=len(regions)):
-        occupied = {r for r, on in zip(regions, pattern) if on}
-        if not all(any(r[i] for r in occupied) for i in range(3)):
-            continue  # every term names something (existential import, as in the classical forms)
+        occupied = [r for r, on in zip(regions, pattern) if on]
+        if existential_import and not all(any(r[i] for r in occupied) for i in range(3)):
+            continue
         if holds(*form[0], occupied) and holds(*form[1], occupied) and not holds(*form[2], occupied):
             return False
     return True
 
 
+@functools.cache
+def syllogism_forms() -> dict[tuple[str, str, str], tuple[list[Form], list[Form]]]:
+    """All forms (either premise first, either term order in each proposition, conclusion about A and C),
+    grouped by their three quantifiers into (valid, invalid); only forms whose validity does not depend on
+    existential import, and only quantifier patterns that have both valid and invalid forms."""
+    groups: dict[tuple[str, str, str], tuple[list[Form], list[Form]]] = {}
+    for q1, q2, q3 in itertools.product(STATEMENTS, repeat=3):
+        orders = ((("A", "B"), ("B", "A")), (("B", "C"), ("C", "B")), (("A", "C"), ("C", "A")))
+        for ab, bc, ac in itertools.product(*orders):
+            for premises in (((q1, *ab), (q2, *bc)), ((q1, *bc), (q2, *ab))):
+                form: Form = (*premises, (q3, *ac))
+                valid = syllogism_follows(form)
+                if valid == syllogism_follows(form, existential_import=False):
+                    groups.setdefault((q1, q2, q3), ([], []))[0 if valid else 1].append(form)
+    return {key: forms for key, forms in groups.items() if all(forms)}
+
+
+# Invented plurals, so no world knowledge (or belief bias) helps; none is an English word.
+NONSENSE_WORDS = (
+    "blickets", "daxes", "wugs", "feps", "zibs", "grelks", "snarps", "plims", "drobs", "lorps", "tazzies",
+    "lazzies", "zoobs", "gribs", "fleens", "vorns", "kefts", "murps", "nibbets", "pluffs", "quivs", "rimbles",
+    "skorps", "trazzles", "voffs", "wembles", "yorbs", "zemps", "bleems", "dulps", "fraddles", "glemps",
+    "hestles", "jorbs", "klorbs", "mizzets", "norps", "prindles", "sprilks", "tovs", "venks", "wuzzles",
+    "zindles", "brops", "cheggs", "drellies", "femmets", "gazzles", "jindles", "lumbets", "pobbles", "rozzies",
+    "splenks", "tribbets", "vundles", "yurbs", "zoffles", "crobs", "dweems", "frimps",
+)
+
+
 def generate_syllogisms(seed: int) -> pd.DataFrame:
-    """Categorical syllogisms over nonsense plurals, valid and invalid forms sharing their premises."""
+    """Valid and invalid forms share every quantifier pattern, which is dealt independently of the label,
+    so the words all/no/some/not say nothing about the answer; only which term sits where does."""
     rng = random.Random(seed)
-    words = sorted({f"{c}{v}{e}s" for c in SYLLABLES for v in VOWELS for e in ("b", "g", "p", "n", "m", "t")})
-    rows = []
+    groups = syllogism_forms()
     seen: set[str] = set()
-    forms = [(form, 1) for form in VALID_FORMS] + [(form, 0) for form in INVALID_FORMS]
-    while len(rows) < 2 * EXAMPLES_PER_TASK:
-        form, label = rng.choice(forms)
-        terms = dict(zip("ABC", rng.sample(words, 3)))
-        premises = ". ".join(statement(q, terms[x], terms[y]) for q, x, y in form[:2])
+
+    def draw(label: int, pattern: tuple[str, str, str]) -> tuple:
+        form = rng.choice(groups[pattern][1 - label])
+        words = rng.sample(NONSENSE_WORDS, 3)
+        while len({word[0] for word in words}) < 3:  # distinct first letters keep the words easy to tell apart
+            words = rng.sample(NONSENSE_WORDS, 3)
+        terms = dict(zip("ABC", words))
+        premises = " ".join(f"{statement(q, terms[x], terms[y])}." for q, x, y in form[:2])
         q, x, y = form[2]
-        text = f"{premises}. Does it follow that {statement(q, terms[x], terms[y]).lower()}?"
-        if text not in seen:
-            seen.add(text)
-            rows.append((text, label))
-    frame = pd.DataFrame(rows, columns=["text", "label"])
-    return _balanced_sample(frame, rng)
+        text = f"{premises} Does it follow that {statement(q, terms[x], terms[y]).lower()}?"
+        return text, label, "-".join(pattern)
+
+    rows = [
+        _unique(draw, seen, label, pattern)
+        for label, pattern in zip(_dealt_labels(rng), _spread(sorted(groups), rng))
+    ]
+    return _frame(rows, ["text", "label", "quantifiers"], rng)
 
 
 # --------------------------------------------------------------------------------------------------
 # registry, writing and loading
 
-
-def _balanced_sample(frame: pd.DataFrame, rng: random.Random, size: int = EXAMPLES_PER_TASK) -> pd.DataFrame:
-    """Exactly size/2 rows of each label, deduplicated and shuffled with the generator's own stream."""
-    frame = frame.drop_duplicates("text")
-    halves = []
-    for label in (0, 1):
-        rows = frame[frame["label"] == label]
-        if len(rows) < size // 2:
-            raise RuntimeError(f"generator produced only {len(rows)} rows of label {label}; need {size // 2}")
-        halves.append(rows.sample(size // 2, random_state=rng.randrange(2**32)))
-    return pd.concat(halves).sample(frac=1, random_state=rng.randrange(2**32)).reset_index(drop=True)
-
-
 BUILTIN_TASKS: dict[str, BuiltinTask] = {
     task.name: task
     for task in (
         BuiltinTask("cities", "factual", "city-in-country statements, true or false", generate_cities),
-        BuiltinTask("comparisons", "factual", "comparisons of well-known quantities, true or false", generate_comparisons),
+        BuiltinTask("comparisons", "factual", "comparisons of known quantities, true or false", generate_comparisons),
         BuiltinTask("sentiment", "affective", "everyday sentences, positive or negative", generate_sentiment),
-        BuiltinTask("reviews", "affective", "review snippets (film, restaurant, product, hotel), positive or negative", generate_reviews),
+        BuiltinTask("reviews", "affective", "short reviews of films, food, gadgets, hotels, books", generate_reviews),
         BuiltinTask("coinflip", "inferential", "coin-flip state tracking: still heads up?", generate_coinflip),
-        BuiltinTask("syllogisms", "inferential", "categorical syllogisms over nonsense words: does it follow?", generate_syllogisms),
+        BuiltinTask("syllogisms", "inferential", "syllogisms over nonsense words: valid?", generate_syllogisms),
     )
 }
 
 
 def generate_dataset(name: str, seed: int = 0) -> pd.DataFrame:
+    """One built-in task as a frame (``text``, ``label`` and metadata columns), the same for the same seed."""
     if name not in BUILTIN_TASKS:
         raise KeyError(f"unknown built-in task {name!r}; choose from {sorted(BUILTIN_TASKS)}")
-    frame = BUILTIN_TASKS[name].generate(seed)
-    return frame.astype({"label": "int64"})
+    return BUILTIN_TASKS[name].generate(seed).astype({"label": "int64"})
 
 
 def write_builtin_datasets(out_dir: str | os.PathLike, seed: int = 0) -> list[Path]:
+    """Write ``{name}.csv`` for every built-in task; the committed ``data/concepts`` files are this with seed 0."""
     paths = []
     for name in BUILTIN_TASKS:
         path = Path(out_dir) / f"{name}.csv"
@@ -445,11 +874,17 @@ def write_builtin_datasets(out_dir: str | os.PathLike, seed: int = 0) -> list[Pa
     return paths
 
 
-READERS = {
+READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
     ".csv": lambda path: pd.read_csv(path, keep_default_na=False, na_values=[""]),
     ".tsv": lambda path: pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""]),
-    ".jsonl": lambda path: pd.read_json(path, lines=True),
+    ".jsonl": lambda path: pd.read_json(path, lines=True, dtype=False),
 }
+
+
+def _rows(mask: pd.Series) -> str:
+    """1-based data row numbers (the header is not counted), the first few, for an error message."""
+    rows = (np.flatnonzero(mask.to_numpy()) + 1).tolist()
+    return ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
 
 
 def load_dataset(path: str | os.PathLike, text_column: str = "text", label_column: str = "label") -> LabelledTexts:
@@ -459,34 +894,42 @@ def load_dataset(path: str | os.PathLike, text_column: str = "text", label_colum
         raise DatasetError(f"{path}: dataset file not found")
     reader = READERS.get(path.suffix.lower())
     if reader is None:
-        raise DatasetError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(READERS)}")
+        raise DatasetError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(sorted(READERS))}")
+    if path.stat().st_size == 0:
+        raise DatasetError(f"{path}: the file is empty")
     try:
         frame = reader(path)
     except Exception as error:  # pandas raises many parser error types
         raise DatasetError(f"{path}: cannot be parsed as {path.suffix[1:].upper()} ({error})") from error
+    if len(frame) == 0:
+        raise DatasetError(f"{path}: the dataset has no rows")
     missing = [c for c in (text_column, label_column) if c not in frame.columns]
     if missing:
         raise DatasetError(
             f"{path}: missing column(s) {missing} (text column {text_column!r}, label column {label_column!r}); "
-            f"the file has columns {list(frame.columns)}"
+            f"the file has columns {[str(c) for c in frame.columns]}"
         )
-    if frame.empty:
-        raise DatasetError(f"{path}: the dataset has no rows")
     texts = frame[text_column]
     empty = texts.isna() | (texts.astype(str).str.strip() == "")
     if empty.any():
-        rows = (np.flatnonzero(empty.to_numpy()) + 1).tolist()
-        raise DatasetError(f"{path}: {int(empty.sum())} empty text(s) in column {text_column!r}, data rows {rows[:5]}")
+        raise DatasetError(f"{path}: {empty.sum()} empty text(s) in column {text_column!r}, data rows {_rows(empty)}")
     labels = frame[label_column]
-    if labels.isna().any():
-        rows = (np.flatnonzero(labels.isna().to_numpy()) + 1).tolist()
-        raise DatasetError(f"{path}: {int(labels.isna().sum())} missing label(s) in column {label_column!r}, data rows {rows[:5]}")
-    classes = sorted(labels.unique().tolist(), key=lambda v: (str(type(v)), v))
+    missing_labels = labels.isna()
+    if missing_labels.any():
+        raise DatasetError(
+            f"{path}: {missing_labels.sum()} missing label(s) in column {label_column!r}, "
+            f"data rows {_rows(missing_labels)}"
+        )
+    # Natural order within a type (False < True, 0 < 1, "neg" < "pos"); types apart if a column mixes them.
+    classes = sorted(labels.unique().tolist(), key=lambda v: (type(v).__name__, v))
     if len(classes) == 1:
-        raise DatasetError(f"{path}: label column {label_column!r} has a single class {classes[0]!r}; a probe needs two")
+        raise DatasetError(
+            f"{path}: label column {label_column!r} has a single class {str(classes[0])!r}; a probe needs at least two"
+        )
     if len(classes) > 2:
         raise DatasetError(
-            f"{path}: label column {label_column!r} has {len(classes)} classes {classes[:6]}; probes are binary for now"
+            f"{path}: label column {label_column!r} has {len(classes)} classes {[str(c) for c in classes[:6]]}; "
+            "only binary probes are supported for now"
         )
     index = {value: i for i, value in enumerate(classes)}
     return LabelledTexts(

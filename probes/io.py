@@ -16,6 +16,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     """Checksum that keys caches and provenance, so a changed input is never mistaken for an old one."""
     digest = hashlib.sha256()
@@ -38,6 +42,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files owner-only; results are for the whole group
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

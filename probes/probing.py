@@ -631,9 +631,10 @@ def probe_stage(
     dataset: str,
     level: str,
     pooling: str,
-    settings: ProbeSettings,
+    settings: ProbeSettings | dict,
 ) -> None:
     """The ``probe_layers`` rule: probe every stored layer of one model x dataset into a tidy table."""
+    settings = settings if isinstance(settings, ProbeSettings) else ProbeSettings(**settings)
     from probes.activations import load_activations
 
     vectors, labels = load_activations(tensors, pooling)

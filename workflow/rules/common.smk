@@ -1,5 +1,6 @@
 # Config validation and the functions that turn the config into target lists.
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -52,19 +53,20 @@ def check_inputs():
 
 
 def extraction_settings():
-    return ExtractionSettings(
+    """A plain dict, so Snakemake's params trigger sees every change (it ignores opaque objects)."""
+    return asdict(ExtractionSettings(
         site=SITE,
         poolings=tuple(config["activations"]["poolings"]),
         batch_size=config["activations"]["batch_size"],
         max_tokens=config["activations"]["max_tokens"],
         device=config["device"],
         dtype=config["dtype"],
-    )
+    ))
 
 
 def probe_settings():
     probe = config["probe"]
-    return ProbeSettings(
+    return asdict(ProbeSettings(
         folds=probe["folds"],
         seeds=tuple(probe["seeds"]),
         C=probe["C"],
@@ -72,7 +74,7 @@ def probe_settings():
         max_iter=probe["max_iter"],
         control=probe["control"],
         device=config["device"],
-    )
+    ))
 
 
 def manifest_path(model):
