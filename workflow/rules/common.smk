@@ -8,9 +8,12 @@ from snakemake.utils import validate
 import probes.activations
 import probes.datasets
 import probes.figures
+import probes.lens
 import probes.models
 import probes.probing
+import probes.wordlists
 from probes.activations import ExtractionSettings
+from probes.lens import TunedLensSettings
 from probes.probing import ProbeSettings
 
 
@@ -20,11 +23,23 @@ MODELS = list(config["models"])
 DATASETS = list(config["datasets"])
 SITE = config["activations"]["site"]
 FORMATS = config["figures"]["formats"]
+LATENT = config["latent_language"]
+WORD_LISTS = list(LATENT["word_lists"])
+# (model, word_list, task, src, tgt) for every configured latent-language experiment
+EXPERIMENTS = [
+    (model, run.get("word_list", "everyday"), run["task"], run["src"], run["tgt"])
+    for model, runs in LATENT["experiments"].items()
+    for run in runs
+]
 
 
 wildcard_constraints:
     model="|".join(map(re.escape, MODELS)),
     dataset="|".join(map(re.escape, DATASETS)),
+    word_list="|".join(map(re.escape, WORD_LISTS)),
+    task="|".join(probes.wordlists.TASKS),
+    src="[A-Za-z0-9_]+",
+    tgt="[A-Za-z0-9_]+",
 
 
 def model_source(model):
@@ -35,12 +50,20 @@ def dataset_config(dataset):
     return {"text_column": "text", "label_column": "label"} | config["datasets"][dataset]
 
 
-def dataset_path(dataset):
+def repo_path(path):
     """Relative paths are looked up in the working directory first, then in the repository."""
-    path = Path(dataset_config(dataset)["path"])
+    path = Path(path)
     if path.is_absolute() or path.exists() or not (Path(workflow.basedir) / path).exists():
         return str(path)
     return str(Path(workflow.basedir) / path)
+
+
+def dataset_path(dataset):
+    return repo_path(dataset_config(dataset)["path"])
+
+
+def word_list_path(word_list, kind):
+    return repo_path(LATENT["word_lists"][word_list][kind])
 
 
 def check_inputs():
@@ -50,6 +73,24 @@ def check_inputs():
     for dataset in DATASETS:
         columns = dataset_config(dataset)
         probes.datasets.load_dataset(dataset_path(dataset), columns["text_column"], columns["label_column"])
+    if not EXPERIMENTS:
+        return
+    word_lists = {
+        name: probes.wordlists.load_word_list(
+            name, word_list_path(name, "words"), word_list_path(name, "cloze"), repo_path(LATENT["languages"])
+        )
+        for name in WORD_LISTS
+    }
+    for model, word_list, task, src, tgt in EXPERIMENTS:
+        where = f"latent_language.experiments.{model}"
+        if model not in MODELS:
+            raise ValueError(f"{where}: model {model!r} is not in `models` ({MODELS})")
+        if word_list not in word_lists:
+            raise ValueError(f"{where}: word list {word_list!r} is not in latent_language.word_lists ({WORD_LISTS})")
+        try:
+            probes.wordlists.check_task(word_lists[word_list], task, src, tgt)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
 
 
 def extraction_settings():
@@ -77,6 +118,10 @@ def probe_settings():
     ))
 
 
+def tuned_lens_settings():
+    return asdict(TunedLensSettings(**config["tuned_lens"], device=config["device"], dtype=config["dtype"]))
+
+
 def manifest_path(model):
     return f"{config['model_cache']}/{model}/manifest.json"
 
@@ -85,13 +130,38 @@ def figure_paths(stem):
     return expand(f"results/figures/{stem}.{{ext}}", ext=FORMATS, allow_missing=True)
 
 
+def experiment_outputs(template):
+    """A rule's output path for every configured latent-language experiment."""
+    fields = dict(zip(["model", "word_list", "task", "src", "tgt"], map(list, zip(*EXPERIMENTS)))) if EXPERIMENTS else {}
+    return expand(template, zip, **fields) if EXPERIMENTS else []
+
+
+def experiment_stem(model, word_list, task, src, tgt):
+    return f"{model}_{word_list}_{task}_{src}-{tgt}"
+
+
+def latent_language_targets():
+    if not EXPERIMENTS:
+        return []
+    targets = [
+        "results/tables/latent_language_summary.csv",
+        *figure_paths("latent_language_relative"),
+        *(path for experiment in EXPERIMENTS for path in figure_paths(f"latent_language_{experiment_stem(*experiment)}")),
+    ]
+    if LATENT["tuned_lens"]:
+        targets += figure_paths("tuned_lens_kl")
+    return targets
+
+
 def all_targets():
     return [
         "results/tables/concept_depth_summary.csv",
         "results/tables/probe_metrics.parquet",
         *figure_paths("concept_depth_relative"),
         *(path for model in MODELS for path in figure_paths(f"concept_depth_{model}")),
+        *latent_language_targets(),
     ]
 
 
-check_inputs()
+if workflow.is_main_process:  # jobs re-parse the Snakefile in their own process; check once
+    check_inputs()

@@ -1,0 +1,131 @@
+rule train_tuned_lens:
+    input:
+        manifest=lambda wc: manifest_path(wc.model),
+        languages=repo_path(LATENT["languages"]),
+        words=[word_list_path(name, "words") for name in WORD_LISTS],
+        cloze=[word_list_path(name, "cloze") for name in WORD_LISTS],
+    output:
+        lens="results/lens/{model}/tuned_lens.safetensors",
+        kl="results/lens/{model}/tuned_lens_kl.parquet",
+        meta="results/lens/{model}/tuned_lens.meta.json",
+    params:
+        word_lists=WORD_LISTS,
+        settings=tuned_lens_settings(),
+        seed=config["seed"],
+    log:
+        "logs/train_tuned_lens/{model}.log",
+    threads: 8
+    resources:
+        mem_mb=12000,
+        runtime=60,
+        gpu=1 if config["device"].startswith("cuda") else 0,
+    run:
+        probes.lens.train_tuned_lens_stage(**input, **output, **params, **wildcards, log=log[0], threads=threads)
+
+
+rule latent_language:
+    input:
+        manifest=lambda wc: manifest_path(wc.model),
+        languages=repo_path(LATENT["languages"]),
+        words=lambda wc: word_list_path(wc.word_list, "words"),
+        cloze=lambda wc: word_list_path(wc.word_list, "cloze"),
+        tuned_lens=rules.train_tuned_lens.output.lens if LATENT["tuned_lens"] else [],
+    output:
+        curves="results/latent_language/{model}/{word_list}/{task}_{src}-{tgt}.parquet",
+        prompts="results/latent_language/{model}/{word_list}/{task}_{src}-{tgt}.prompts.parquet",
+        meta="results/latent_language/{model}/{word_list}/{task}_{src}-{tgt}.meta.json",
+        tensors="results/activations/{model}/latent_language/{word_list}/{task}_{src}-{tgt}.safetensors",
+    params:
+        shots=LATENT["shots"],
+        max_concepts=LATENT["max_concepts"],
+        settings=extraction_settings(),
+        seed=config["seed"],
+    log:
+        "logs/latent_language/{model}/{word_list}/{task}_{src}-{tgt}.log",
+    threads: 8
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=1 if config["device"].startswith("cuda") else 0,
+    run:
+        probes.lens.latent_language_stage(**input, **output, **params, **wildcards, log=log[0], threads=threads)
+
+
+rule summarise_latent_language:
+    input:
+        curves=experiment_outputs(rules.latent_language.output.curves),
+        metas=experiment_outputs(rules.latent_language.output.meta),
+        kl=expand(rules.train_tuned_lens.output.kl, model=sorted({e[0] for e in EXPERIMENTS}))
+        if LATENT["tuned_lens"]
+        else [],
+    output:
+        table="results/tables/latent_language.parquet",
+        summary_csv=report(
+            "results/tables/latent_language_summary.csv",
+            caption="../report/latent_language_summary.rst",
+            category="Latent language",
+            labels={"model": "all", "figure": "summary table"},
+        ),
+        kl_table="results/tables/tuned_lens_kl.parquet",
+    log:
+        "logs/summarise_latent_language.log",
+    localrule: True
+    run:
+        probes.lens.summary_stage(**input, **output, log=log[0])
+
+
+rule plot_latent_language:
+    input:
+        curves=rules.latent_language.output.curves,
+    output:
+        figures=report(
+            figure_paths("latent_language_{model}_{word_list}_{task}_{src}-{tgt}"),
+            caption="../report/latent_language_pair.rst",
+            category="Latent language",
+            labels={"model": "{model}", "figure": "{task} {src}→{tgt}"},
+        ),
+    params:
+        dpi=config["figures"]["dpi"],
+    log:
+        "logs/plot_latent_language/{model}_{word_list}_{task}_{src}-{tgt}.log",
+    localrule: True
+    run:
+        probes.figures.plot_latent_language(**input, **output, **params, **wildcards, log=log[0])
+
+
+rule plot_latent_language_relative:
+    input:
+        table=rules.summarise_latent_language.output.table,
+    output:
+        figures=report(
+            figure_paths("latent_language_relative"),
+            caption="../report/latent_language_relative.rst",
+            category="Latent language",
+            labels={"model": "all", "figure": "relative depth"},
+        ),
+    params:
+        dpi=config["figures"]["dpi"],
+    log:
+        "logs/plot_latent_language_relative.log",
+    localrule: True
+    run:
+        probes.figures.plot_latent_language_relative(**input, **output, **params, log=log[0])
+
+
+rule plot_tuned_lens_kl:
+    input:
+        kl_table=rules.summarise_latent_language.output.kl_table,
+    output:
+        figures=report(
+            figure_paths("tuned_lens_kl"),
+            caption="../report/tuned_lens_kl.rst",
+            category="Latent language",
+            labels={"model": "all", "figure": "tuned-lens KL"},
+        ),
+    params:
+        dpi=config["figures"]["dpi"],
+    log:
+        "logs/plot_tuned_lens_kl.log",
+    localrule: True
+    run:
+        probes.figures.plot_tuned_lens_kl(**input, **output, **params, log=log[0])
