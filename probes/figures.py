@@ -216,7 +216,8 @@ def _language_label(language: str, src: str, tgt: str) -> str:
 
 def _probability_lines(ax, frame: pd.DataFrame, x_of, src: str, tgt: str, languages: Sequence[str]) -> None:
     """Mean ± 95% CI over concepts per language; target and English drawn heavier than the rest."""
-    ordered = sorted(languages, key=lambda l: (l != tgt, l != "en", l))
+    present = set(frame["language"])
+    ordered = sorted((l for l in languages if l in present), key=lambda l: (l != tgt, l != "en", l))
     for language in reversed(ordered):
         curve = mean_interval(frame[frame["language"] == language].rename(columns={"prob": "value"}))
         x = x_of(curve.index.to_numpy())

@@ -291,9 +291,9 @@ def language_curves(
 @dataclass(frozen=True)
 class TunedLensSettings:
     train_tokens: int = 2048
-    heldout_tokens: int = 128
+    heldout_tokens: int = 64
     steps: int = 60
-    batch_tokens: int = 256
+    batch_tokens: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
     sampled_vocab: int | None = 2048
@@ -376,6 +376,10 @@ def fit_tuned_lens(
     estimated from the tokens that carry most final-layer mass plus a fresh uniform sample of the rest,
     re-weighted (sampled softmax), while the target term stays exact: sum_v p_v z_v = (W^T p) . norm(h).
     Models that soft-cap their logits make that term non-linear and always train on the full vocabulary.
+
+    A tenth of the tokens is kept for validation: each layer keeps its translator from the evaluation
+    with the lowest validation loss, the identity (the logit lens) included, so a small training budget
+    cannot leave a layer worse off than the logit lens on similar text.
     """
     import torch
     from tqdm.auto import tqdm
@@ -390,7 +394,9 @@ def fit_tuned_lens(
         or (model.cfg.output_logits_soft_cap or 0) > 0
     )
     residuals = residuals.to(weight)
-    n_tokens = residuals.shape[0]
+    n_validation = max(1, residuals.shape[0] // 10)
+    n_train = residuals.shape[0] - n_validation
+    validation = torch.arange(n_train, residuals.shape[0])
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     lens = new_tuned_lens(model, unembed).to(weight.device)
@@ -411,34 +417,60 @@ def fit_tuned_lens(
             offset = offset.to(weight)
         del final
 
-    optimiser = torch.optim.AdamW(lens.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1 - step / settings.steps)
-    history = []
-    for _ in tqdm(range(settings.steps), desc="tuned lens", unit="step", disable=not progress):
-        batch = torch.randint(n_tokens, (min(settings.batch_tokens, n_tokens),), generator=generator)
+    def columns() -> torch.Tensor | None:
+        if exact:
+            return None
+        sampled = rest[torch.randperm(len(rest), generator=generator)[:n_sampled]]
+        return torch.cat([kept, sampled]).to(weight.device)
+
+    def layer_losses(tokens: torch.Tensor, vocabulary: torch.Tensor | None) -> torch.Tensor:
+        """Mean cross-entropy per layer (0..L-1) on these tokens."""
         if exact:
             with torch.no_grad():
-                target = torch.softmax(decode(model, unembed, residuals[batch, n_layers]), -1)
+                target = torch.softmax(decode(model, unembed, residuals[tokens, n_layers]), -1)
         else:
-            sampled = rest[torch.randperm(len(rest), generator=generator)[:n_sampled]]
-            columns = torch.cat([kept, sampled]).to(weight.device)
-            sub_weight, sub_bias = weight[columns], bias[columns]
-        loss = 0.0
+            sub_weight, sub_bias = weight[vocabulary], bias[vocabulary]
+        losses = []
         for layer in range(n_layers):
-            hidden = lens.transform_hidden(residuals[batch, layer], layer)
+            hidden = lens.transform_hidden(residuals[tokens, layer], layer)
             if exact:
                 logits = decode(model, unembed, hidden)
-                loss = loss + (torch.logsumexp(logits, -1) - (target * logits).sum(-1)).mean()
+                losses.append((torch.logsumexp(logits, -1) - (target * logits).sum(-1)).mean())
             else:
                 normed = unembed.final_norm(hidden)
                 log_normaliser = torch.logsumexp(normed @ sub_weight.T + sub_bias + offset, -1)
-                linear = (normed * expected_unembedding[batch]).sum(-1) + expected_bias[batch]
-                loss = loss + (log_normaliser - linear).mean()
+                linear = (normed * expected_unembedding[tokens]).sum(-1) + expected_bias[tokens]
+                losses.append((log_normaliser - linear).mean())
+        return torch.stack(losses)
+
+    validation_columns = columns()
+    best_loss = torch.full((n_layers,), math.inf)
+    best_state = [None] * n_layers
+
+    def keep_best() -> None:
+        with torch.no_grad():
+            losses = layer_losses(validation, validation_columns)
+        for layer in torch.nonzero(losses < best_loss).flatten().tolist():
+            best_loss[layer] = losses[layer]
+            best_state[layer] = {k: v.detach().clone() for k, v in lens[layer].state_dict().items()}
+
+    optimiser = torch.optim.AdamW(lens.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1 - step / settings.steps)
+    evaluate_every = max(1, settings.steps // 10)
+    history = []
+    keep_best()
+    for step in tqdm(range(1, settings.steps + 1), desc="tuned lens", unit="step", disable=not progress):
+        batch = torch.randint(n_train, (min(settings.batch_tokens, n_train),), generator=generator)
+        loss = layer_losses(batch, columns()).sum()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         schedule.step()
         history.append(loss.item() / n_layers)
+        if step % evaluate_every == 0 or step == settings.steps:
+            keep_best()
+    for layer, state in enumerate(best_state):
+        lens[layer].load_state_dict(state)
     lens.requires_grad_(False)
     return lens, history
 

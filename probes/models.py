@@ -193,11 +193,11 @@ def _load_hooked(manifest: dict[str, Any], device: str, dtype: str) -> HookedTra
     with safe_open(manifest["hooked_state"], "pt") as handle:
         config = json.loads(handle.metadata()["config"])
     config |= {"dtype": getattr(torch, config["dtype"]), "device": device, "init_weights": False}
-    model = HookedTransformer(
-        HookedTransformerConfig.from_dict(config),
-        tokenizer=AutoTokenizer.from_pretrained(manifest["hf_dir"]),
-        move_to_device=False,
-    )
+    # TransformerLens reloads a tokenizer that lacks add_bos_token=True (seconds for Gemma's); load it so once.
+    tokenizer = AutoTokenizer.from_pretrained(manifest["hf_dir"], add_bos_token=True)
+    if tokenizer.bos_token is None:
+        tokenizer = AutoTokenizer.from_pretrained(manifest["hf_dir"])
+    model = HookedTransformer(HookedTransformerConfig.from_dict(config), tokenizer=tokenizer, move_to_device=False)
     model.load_state_dict(load_file(manifest["hooked_state"]), strict=True, assign=True)
     if dtype != "float32":
         model = model.to(getattr(torch, dtype))

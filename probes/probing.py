@@ -15,16 +15,17 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
-from scipy.stats import rankdata
-from sklearn.model_selection import StratifiedKFold
-from tqdm.auto import tqdm
 
 from probes.io import atomic_path, read_json, sha256_file, stage, write_json
 from probes.provenance import package_versions
+
+if TYPE_CHECKING:
+    import torch
+    from tqdm.auto import tqdm
 
 METRICS = (
     "accuracy",
@@ -36,7 +37,7 @@ METRICS = (
     "selectivity",
 )
 CONTROLS = ("permuted",)
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = ("float32", "float64")
 
 # Solver constants. None of them changes the solution, only how fast it is reached.
 _HISTORY = 10  # L-BFGS memory (pairs of steps and gradient changes)
@@ -145,6 +146,8 @@ def fit_probes(
     standardised with the problem's training mean and (ddof=0) std. A public seam so that notebooks
     and tests can inspect coefficients, not only scores.
     """
+    import torch
+    from tqdm.auto import tqdm
     X = np.asarray(X)
     labels = np.asarray(labels, dtype=np.float64)
     train = np.asarray(train, dtype=bool)
@@ -156,7 +159,7 @@ def fit_probes(
         if np.unique(labels[p, train[p]]).size != 2:
             raise ValueError(f"problem {p}: its training rows must hold both classes")
 
-    device, dtype = torch.device(settings.device), DTYPES[settings.dtype]
+    device, dtype = torch.device(settings.device), getattr(torch, settings.dtype)
     itemsize = torch.empty((), dtype=dtype).element_size()
     # Solver state (activations, preconditioner, iterates, L-BFGS history, margins) plus float64 temporaries.
     rank = min(n, d)
@@ -304,6 +307,7 @@ def _design(y: np.ndarray, settings: ProbeSettings) -> tuple[np.ndarray, np.ndar
     so a plain scikit-learn loop sees identical splits; the control labels of a seed are one
     permutation of ``y`` (shared by its folds) drawn from a stream derived from that seed.
     """
+    from sklearn.model_selection import StratifiedKFold
     labels, train = [], []
     for seed in settings.seeds:
         control = control_labels(y, seed)
@@ -324,6 +328,7 @@ def _scores(decision: np.ndarray, labels: np.ndarray, test: np.ndarray) -> np.nd
     ROC-AUC is the Mann-Whitney statistic with tied scores counted half, which is what
     ``sklearn.metrics.roc_auc_score`` computes; it is NaN when a test fold holds one class.
     """
+    from scipy.stats import rankdata
     positive = labels.astype(bool)[None]
     pred = decision > 0
     tp = (test & pred & positive).sum(-1)
@@ -381,6 +386,7 @@ def _standardisation(
     float64; features that StandardScaler would call constant in a training fold (its own variance
     test) get scale 1. Returns Xt (layer, n, d), centre and inv_scale (layer, problem, d).
     """
+    import torch
     raw = torch.as_tensor(X).to(device=device, dtype=torch.float64)
     n, n_layers, d = raw.shape
     raw = raw.reshape(n, -1)
@@ -438,6 +444,7 @@ class _Problems:
 
         ``layers`` (a mask over the active layers) evaluates only those layers.
         """
+        import torch
         Xt, inv_scale, shifted = self.Xt, self.inv_scale, self.shifted
         if layers is not None:
             Xt, inv_scale, shifted = Xt[layers], inv_scale[layers], shifted[layers]
@@ -446,6 +453,7 @@ class _Problems:
 
     def gradient(self, w: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gradient (w part, intercept part) and the mean logistic curvature p(1-p) of the training rows."""
+        import torch
         p = torch.sigmoid(z)
         residual = (p - self.targets).mul_(self.mask).mul_(self.C)
         grad_b = residual.sum(-1)
@@ -463,6 +471,7 @@ def _principal_directions(Xt: torch.Tensor, floor: float) -> tuple[torch.Tensor,
     barely change the Hessian and are dropped (zeroed where other layers of the chunk need them, so
     that every layer keeps one shape).
     """
+    import torch
     n_layers, n, d = Xt.shape
     if n <= d:
         spectrum, vectors = torch.linalg.eigh(torch.bmm(Xt, Xt.transpose(1, 2)))
@@ -490,6 +499,7 @@ def _lbfgs(batch: _Problems, tol: float, max_iter: int, first_layer: int, out: P
     direction without further GEMMs. Problems stop individually at the gradient test of
     :class:`ProbeSettings`, and layers leave the batch once all their problems have.
     """
+    import torch
     Xt = batch.Xt
     n_layers, n, d = Xt.shape
     n_problems = batch.targets.shape[0]
@@ -600,6 +610,7 @@ def _line_search(
     around the minimiser (phi' < 0 at lo, >= 0 at hi); a Newton step that leaves the bracket is
     replaced by bisection, or by doubling while no upper end is known.
     """
+    import torch
     C, targets = batch.C, batch.targets
     masked_dz = batch.mask * dz
     masked_dz2 = masked_dz * dz
