@@ -269,7 +269,8 @@ def language_curves(
                 log_probs = torch.log_softmax(logits, dim=-1)
                 probs = log_probs.exp()
                 entropy = -(probs * log_probs).sum(-1) / math.log(2)
-                mass = (probs.gather(1, index.view(n, -1)).view(n, len(languages), width) * mask).sum(-1)
+                gathered = probs.gather(1, index.view(n, -1).to(probs.device)).view(n, len(languages), width)
+                mass = (gathered * mask.to(probs.device)).sum(-1).cpu()
                 frames.append(
                     pd.DataFrame(
                         {
@@ -278,7 +279,7 @@ def language_curves(
                             "lens": name,
                             "language": np.tile(languages, n),
                             "prob": mass.float().numpy().ravel(),
-                            "entropy_bits": np.repeat(entropy.float().numpy(), len(languages)),
+                            "entropy_bits": np.repeat(entropy.float().cpu().numpy(), len(languages)),
                         }
                     )
                 )
@@ -386,7 +387,9 @@ def fit_tuned_lens(
 
     n_layers = model.cfg.n_layers
     weight = unembed.unembedding.weight
-    bias = unembed.unembedding.bias if unembed.unembedding.bias is not None else torch.zeros(weight.shape[0])
+    bias = unembed.unembedding.bias
+    if bias is None:
+        bias = torch.zeros(weight.shape[0], device=weight.device)
     vocab = weight.shape[0]
     exact = (
         settings.sampled_vocab is None
@@ -409,7 +412,7 @@ def fit_tuned_lens(
             mass = torch.stack([p.sum(0) for p in final]).sum(0)
             n_kept = settings.sampled_vocab // 2
             kept = torch.topk(mass, n_kept).indices
-            rest = torch.ones(vocab, dtype=torch.bool)
+            rest = torch.ones(vocab, dtype=torch.bool, device=weight.device)
             rest[kept] = False
             rest = rest.nonzero().squeeze(1)
             n_sampled = settings.sampled_vocab - n_kept
@@ -420,7 +423,7 @@ def fit_tuned_lens(
     def columns() -> torch.Tensor | None:
         if exact:
             return None
-        sampled = rest[torch.randperm(len(rest), generator=generator)[:n_sampled]]
+        sampled = rest[torch.randperm(len(rest), generator=generator)[:n_sampled].to(rest.device)]
         return torch.cat([kept, sampled]).to(weight.device)
 
     def layer_losses(tokens: torch.Tensor, vocabulary: torch.Tensor | None) -> torch.Tensor:
@@ -449,7 +452,7 @@ def fit_tuned_lens(
 
     def keep_best() -> None:
         with torch.no_grad():
-            losses = layer_losses(validation, validation_columns)
+            losses = layer_losses(validation, validation_columns).cpu()
         for layer in torch.nonzero(losses < best_loss).flatten().tolist():
             best_loss[layer] = losses[layer]
             best_state[layer] = {k: v.detach().clone() for k, v in lens[layer].state_dict().items()}
@@ -495,7 +498,7 @@ def heldout_kl(
                     else:
                         approx = torch.log_softmax(lens_logits(model, unembed, lens, part[:, layer], layer), -1)
                         kl = (probs * (final - approx)).sum(-1).clamp(min=0) / math.log(2)
-                    rows.append(pd.DataFrame({"layer": layer, "lens": name, "kl_bits": kl.float().numpy()}))
+                    rows.append(pd.DataFrame({"layer": layer, "lens": name, "kl_bits": kl.float().cpu().numpy()}))
     per_token = pd.concat(rows, ignore_index=True)
     return (
         per_token.groupby(["lens", "layer"])["kl_bits"]
