@@ -43,6 +43,23 @@ def test_embedded_model_predicts_sensibly(smollm2):
     assert smollm2.tokenizer.decode(probs.argmax()).strip() == "Paris"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_cached_transformer_lens_weights_equal_a_fresh_conversion(name, request):
+    """load_model reads the processed weights convert_model cached; they must be TransformerLens's own."""
+    from probes.io import read_json
+    from probes.models import _build_hooked
+
+    manifest = request.getfixturevalue("smollm2_manifest" if name.startswith("smollm2") else "gemma_manifest")
+    record = read_json(manifest)
+    assert record["hooked_state"].endswith("hooked_transformer.safetensors")
+    cached, fresh = load_model(manifest), _build_hooked(record, "cpu", "float32")
+    for prompt in PROMPTS:
+        assert torch.equal(cached.to_tokens(prompt), fresh.to_tokens(prompt))
+        assert torch.equal(next_token_probabilities(cached, cached.to_tokens(prompt)),
+                           next_token_probabilities(fresh, fresh.to_tokens(prompt)))
+
+
 def test_manifest_records_gguf_checksum(smollm2_manifest):
     manifest = json.loads(smollm2_manifest.read_text())
     assert len(manifest["gguf_sha256"]) == 64
