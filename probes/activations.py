@@ -63,6 +63,18 @@ def tokenize(model: HookedTransformer, texts: Sequence[str], max_tokens: int) ->
     return [tokens[:max_tokens] for tokens in token_lists], truncated
 
 
+def right_padded(model: HookedTransformer, token_lists: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch as (tokens, mask), padded on the right: under causal attention real tokens never see pads."""
+    import torch
+
+    lengths = torch.tensor([len(tokens) for tokens in token_lists])
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    tokens = torch.full((len(token_lists), int(lengths.max())), pad_id, dtype=torch.long)
+    for row, ids in enumerate(token_lists):
+        tokens[row, : len(ids)] = ids
+    return tokens, torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
+
+
 def extract_activations(
     model: HookedTransformer,
     texts: Sequence[str],
@@ -84,7 +96,6 @@ def extract_activations(
     # Mean pooling skips a prepended BOS: its huge norm (an attention sink) would swamp the average.
     skip_first = int(bool(model.cfg.default_prepend_bos))
     order = torch.argsort(lengths, stable=True)
-    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     n, n_site_layers = len(texts), len(hooks)
     out = {p: torch.zeros(n, n_site_layers, model.cfg.d_model, dtype=torch.float32) for p in settings.poolings}
     columns = {layer: column for column, layer in enumerate(sorted(hooks))}
@@ -93,12 +104,10 @@ def extract_activations(
     batches = [order[i : i + settings.batch_size] for i in range(0, n, settings.batch_size)]
     for batch in tqdm(batches, desc="extracting", unit="batch", disable=not progress):
         batch_lengths = lengths[batch]
-        width = int(batch_lengths.max())
-        tokens = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        for row, index in enumerate(batch.tolist()):
-            tokens[row, : lengths[index]] = token_lists[index]
+        tokens, mask = right_padded(model, [token_lists[index] for index in batch.tolist()])
+        width = tokens.shape[1]
         positions = torch.arange(width)
-        mask = (positions[None, :] < batch_lengths[:, None]).to(settings.device)
+        mask = mask.to(settings.device)
         mean_mask = (mask & (positions[None, :].to(settings.device) >= min(skip_first, width - 1))).float()
         last_index = (batch_lengths - 1).to(settings.device)
 

@@ -314,22 +314,15 @@ def token_residuals(model: HookedTransformer, texts: Sequence[str], batch_size: 
     import torch
     from tqdm.auto import tqdm
 
-    from probes.activations import site_hooks
+    from probes.activations import right_padded, site_hooks, tokenize
 
     hooks = site_hooks("resid", model.cfg.n_layers)
     skip = int(bool(model.cfg.default_prepend_bos))
-    token_lists = [model.to_tokens(text, move_to_device=False, truncate=False)[0] for text in texts]
-    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    token_lists, _ = tokenize(model, texts, model.cfg.n_ctx)
     chunks = []
     for start in tqdm(range(0, len(texts), batch_size), desc="lens corpus", unit="batch", disable=not progress):
-        batch = token_lists[start : start + batch_size]
-        lengths = torch.tensor([len(tokens) for tokens in batch])
-        tokens = torch.full((len(batch), int(lengths.max())), pad_id, dtype=torch.long)
-        for row, ids in enumerate(batch):
-            tokens[row, : len(ids)] = ids
-        positions = torch.arange(tokens.shape[1])
-        mask = positions[None, :] < lengths[:, None]
-        keep = (mask & (positions[None, :] >= skip)).to(model.cfg.device)
+        tokens, mask = right_padded(model, token_lists[start : start + batch_size])
+        keep = (mask & (torch.arange(tokens.shape[1])[None, :] >= skip)).to(model.cfg.device)
         _, cache = model.run_with_cache(
             tokens.to(model.cfg.device),
             attention_mask=mask.long().to(model.cfg.device),

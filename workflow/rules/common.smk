@@ -27,7 +27,7 @@ LATENT = config["latent_language"]
 WORD_LISTS = list(LATENT["word_lists"])
 # (model, word_list, task, src, tgt) for every configured latent-language experiment
 EXPERIMENTS = [
-    (model, run.get("word_list", "everyday"), run["task"], run["src"], run["tgt"])
+    (model, run["word_list"], run["task"], run["src"], run["tgt"])
     for model, runs in LATENT["experiments"].items()
     for run in runs
 ]
