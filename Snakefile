@@ -13,6 +13,7 @@ include: "workflow/rules/activations.smk"
 include: "workflow/rules/probing.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/latent_language.smk"
+include: "workflow/rules/sae.smk"
 
 
 rule all:

@@ -341,3 +341,92 @@ def plot_tuned_lens_kl(kl_table: str | os.PathLike, figures: Sequence[str | os.P
     axes[0, 0].set_ylabel("KL(model ‖ lens), bits")
     fig.tight_layout()
     _save(fig, figures, dpi)
+
+
+_SAE_PANELS = (
+    ("fvu", "fraction of variance unexplained", (0, None)),
+    ("l0", "mean L0 (active latents per token)", (0, None)),
+    ("loss_recovered", "loss recovered (vs zero-ablation)", (None, 1.02)),
+    ("dead_fraction", "dead / dense latent fraction", (0, None)),
+)
+
+
+@stage
+def plot_sae_metrics(table: str | os.PathLike, figures: Sequence[str | os.PathLike], dpi: int = 200) -> None:
+    """SAE quality across relative depth, one line per model: is any layer's dictionary too poor to read?"""
+    _style()
+    import matplotlib.pyplot as plt
+
+    metrics = pd.read_parquet(table)
+    fig, axes = plt.subplots(1, len(_SAE_PANELS), figsize=(3.2 * len(_SAE_PANELS), 2.8))
+    for (column, label, limits), ax in zip(_SAE_PANELS, axes):
+        for index, (model, rows) in enumerate(metrics.groupby("model", sort=True)):
+            marker = MARKERS[index % len(MARKERS)]
+            ax.plot(rows["relative_depth"], rows[column], marker=marker, lw=1.4, ms=4, label=model)
+            if column == "dead_fraction":
+                ax.plot(rows["relative_depth"], rows["dense_fraction"], marker=marker, ls="--", lw=1.0, ms=3,
+                        color=ax.lines[-1].get_color(), label=f"{model} (dense)")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("relative depth (layer / L)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(*limits)
+    axes[-1].legend(fontsize=7)
+    first = metrics.iloc[0]
+    fig.suptitle(
+        f"SAEs per layer on held-out corpus tokens ({first['architecture']}, d_sae = {first['d_sae']}, "
+        f"{first['training_tokens']:,} training tokens; dead = never fires, dashed = dense)", y=1.02,
+    )
+    fig.tight_layout()
+    _save(fig, figures, dpi)
+
+
+@stage
+def plot_sparse_probing(
+    scores: str | os.PathLike, probe_metrics: str | os.PathLike, figures: Sequence[str | os.PathLike], dpi: int = 200
+) -> None:
+    """One panel per k: top-k SAE latents and top-k residual dimensions against the dense probe, across depth."""
+    _style()
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    sparse = pd.read_parquet(scores)
+    dense = pd.read_parquet(probe_metrics)
+    dense = dense[dense["metric"] == "accuracy"]
+    model, dataset, n_layers = sparse["model"].iloc[0], sparse["dataset"].iloc[0], int(sparse["n_layers"].iloc[0])
+    ks = sorted(sparse["k"].unique())
+    n_cols = min(3, len(ks))
+    n_rows = math.ceil(len(ks) / n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.4 * n_cols, 2.7 * n_rows), squeeze=False, sharey=True, sharex=True)
+    dense_curve = mean_interval(dense)
+    colours = {"sae": "#d95f02", "residual": "#1b9e77"}
+    for ax, k in zip(axes.flat, ks):
+        ax.plot(dense_curve.index, dense_curve["mean"], color="#555555", lw=1.4)
+        ax.fill_between(dense_curve.index, dense_curve["lo"], dense_curve["hi"], color="#999999", alpha=0.25, lw=0)
+        for features, colour in colours.items():
+            rows = sparse[(sparse["k"] == k) & (sparse["features"] == features)].rename(columns={"accuracy": "value"})
+            curve = mean_interval(rows)
+            ax.errorbar(curve.index, curve["mean"], yerr=[curve["mean"] - curve["lo"], curve["hi"] - curve["mean"]],
+                        color=colour, marker="o", ms=4, lw=1.4, capsize=2)
+        ax.axhline(0.5, color="#bbbbbb", lw=0.8, zorder=0)
+        ax.set_title(f"k = {k}")
+        ax.set_xlim(dense_curve.index.min(), n_layers)
+        ax.set_ylim(0.3, 1.02)
+    for ax in axes[-1]:
+        ax.set_xlabel("layer")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy")
+    for ax in list(axes.flat)[len(ks):]:
+        ax.set_visible(False)
+    legend = [
+        Line2D([], [], color="#555555", lw=1.4, label="dense probe, all dimensions"),
+        Line2D([], [], color=colours["sae"], marker="o", lw=1.4, label="top-k SAE latents"),
+        Line2D([], [], color=colours["residual"], marker="o", lw=1.4, label="top-k residual dimensions"),
+        Line2D([], [], color="#bbbbbb", lw=0.8, label="chance"),
+    ]
+    fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=7, bbox_to_anchor=(0.5, -0.03))
+    fig.suptitle(
+        f"Sparse probing, {model} on {dataset}: features chosen by class mean difference on each training fold "
+        f"(mean, {_CI:.0%} CI over seed x fold runs)", y=1.0, fontsize=9,
+    )
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    _save(fig, figures, dpi)

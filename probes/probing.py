@@ -201,6 +201,23 @@ def control_labels(y: np.ndarray, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, _CONTROL_STREAM]).permutation(np.asarray(y))
 
 
+def cv_splits(y: np.ndarray, settings: ProbeSettings) -> list[tuple[int, int, np.ndarray]]:
+    """(seed, fold, training-row mask) of every probe run: ``StratifiedKFold(shuffle=True, random_state=seed)``.
+
+    Every probe of the pipeline (dense, control, sparse) uses these splits, so their scores compare run by run.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    splits = []
+    for seed in settings.seeds:
+        splitter = StratifiedKFold(settings.folds, shuffle=True, random_state=seed)
+        for fold, (train_idx, _) in enumerate(splitter.split(np.zeros((len(y), 1)), y)):
+            mask = np.zeros(len(y), dtype=bool)
+            mask[train_idx] = True
+            splits.append((seed, fold, mask))
+    return splits
+
+
 def summarise_curve(acc: np.ndarray, chance: float, delta: float = 0.01, jump_min: float = 0.03) -> dict:
     """Half-rise, jump and converging layers of one accuracy-vs-layer curve (index = layer 0..L).
 
@@ -307,18 +324,13 @@ def _design(y: np.ndarray, settings: ProbeSettings) -> tuple[np.ndarray, np.ndar
     so a plain scikit-learn loop sees identical splits; the control labels of a seed are one
     permutation of ``y`` (shared by its folds) drawn from a stream derived from that seed.
     """
-    from sklearn.model_selection import StratifiedKFold
     labels, train = [], []
-    for seed in settings.seeds:
+    for seed, _, mask in cv_splits(y, settings):
         control = control_labels(y, seed)
-        splitter = StratifiedKFold(settings.folds, shuffle=True, random_state=seed)
-        for train_idx, _ in splitter.split(np.zeros((len(y), 1)), y):
-            mask = np.zeros(len(y), dtype=bool)
-            mask[train_idx] = True
-            if np.unique(control[mask]).size != 2:
-                raise ValueError(f"seed {seed}: a control training fold holds a single class; too few examples")
-            labels += [y, control]
-            train += [mask, mask]
+        if np.unique(control[mask]).size != 2:
+            raise ValueError(f"seed {seed}: a control training fold holds a single class; too few examples")
+        labels += [y, control]
+        train += [mask, mask]
     return np.array(labels), np.array(train)
 
 

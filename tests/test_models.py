@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from probes.models import ModelError, convert_model, load_hf_model, load_model, resolve_source
+from probes.models import ModelError, convert_model, load_hf_model, load_model, model_depth, resolve_source
 
 PROMPTS = [
     "The capital of France is",
@@ -33,7 +33,7 @@ def test_transformer_lens_matches_hugging_face(name, request):
         with torch.inference_mode():
             hf_probs = hf_model(tokens).logits[0, -1].softmax(-1)
         assert (tl_probs - hf_probs).abs().max().item() <= 1e-4, prompt
-    assert tl_model.cfg.n_layers == {"smollm2-135m": 30, "gemma3-270m": 18}[name]
+    assert tl_model.cfg.n_layers == {"smollm2-135m": 30, "gemma3-270m": 18}[name] == model_depth(name)
 
 
 @pytest.mark.slow

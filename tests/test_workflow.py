@@ -96,6 +96,7 @@ def test_changing_a_plot_option_reruns_only_plots(run):
     assert set(planned_rules(run, configfiles=("plots.yaml",))) == {
         "plot_concept_depth", "plot_concept_depth_relative",
         "plot_latent_language", "plot_latent_language_relative", "plot_tuned_lens_kl",
+        "plot_sae_metrics", "plot_sparse_probing",
     }
 
 
@@ -204,4 +205,55 @@ def test_malformed_word_list_is_a_clear_error(tmp_path):
     (tmp_path / "test.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, "--dry-run", check=False)
     assert result.returncode != 0 and re.search(r"cloze\.csv: data row 1 must contain the blank", result.stdout + result.stderr)
+    assert not (tmp_path / "results").exists()
+
+
+def test_saes_load_with_saelens_and_their_metrics_recompute(run):
+    import torch
+    from sae_lens import SAE
+
+    from probes.activations import TokenCache
+    from probes.sae import reconstruction_metrics
+
+    metrics = pd.read_csv(run / "results/tables/sae_metrics.csv")
+    assert list(metrics["layer"]) == [10, 20]  # two layers spread over SmolLM2's 30
+    cache = TokenCache(run / "results/token_activations/smollm2-135m")
+    for row in metrics.itertuples():
+        sae = SAE.load_from_disk(run / f"results/sae/smollm2-135m/layer_{row.layer}/sae")
+        assert sae.cfg.metadata.hook_name == f"blocks.{row.layer - 1}.hook_resid_post" == row.hook_name
+        rows = cache.load(row.layer, "heldout")
+        with torch.no_grad():
+            latents = sae.encode(rows)
+            x, recon = rows.double(), sae.decode(latents).double()
+        assert ((latents > 0).sum(1) <= 32).all()
+        assert row.fvu == pytest.approx(float(((x - recon) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()), rel=1e-4)
+        assert row.l0 == pytest.approx(float((latents > 0).sum(1).double().mean()), rel=1e-6)
+        assert reconstruction_metrics(sae, rows)["dead_fraction"] == pytest.approx(row.dead_fraction, rel=1e-5)  # CSV: 6 digits
+        assert 0 < row.fvu < 1 and 0 < row.loss_recovered <= 1.05 and row.ce_clean < row.ce_sae < row.ce_zero
+
+
+def test_sparse_probing_outputs(run):
+    summary = pd.read_csv(run / "results/tables/sparse_probing_summary.csv")
+    assert set(summary["k"]) == {1, 4, 16} and set(summary["dataset"]) == {"cities", "coinflip"}
+    assert summary[["sae_topk_accuracy", "residual_topk_accuracy", "dense_accuracy"]].notna().all().all()
+    sparse = pd.read_parquet(run / "results/tables/sparse_probing.parquet")
+    probes = pd.read_parquet(run / "results/tables/probe_metrics.parquet")
+    runs = lambda frame: set(zip(frame["seed"], frame["fold"]))  # noqa: E731
+    assert runs(sparse) == runs(probes)  # the dense probe's splits
+    cities = summary[summary["dataset"] == "cities"].set_index(["layer", "k"])
+    assert cities.loc[(20, 16), "sae_topk_accuracy"] > 0.6  # the concept is readable from a few latents
+    markdown = (run / "results/sae/smollm2-135m/top_latents/cities.md").read_text()
+    assert "## Layer 10" in markdown and "## Layer 20" in markdown and markdown.count("\n| ") >= 2 * (1 + 5)
+    for name in ["sae_metrics", "sparse_probing_smollm2-135m_cities", "sparse_probing_smollm2-135m_coinflip"]:
+        assert (run / f"results/figures/{name}.png").stat().st_size > 10_000
+
+
+def test_malformed_corpus_is_a_clear_error(tmp_path):
+    (tmp_path / "corpus.jsonl").write_text('{"text": "A fine document."}\nnot json\n')
+    config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    config["model_cache"] = str(MODEL_CACHE)
+    config["sae"]["corpus"]["files"] = ["corpus.jsonl"]
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--dry-run", check=False)
+    assert result.returncode != 0 and re.search(r"corpus\.jsonl.*line 2", result.stdout + result.stderr)
     assert not (tmp_path / "results").exists()

@@ -6,15 +6,18 @@ from pathlib import Path
 from snakemake.utils import validate
 
 import probes.activations
+import probes.corpus
 import probes.datasets
 import probes.figures
 import probes.lens
 import probes.models
 import probes.probing
+import probes.sae
 import probes.wordlists
-from probes.activations import ExtractionSettings
+from probes.activations import ExtractionSettings, TokenCacheSettings
 from probes.lens import TunedLensSettings
 from probes.probing import ProbeSettings
+from probes.sae import SAEEvalSettings, SAESettings
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -25,6 +28,9 @@ SITE = config["activations"]["site"]
 FORMATS = config["figures"]["formats"]
 LATENT = config["latent_language"]
 WORD_LISTS = list(LATENT["word_lists"])
+SAE = config["sae"]
+SAE_MODELS = SAE["models"]
+SAE_CONCEPT_DATASETS = DATASETS if SAE["corpus"]["concept_texts"] else []
 # (model, word_list, task, src, tgt) for every configured latent-language experiment
 EXPERIMENTS = [
     (model, run["word_list"], run["task"], run["src"], run["tgt"])
@@ -40,6 +46,7 @@ wildcard_constraints:
     task="|".join(probes.wordlists.TASKS),
     src="[A-Za-z0-9_]+",
     tgt="[A-Za-z0-9_]+",
+    layer="[0-9]+",
 
 
 def model_source(model):
@@ -73,6 +80,16 @@ def check_inputs():
     for dataset in DATASETS:
         columns = dataset_config(dataset)
         probes.datasets.load_dataset(dataset_path(dataset), columns["text_column"], columns["label_column"])
+    for model in SAE_MODELS:
+        if model not in MODELS:
+            raise ValueError(f"sae.models: model {model!r} is not in `models` ({MODELS})")
+        sae_layers(model)
+    if SAE_MODELS:
+        corpus = SAE["corpus"]
+        for path in corpus["files"]:
+            probes.corpus.read_documents(repo_path(path))
+        if not (corpus["files"] or SAE_CONCEPT_DATASETS or corpus["hf_dataset"]):
+            raise ValueError("sae.corpus names no text: give files, concept_texts: true or an hf_dataset")
     if not EXPERIMENTS:
         return
     word_lists = {
@@ -122,6 +139,33 @@ def tuned_lens_settings():
     return asdict(TunedLensSettings(**config["tuned_lens"], device=config["device"], dtype=config["dtype"]))
 
 
+def token_cache_settings():
+    corpus = SAE["corpus"]
+    return asdict(TokenCacheSettings(
+        **{key: corpus[key] for key in ("context", "heldout_fraction", "max_tokens", "shard_tokens", "batch_size")},
+        device=config["device"],
+        dtype=config["dtype"],
+    ))
+
+
+def sae_settings():
+    fields = set(SAESettings.__dataclass_fields__) - {"device"}
+    return asdict(SAESettings(**{key: SAE[key] for key in fields}, device=config["device"]))
+
+
+def sae_eval_settings():
+    return asdict(SAEEvalSettings(**SAE["eval"], device=config["device"]))
+
+
+def sae_layers(model):
+    depth = probes.models.model_depth(model_source(model), config["models"][model].get("tl_name"))
+    return probes.sae.select_layers(depth, SITE, SAE["layers"], SAE["n_layers"])
+
+
+def sae_outputs(template, model):
+    return expand(template, model=model, layer=sae_layers(model))
+
+
 def manifest_path(model):
     return f"{config['model_cache']}/{model}/manifest.json"
 
@@ -153,6 +197,17 @@ def latent_language_targets():
     return targets
 
 
+def sae_targets():
+    if not SAE_MODELS:
+        return []
+    return [
+        "results/tables/sae_metrics.csv",
+        "results/tables/sparse_probing_summary.csv",
+        *figure_paths("sae_metrics"),
+        *(path for model in SAE_MODELS for dataset in DATASETS for path in figure_paths(f"sparse_probing_{model}_{dataset}")),
+    ]
+
+
 def all_targets():
     return [
         "results/tables/concept_depth_summary.csv",
@@ -160,6 +215,7 @@ def all_targets():
         *figure_paths("concept_depth_relative"),
         *(path for model in MODELS for path in figure_paths(f"concept_depth_{model}")),
         *latent_language_targets(),
+        *sae_targets(),
     ]
 
 

@@ -1,0 +1,167 @@
+rule cache_token_activations:
+    input:
+        manifest=lambda wc: manifest_path(wc.model),
+        corpus=[repo_path(path) for path in SAE["corpus"]["files"]],
+        datasets=[dataset_path(dataset) for dataset in SAE_CONCEPT_DATASETS],
+    output:
+        cache=directory("results/token_activations/{model}"),
+    params:
+        dataset_columns=[dataset_config(dataset) for dataset in SAE_CONCEPT_DATASETS],
+        layers=lambda wc: sae_layers(wc.model),
+        site=SITE,
+        settings=token_cache_settings(),
+        hf_dataset=SAE["corpus"]["hf_dataset"],
+        seed=config["seed"],
+    log:
+        "logs/cache_token_activations/{model}.log",
+    threads: 8
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1 if config["device"].startswith("cuda") else 0,
+    run:
+        probes.sae.cache_tokens_stage(**input, **output, **params, log=log[0], threads=threads)
+
+
+rule train_sae:
+    input:
+        cache=rules.cache_token_activations.output.cache,
+    output:
+        sae=directory("results/sae/{model}/layer_{layer}/sae"),
+        meta="results/sae/{model}/layer_{layer}/training.json",
+    params:
+        settings=sae_settings(),
+        seed=config["seed"],
+    log:
+        "logs/train_sae/{model}/layer_{layer}.log",
+    threads: 8
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1 if config["device"].startswith("cuda") else 0,
+    run:
+        probes.sae.train_sae_stage(**input, **output, **params, **wildcards, log=log[0], threads=threads)
+
+
+rule evaluate_sae:
+    input:
+        manifest=lambda wc: manifest_path(wc.model),
+        cache=rules.cache_token_activations.output.cache,
+        sae=rules.train_sae.output.sae,
+        sae_meta=rules.train_sae.output.meta,
+    output:
+        metrics="results/sae/{model}/layer_{layer}/metrics.json",
+    params:
+        settings=sae_eval_settings(),
+        dtype=config["dtype"],
+    log:
+        "logs/evaluate_sae/{model}/layer_{layer}.log",
+    threads: 8
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=1 if config["device"].startswith("cuda") else 0,
+    run:
+        probes.sae.evaluate_sae_stage(**input, **output, **params, **wildcards, log=log[0], threads=threads)
+
+
+rule sparse_probing:
+    input:
+        tensors=rules.extract_activations.output.tensors,
+        activations_meta=rules.extract_activations.output.meta,
+        cache=rules.cache_token_activations.output.cache,
+        saes=lambda wc: sae_outputs(rules.train_sae.output.sae, wc.model),
+        dataset=lambda wc: dataset_path(wc.dataset),
+    output:
+        scores="results/sae/{model}/sparse_probing/{dataset}.parquet",
+        top_latents_md=report(
+            "results/sae/{model}/top_latents/{dataset}.md",
+            caption="../report/top_latents.rst",
+            category="Sparse autoencoders",
+            labels={"model": "{model}", "figure": "top latents: {dataset}"},
+        ),
+    params:
+        task=lambda wc: wc.dataset,
+        level=lambda wc: dataset_config(wc.dataset)["level"],
+        text_column=lambda wc: dataset_config(wc.dataset)["text_column"],
+        label_column=lambda wc: dataset_config(wc.dataset)["label_column"],
+        layers=lambda wc: sae_layers(wc.model),
+        pooling=config["probe"]["pooling"],
+        probe_settings=probe_settings(),
+        ks=SAE["sparse_probing"]["ks"],
+        n_top=SAE["sparse_probing"]["top_latents"],
+        n_examples=SAE["sparse_probing"]["examples"],
+    log:
+        "logs/sparse_probing/{model}/{dataset}.log",
+    threads: 8
+    resources:
+        mem_mb=6000,
+        runtime=30,
+    run:
+        probes.sae.sparse_probing_stage(**input, **output, **params, model=wildcards.model, log=log[0], threads=threads)
+
+
+rule summarise_sae:
+    input:
+        metrics=lambda wc: [path for model in SAE_MODELS for path in sae_outputs(rules.evaluate_sae.output.metrics, model)],
+        scores=expand(rules.sparse_probing.output.scores, model=SAE_MODELS, dataset=DATASETS),
+        probe_metrics=expand(rules.probe_layers.output.metrics, model=SAE_MODELS, dataset=DATASETS),
+    output:
+        metrics_csv=report(
+            "results/tables/sae_metrics.csv",
+            caption="../report/sae_metrics_table.rst",
+            category="Sparse autoencoders",
+            labels={"model": "all", "figure": "SAE metrics table"},
+        ),
+        metrics_table="results/tables/sae_metrics.parquet",
+        sparse_table="results/tables/sparse_probing.parquet",
+        sparse_summary_csv=report(
+            "results/tables/sparse_probing_summary.csv",
+            caption="../report/sparse_probing_table.rst",
+            category="Sparse autoencoders",
+            labels={"model": "all", "figure": "sparse probing table"},
+        ),
+    log:
+        "logs/summarise_sae.log",
+    localrule: True
+    run:
+        probes.sae.summary_stage(**input, **output, log=log[0])
+
+
+rule plot_sae_metrics:
+    input:
+        table=rules.summarise_sae.output.metrics_table,
+    output:
+        figures=report(
+            figure_paths("sae_metrics"),
+            caption="../report/sae_metrics.rst",
+            category="Sparse autoencoders",
+            labels={"model": "all", "figure": "SAE metrics"},
+        ),
+    params:
+        dpi=config["figures"]["dpi"],
+    log:
+        "logs/plot_sae_metrics.log",
+    localrule: True
+    run:
+        probes.figures.plot_sae_metrics(**input, **output, **params, log=log[0])
+
+
+rule plot_sparse_probing:
+    input:
+        scores=rules.sparse_probing.output.scores,
+        probe_metrics=rules.probe_layers.output.metrics,
+    output:
+        figures=report(
+            figure_paths("sparse_probing_{model}_{dataset}"),
+            caption="../report/sparse_probing.rst",
+            category="Sparse autoencoders",
+            labels={"model": "{model}", "figure": "sparse probing: {dataset}"},
+        ),
+    params:
+        dpi=config["figures"]["dpi"],
+    log:
+        "logs/plot_sparse_probing/{model}_{dataset}.log",
+    localrule: True
+    run:
+        probes.figures.plot_sparse_probing(**input, **output, **params, log=log[0])
