@@ -14,6 +14,7 @@ include: "workflow/rules/probing.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/latent_language.smk"
 include: "workflow/rules/sae.smk"
+include: "workflow/rules/run_info.smk"
 
 
 rule all:

@@ -295,3 +295,18 @@ def test_lint_is_clean():
         capture_output=True, text=True, cwd=REPO,
     )
     assert result.returncode == 0 and "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+def test_run_info_records_the_provenance_of_every_model_stage(run):
+    import json
+
+    snakemake(run, "results/tables/run_info.csv")  # earlier tests ran other configs in this directory
+    info = pd.read_csv(run / "results/tables/run_info.csv")
+    # extraction and probes for 2 tasks, 1 latent-language pair, its tuned lens, 2 SAEs trained and evaluated
+    assert len(info) == 2 + 2 + 1 + 1 + 2 + 2
+    assert info["metadata"].map(lambda path: (run / path).is_file()).all()
+    assert info["git_commit"].notna().all() and (info["torch"] != "not installed").all()
+    extraction = info[info["metadata"].str.startswith("results/activations/")]
+    assert (extraction["seed"] == 0).all() and extraction["checksums"].str.contains("dataset_sha256=").all()
+    config = json.loads((run / "results/tables/run_info.config.json").read_text())
+    assert config["seed"] == 0 and config["sae"]["n_layers"] == 2 and "figures" not in config

@@ -12,6 +12,7 @@ import probes.figures
 import probes.lens
 import probes.models
 import probes.probing
+import probes.provenance
 import probes.sae
 import probes.wordlists
 from probes.activations import ExtractionSettings, TokenCacheSettings
@@ -208,6 +209,20 @@ def sae_targets():
     ]
 
 
+def run_info_inputs():
+    """The metadata file of every model-touching output of this config."""
+    metas = [
+        *expand(rules.extract_activations.output.meta, model=MODELS, dataset=DATASETS),
+        *expand(rules.probe_layers.output.metrics_meta, model=MODELS, dataset=DATASETS),
+        *experiment_outputs(rules.latent_language.output.meta),
+        *(path for model in SAE_MODELS for path in sae_outputs(rules.train_sae.output.meta, model)),
+        *(path for model in SAE_MODELS for path in sae_outputs(rules.evaluate_sae.output.metrics, model)),
+    ]
+    if EXPERIMENTS and LATENT["tuned_lens"]:
+        metas += expand(rules.train_tuned_lens.output.meta, model=sorted({e[0] for e in EXPERIMENTS}))
+    return metas
+
+
 def figure_targets():
     """Every figure: `snakemake figures` redraws them from the cached tables alone."""
     return [path for path in all_targets() if path.startswith("results/figures/")]
@@ -221,6 +236,7 @@ def all_targets():
         *(path for model in MODELS for path in figure_paths(f"concept_depth_{model}")),
         *latent_language_targets(),
         *sae_targets(),
+        "results/tables/run_info.csv",
     ]
 
 
