@@ -25,7 +25,7 @@ import torch
 from probes.activations import TokenCache, TokenCacheSettings, cache_token_activations
 from probes.datasets import load_dataset
 from probes.models import convert_model, load_model
-from probes.sae import SAESettings, train_sae, training_sae
+from probes.sae import SAESettings, sae_trainer, train_sae, training_sae
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,17 +40,10 @@ def build_cache(model_name: str, model_cache: Path, layer: int, out: Path) -> To
 
 
 def in_memory_seconds(cache: TokenCache, layer: int, settings: SAESettings, seed: int) -> float:
-    """SAELens's trainer on rows already in RAM: the same SAE, scale and b_dec start as the pipeline's."""
-    from sae_lens import LoggingConfig, SAETrainer
-    from sae_lens.config import SAETrainerConfig
-
+    """SAELens's trainer on rows already in RAM: the same SAE, scale, b_dec start and schedule as the pipeline's."""
     rows = cache.load(layer, "train")
     start = time.perf_counter()
-    mean, mean_norm = rows.mean(0), float(rows.norm(dim=1).mean())
-    scale = rows.shape[1] ** 0.5 / mean_norm
     sae = training_sae(rows.shape[1], settings, cache.hook_names[layer], "bench", cache.meta["context"], seed)
-    with torch.no_grad():
-        sae.b_dec.copy_(mean * scale)
     generator = torch.Generator().manual_seed(seed)
 
     def batches():
@@ -58,14 +51,7 @@ def in_memory_seconds(cache: TokenCache, layer: int, settings: SAESettings, seed
             shuffled = rows[torch.randperm(len(rows), generator=generator)]
             yield from shuffled[: len(rows) // settings.batch_size * settings.batch_size].split(settings.batch_size)
 
-    config = SAETrainerConfig(
-        total_training_samples=settings.steps * settings.batch_size, train_batch_size_samples=settings.batch_size,
-        lr=settings.lr, lr_end=settings.lr / 10, device=settings.device, logger=LoggingConfig(log_to_wandb=False),
-        dead_feature_window=settings.dead_feature_window, feature_sampling_window=settings.feature_sampling_window,
-    )
-    trainer = SAETrainer(config, sae, batches())
-    trainer.activation_scaler.scaling_factor = scale
-    trainer.fit()
+    sae_trainer(sae, settings, rows.mean(0), float(rows.norm(dim=1).mean()), batches()).fit()
     return time.perf_counter() - start
 
 

@@ -374,6 +374,12 @@ def cache_token_activations(
     return meta
 
 
+def _shard_rows(path: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))["activations"]
+
+
 class TokenCache:
     """Read side of :func:`cache_token_activations`: shards stream from disk, one buffer at a time."""
 
@@ -394,9 +400,8 @@ class TokenCache:
     def load(self, layer: int, split: str = "heldout") -> torch.Tensor:
         """Every row of one split at once: meant for the (small) held-out split."""
         import torch
-        from safetensors.torch import load_file
 
-        return torch.cat([load_file(str(shard))["activations"] for shard in self.shards(layer, split)])
+        return torch.cat([_shard_rows(shard) for shard in self.shards(layer, split)])
 
     def heldout_tokens(self) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
@@ -414,12 +419,11 @@ class TokenCache:
     def mean_and_norm(self, layer: int) -> tuple[torch.Tensor, float]:
         """Mean row and mean row norm of the train split, in one streaming pass."""
         import torch
-        from safetensors.torch import load_file
 
         total = torch.zeros(self.meta["d_model"], dtype=torch.float64)
         norms, n = 0.0, 0
         for shard in self.shards(layer):
-            rows = load_file(str(shard))["activations"].double()
+            rows = _shard_rows(shard).double()
             total += rows.sum(0)
             norms += float(rows.norm(dim=1).sum())
             n += len(rows)
@@ -432,7 +436,6 @@ class TokenCache:
         ``buffer_shards`` shards; rows left over at the end of a buffer carry into the next one.
         """
         import torch
-        from safetensors.torch import load_file
 
         shards = self.shards(layer)
         if sum(self.meta["train_shards"]) < batch_size:
@@ -442,7 +445,7 @@ class TokenCache:
         while True:
             order = torch.randperm(len(shards), generator=generator).tolist()
             for start in range(0, len(order), buffer_shards):
-                group = [load_file(str(shards[index]))["activations"] for index in order[start : start + buffer_shards]]
+                group = [_shard_rows(shards[index]) for index in order[start : start + buffer_shards]]
                 buffer = torch.cat([carry, *group])
                 buffer = buffer[torch.randperm(len(buffer), generator=generator)]
                 n_full = len(buffer) // batch_size * batch_size

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -121,25 +121,22 @@ def training_sae(d_in: int, settings: SAESettings, hook_name: str, model_name: s
     return sae_class(config)
 
 
-def train_sae(cache: TokenCache, layer: int, settings: SAESettings, model_name: str, seed: int = 0) -> tuple[Any, dict]:
-    """Train one SAE on a cached layer with SAELens's ``SAETrainer``; returns it and training details.
+def sae_trainer(sae: Any, settings: SAESettings, mean: torch.Tensor, mean_norm: float, batches: Iterator[torch.Tensor]) -> Any:
+    """SAELens's ``SAETrainer`` for ``sae``, with the two things SAELens leaves to its own runner done here.
 
-    Two things SAELens leaves to its own runner, which we do not use: the activation scale is fixed from
-    the whole train split (mean norm -> sqrt(d_in)) and ``b_dec`` starts at the scaled data mean. With
-    ``b_dec`` at zero, most latents of a TopK SAE on a residual stream with a large mean never fire.
+    The activation scale is fixed from the data (mean norm -> sqrt(d_in)) and ``b_dec`` starts at the
+    scaled data mean: with ``b_dec`` at zero, most latents of a TopK SAE on a residual stream with a large
+    mean never fire. ``batches`` must be endless and yield exactly ``settings.batch_size`` rows.
     """
     import torch
     from sae_lens import LoggingConfig, SAETrainer
     from sae_lens.config import SAETrainerConfig
 
-    d_in = cache.meta["d_model"]
-    sae = training_sae(d_in, settings, cache.hook_names[layer], model_name, cache.meta["context"], seed)
-    mean, mean_norm = cache.mean_and_norm(layer)
-    scale = d_in**0.5 / mean_norm
+    scale = sae.cfg.d_in**0.5 / mean_norm
     with torch.no_grad():
         sae.b_dec.copy_((mean * scale).to(sae.b_dec))
     steps = settings.steps
-    trainer_config = SAETrainerConfig(
+    config = SAETrainerConfig(
         total_training_samples=steps * settings.batch_size,
         train_batch_size_samples=settings.batch_size,
         lr=settings.lr,
@@ -151,13 +148,22 @@ def train_sae(cache: TokenCache, layer: int, settings: SAESettings, model_name: 
         device=settings.device,
         logger=LoggingConfig(log_to_wandb=False),
     )
-    trainer = SAETrainer(trainer_config, sae, cache.batches(layer, settings.batch_size, seed))
+    trainer = SAETrainer(config, sae, batches)
     trainer.activation_scaler.scaling_factor = scale
+    return trainer
+
+
+def train_sae(cache: TokenCache, layer: int, settings: SAESettings, model_name: str, seed: int = 0) -> tuple[Any, dict]:
+    """Train one SAE on a cached layer, streaming its shards; returns it and training details."""
+    sae = training_sae(cache.meta["d_model"], settings, cache.hook_names[layer], model_name, cache.meta["context"], seed)
+    mean, mean_norm = cache.mean_and_norm(layer)
+    trainer = sae_trainer(sae, settings, mean, mean_norm, cache.batches(layer, settings.batch_size, seed))
+    scale = trainer.activation_scaler.scaling_factor
     trainer.fit()
     details = {
-        "steps": steps,
-        "training_tokens": steps * settings.batch_size,
-        "epochs": steps * settings.batch_size / cache.meta["n_train_tokens"],
+        "steps": settings.steps,
+        "training_tokens": settings.steps * settings.batch_size,
+        "epochs": settings.steps * settings.batch_size / cache.meta["n_train_tokens"],
         "scaling_factor": scale,
         "train_l0_last_window": float(trainer.feature_sparsity.sum()),
         "dead_latents_at_end": int(trainer.dead_neurons.sum()),
@@ -216,9 +222,9 @@ def loss_recovered(
     bos = model.tokenizer.bos_token_id if model.cfg.default_prepend_bos else None
     sums = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "kl_sae": 0.0, "kl_zero": 0.0}
     n_pairs = n_positions = 0
+    device = model.cfg.device
     for start in range(0, len(sequences), batch_size):
         tokens, mask = right_padded(model, sequences[start : start + batch_size])
-        device = model.cfg.device
         with torch.no_grad():
             out = get_recons_loss(
                 sae, model, ActivationScaler(), tokens.to(device), compute_kl=True, compute_ce_loss=True,
@@ -284,13 +290,16 @@ def encode(sae: SAE, vectors: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
         return torch.cat([sae.encode(rows.to(sae.device, sae.dtype)).cpu() for rows in vectors.split(chunk)])
 
 
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell: HTML-escaped, no pipes, newlines shown as ⏎."""
+    return html.escape(text.replace("\n", "⏎")).replace("|", "&#124;")
+
+
 def _context(str_tokens: Sequence[str], position: int, before: int = 10, after: int = 3) -> str:
     """A token's context for a markdown table cell, with the token itself in bold."""
-    def clean(pieces: Sequence[str]) -> str:
-        return html.escape("".join(pieces).replace("\n", "⏎")).replace("|", "&#124;")
-
-    left = clean(str_tokens[max(1, position - before) : position])
-    return f"{left}**{clean([str_tokens[position]]) or '∅'}**{clean(str_tokens[position + 1 : position + 1 + after])}"
+    left = _cell("".join(str_tokens[max(1, position - before) : position]))
+    right = _cell("".join(str_tokens[position + 1 : position + 1 + after]))
+    return f"{left}**{_cell(str_tokens[position]) or '∅'}**{right}"
 
 
 def top_latents(
@@ -316,7 +325,7 @@ def top_latents(
         values = latents[:, latent]
         means = [values[y == c].mean() for c in (0, 1)]
         task = [
-            f"{html.escape(texts[i]).replace('|', '&#124;')} ({classes[y[i]]}, {values[i]:.2f})"
+            f"{_cell(texts[i])} ({classes[y[i]]}, {values[i]:.2f})"
             for i in np.argsort(-values, kind="stable")[:n_examples]
             if values[i] > 0
         ]
