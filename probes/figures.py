@@ -172,7 +172,7 @@ def plot_concept_depth_relative(
     dots.set_title("Where concepts become decodable")
     dots.legend(
         [Line2D([], [], marker=MARKERS[m % len(MARKERS)], color="#333333", ls="") for m in range(len(models))],
-        models, fontsize=7, loc="lower left",
+        models, fontsize=7, loc="best",
     )
     styles = ("-", "--", ":", "-.")
     for ax, level in zip(axes[1:], levels):

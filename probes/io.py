@@ -111,16 +111,28 @@ def use_threads(threads: int | None) -> None:
 
 
 def stage(func: Callable[P, R]) -> Callable[..., R]:
-    """Make a function callable from a rule in one line: ``log=`` and ``threads=`` are handled here.
+    """Make a function callable from a rule in one line: ``log=``, ``threads=`` and ``provenance=`` are handled here.
 
     Rules call ``stage(**input, **output, **params, **wildcards, log=log[0], threads=threads)``, so a
-    stage's argument names are the names its rule gives to files and parameters.
+    stage's argument names are the names its rule gives to files and parameters. A rule that names a
+    ``provenance`` output gets a record of every argument, input and output checksum and version beside it.
     """
 
     @functools.wraps(func)
-    def run(*args: Any, log: str | os.PathLike | None = None, threads: int | None = None, **kwargs: Any) -> R:
+    def run(
+        *args: Any,
+        log: str | os.PathLike | None = None,
+        threads: int | None = None,
+        provenance: str | os.PathLike | None = None,
+        **kwargs: Any,
+    ) -> R:
         with stage_log(log):
             use_threads(threads)
-            return func(*args, **kwargs)
+            if provenance is None:
+                return func(*args, **kwargs)
+            from probes.provenance import recorded
+
+            with recorded(provenance, func.__module__ + "." + func.__qualname__, kwargs):
+                return func(*args, **kwargs)
 
     return run

@@ -24,6 +24,7 @@ import pandas as pd
 
 from probes.io import atomic_path, read_json, stage, write_json
 from probes.provenance import package_versions
+from probes.report import write_html_table
 
 if TYPE_CHECKING:
     import torch
@@ -684,6 +685,7 @@ def summary_stage(
     kl: Sequence[str | os.PathLike],
     table: str | os.PathLike,
     summary_csv: str | os.PathLike,
+    summary_html: str | os.PathLike,
     kl_table: str | os.PathLike,
 ) -> None:
     """The ``summarise_latent_language`` rule: one tidy table, a per-pair summary with drop counts, and KL."""
@@ -699,6 +701,7 @@ def summary_stage(
         combined.to_parquet(tmp, index=False)
     with atomic_path(summary_csv) as tmp:
         summary.to_csv(tmp, index=False, float_format="%.4g")
+    write_html_table(summary_html, summary, "Latent-language summary: one row per model, language pair and lens")
     kl_frames = [pd.read_parquet(path) for path in kl]
     with atomic_path(kl_table) as tmp:
         (pd.concat(kl_frames, ignore_index=True) if kl_frames else pd.DataFrame()).to_parquet(tmp, index=False)

@@ -22,6 +22,7 @@ import pandas as pd
 
 from probes.io import atomic_path, read_json, sha256_file, stage, write_json
 from probes.provenance import package_versions
+from probes.report import write_html_table
 
 if TYPE_CHECKING:
     import torch
@@ -690,6 +691,7 @@ def summary_stage(
     metrics: Sequence[str | os.PathLike],
     metrics_meta: Sequence[str | os.PathLike],
     summary_csv: str | os.PathLike,
+    summary_html: str | os.PathLike,
     summary: str | os.PathLike,
     metrics_table: str | os.PathLike,
     delta: float = 0.01,
@@ -712,6 +714,7 @@ def summary_stage(
     summary_table = pd.DataFrame(rows)
     with atomic_path(summary_csv) as tmp:
         summary_table.to_csv(tmp, index=False, float_format="%.6g")
+    write_html_table(summary_html, summary_table, "Concept-depth summary: one row per model and task")
     with atomic_path(summary) as tmp:
         summary_table.to_parquet(tmp, index=False)
     with atomic_path(metrics_table) as tmp:

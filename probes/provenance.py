@@ -1,16 +1,18 @@
-"""What produced an output: package versions and the code's git commit, recorded in every meta.json."""
+"""What produced an output: the stage's arguments, its inputs' checksums, package versions and the git commit."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import platform
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from probes.io import atomic_path, read_json, stage, write_json
+from probes.io import atomic_path, read_json, sha256_file, stage, write_json
 
 TRACKED_PACKAGES = (
     "probes",
@@ -39,48 +41,135 @@ def package_versions() -> dict[str, str]:
 
 
 def git_commit() -> str:
-    """The checkout's commit, or 'unknown' outside a git work tree (e.g. an installed copy)."""
+    """The checkout's commit, suffixed '-dirty' when tracked files differ from it; 'unknown' outside a git work tree."""
     try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
+        head, status = (
+            subprocess.run(
+                ["git", *command], cwd=Path(__file__).parent, capture_output=True, text=True, check=True, timeout=10
+            ).stdout.strip()
+            for command in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"])
         )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return result.stdout.strip()
+    return head + ("-dirty" if status else "")
+
+
+def path_checksum(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of a folder's files (relative names and contents, in sorted order)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(item for item in path.rglob("*") if item.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def _paths(value: object) -> list[str] | None:
+    """The path(s) an argument names: strings with a directory part, alone or in a list."""
+    items = value if isinstance(value, list | tuple) else [value]
+    if items and all(isinstance(item, str | os.PathLike) and os.sep in str(item) for item in items):
+        return [str(item) for item in items]
+    return None
+
+
+def _checksums(arguments: Mapping[str, object]) -> dict[str, str | list[str]]:
+    """Checksums of the path arguments whose paths all exist now."""
+    checksums = {}
+    for name, value in arguments.items():
+        paths = _paths(value)
+        if paths and all(os.path.exists(path) for path in paths):
+            sums = [path_checksum(path) for path in paths]
+            checksums[name] = sums if isinstance(value, list | tuple) else sums[0]
+    return checksums
+
+
+def _seeds(value: object) -> list[int]:
+    """Every seed an argument tree names (``seed``, ``seeds``, nested in settings), in order."""
+    found = []
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if key in ("seed", "seeds") and item is not None:
+                found += [int(seed) for seed in (item if isinstance(item, list | tuple) else [item])]
+            else:
+                found += _seeds(item)
+    return list(dict.fromkeys(found))
+
+
+@contextlib.contextmanager
+def recorded(path: str | os.PathLike, stage_name: str, arguments: Mapping[str, object]) -> Iterator[None]:
+    """Write ``path`` after the stage succeeds: what it was called with, what it read and wrote, and with what.
+
+    Snakemake removes a job's outputs before running it, so the path arguments that exist beforehand are the
+    inputs and those that exist only afterwards are the outputs.
+    """
+    inputs = _checksums(arguments)
+    yield
+    write_json(
+        path,
+        {
+            "stage": stage_name,
+            "arguments": dict(arguments),
+            "seeds": _seeds(arguments),
+            "inputs_sha256": inputs,
+            "outputs_sha256": {name: sums for name, sums in _checksums(arguments).items() if name not in inputs},
+            "versions": package_versions(),
+        },
+    )
+
+
+def _short(checksums: Mapping[str, str | list[str]]) -> str:
+    return ", ".join(
+        f"{name}={' '.join(sum_[:12] for sum_ in sums) if isinstance(sums, list) else sums[:12]}"
+        for name, sums in sorted(checksums.items())
+    )
 
 
 @stage
 def run_info_stage(
-    metas: Sequence[str | os.PathLike], table: str | os.PathLike, config_json: str | os.PathLike, run_config: dict
+    records: Sequence[str | os.PathLike],
+    table: str | os.PathLike,
+    table_html: str | os.PathLike,
+    config_json: str | os.PathLike,
+    run_config: dict,
 ) -> None:
-    """The ``run_info`` rule: one row per model-touching output, from the metadata each stage wrote beside it.
+    """The ``run_info`` rule: one row per job, from the provenance record each stage wrote.
 
-    A reader of a figure can then see which commit, seeds, package versions and input checksums produced
+    A reader of a figure can then see which settings, seeds, commit, package versions and inputs produced
     every number; the run's whole (validated) config is stored beside the table.
     """
+    import json
+
     import pandas as pd
 
+    from probes.report import write_html_table
+
     rows = []
-    for path in metas:
-        meta = read_json(path)
-        versions = meta.get("versions", {})
-        checksums = {key: value for key, value in meta.items() if key.endswith("sha256") and isinstance(value, str)}
+    for path in records:
+        record = read_json(path)
+        parts = Path(path).with_suffix("").parts
+        where = len(parts) - 1 - parts[::-1].index("provenance")
+        versions = record["versions"]
+        settings = {name: value for name, value in record["arguments"].items() if _paths(value) is None}
         rows.append(
             {
-                "metadata": str(path),
-                "model": meta.get("model"),
-                "dataset": meta.get("dataset", meta.get("word_list")),
-                "seed": meta.get("seed"),
+                "rule": parts[where + 1],
+                "job": "/".join(parts[where + 2 :]),
+                "seeds": " ".join(map(str, record["seeds"])),
                 "git_commit": versions.get("git_commit"),
                 **{package: versions.get(package) for package in ("torch", "transformer-lens", "sae-lens", "scikit-learn")},
-                "checksums": ", ".join(f"{key}={value[:12]}" for key, value in sorted(checksums.items())),
+                "settings": json.dumps(settings, sort_keys=True, separators=(",", ":")),
+                "inputs_sha256": _short(record["inputs_sha256"]),
+                "outputs_sha256": _short(record["outputs_sha256"]),
+                "record": str(path),
             }
         )
+    frame = pd.DataFrame(rows)
     with atomic_path(table) as tmp:
-        pd.DataFrame(rows).astype({"seed": "Int64"}).to_csv(tmp, index=False)
+        frame.to_csv(tmp, index=False)
+    write_html_table(
+        table_html, frame, "Run info: provenance of every job but the plots",
+        "Settings are the stage's arguments that are not paths: the config slice and wildcards it ran with. "
+        "Checksums are sha256, cut to 12 characters; the full record of each job is in the file named in the last column.",
+    )
     write_json(config_json, run_config)

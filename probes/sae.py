@@ -20,6 +20,7 @@ import pandas as pd
 
 from probes.io import atomic_directory, atomic_path, read_json, sha256_file, stage, write_json
 from probes.provenance import package_versions
+from probes.report import html_page, write_html_table
 
 if TYPE_CHECKING:
     import torch
@@ -291,15 +292,15 @@ def encode(sae: SAE, vectors: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
 
 
 def _cell(text: str) -> str:
-    """Text safe inside a markdown table cell: HTML-escaped, no pipes, newlines shown as ⏎."""
-    return html.escape(text.replace("\n", "⏎")).replace("|", "&#124;")
+    """Text safe inside an HTML table cell, newlines shown as ⏎."""
+    return html.escape(text.replace("\n", "⏎"))
 
 
 def _context(str_tokens: Sequence[str], position: int, before: int = 10, after: int = 3) -> str:
-    """A token's context for a markdown table cell, with the token itself in bold."""
+    """A token's context for an HTML table cell, with the token itself in bold."""
     left = _cell("".join(str_tokens[max(1, position - before) : position]))
     right = _cell("".join(str_tokens[position + 1 : position + 1 + after]))
-    return f"{left}**{_cell(str_tokens[position]) or '∅'}**{right}"
+    return f"{left}<b>{_cell(str_tokens[position]) or '∅'}</b>{right}"
 
 
 def top_latents(
@@ -349,21 +350,25 @@ def top_latents(
     return rows
 
 
-def top_latents_markdown(title: str, classes: Sequence[str], sections: dict[str, list[dict]]) -> str:
-    lines = [f"# {title}", "", f"Classes: 0 = `{classes[0]}`, 1 = `{classes[1]}`. Latents ranked by |mean difference| "
-             "between the classes over all rows; activations in parentheses.", ""]
-    for heading, latents in sections.items():
-        lines += [f"## {heading}", "", f"| latent | favours | mean act. ({classes[0]} / {classes[1]}) | "
-                  f"fires on ({classes[0]} / {classes[1]}) | top task examples | top held-out corpus contexts |",
-                  "|---|---|---|---|---|---|"]
-        for row in latents:
-            lines.append(
-                f"| {row['latent']} | {row['favours']} | {row['mean'][0]:.3f} / {row['mean'][1]:.3f} | "
-                f"{row['firing'][0]:.0%} / {row['firing'][1]:.0%} | {'<br>'.join(row['task_examples']) or '–'} | "
-                f"{'<br>'.join(row['corpus_examples']) or '–'} |"
-            )
-        lines.append("")
-    return "\n".join(lines)
+def top_latents_html(title: str, classes: Sequence[str], sections: dict[str, list[dict]]) -> str:
+    first, second = (_cell(name) for name in classes)
+    tables = {
+        heading: pd.DataFrame(
+            {
+                "latent": row["latent"],
+                "favours": _cell(row["favours"]),
+                f"mean act. ({first} / {second})": f"{row['mean'][0]:.3f} / {row['mean'][1]:.3f}",
+                f"fires on ({first} / {second})": f"{row['firing'][0]:.0%} / {row['firing'][1]:.0%}",
+                "top task examples": "<br>".join(row["task_examples"]) or "–",
+                "top held-out corpus contexts": "<br>".join(row["corpus_examples"]) or "–",
+            }
+            for row in latents
+        )
+        for heading, latents in sections.items()
+    }
+    note = (f"Classes: 0 = <code>{first}</code>, 1 = <code>{second}</code>. Latents ranked by |mean difference| "
+            "between the classes over all rows; activations in parentheses; the token a corpus context ends on is in bold.")
+    return html_page(title, tables, note, escape=False)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -424,6 +429,7 @@ def train_sae_stage(cache: str | os.PathLike, sae: str | os.PathLike, meta: str 
     trained, details = train_sae(token_cache, int(layer), settings, model, seed)
     with atomic_directory(sae) as tmp:
         trained.save_inference_model(tmp)
+        write_json(tmp / "cfg.json", read_json(tmp / "cfg.json"))  # SAELens's key order varies between processes
     write_json(
         meta,
         details
@@ -491,7 +497,7 @@ def sparse_probing_stage(
     saes: Sequence[str | os.PathLike],
     dataset: str | os.PathLike,
     scores: str | os.PathLike,
-    top_latents_md: str | os.PathLike,
+    top_latents_page: str | os.PathLike,
     model: str,
     task: str,
     level: str,
@@ -528,7 +534,7 @@ def sparse_probing_stage(
         for features, X in (("sae", latents.numpy()), ("residual", residual.numpy())):
             frame = sparse_probe(X, y, settings, ks)
             frames.append(frame.assign(layer=layer, features=features))
-        sections[f"Layer {layer} (`{token_cache.hook_names[layer]}`, d_sae {loaded.cfg.d_sae})"] = top_latents(
+        sections[f"Layer {layer} ({token_cache.hook_names[layer]}, d_sae {loaded.cfg.d_sae})"] = top_latents(
             latents.numpy(), y, data.texts, extraction["classes"], encode(loaded, token_cache.load(layer, "heldout")),
             corpus_tokens, corpus_str_tokens, n_top, n_examples,
         )
@@ -539,8 +545,8 @@ def sparse_probing_stage(
     with atomic_path(scores) as tmp:
         tidy[columns].to_parquet(tmp, index=False)
     title = f"Top SAE latents: {model}, {task} ({pooling} token)"
-    with atomic_path(top_latents_md) as tmp:
-        tmp.write_text(top_latents_markdown(title, extraction["classes"], sections))
+    with atomic_path(top_latents_page) as tmp:
+        tmp.write_text(top_latents_html(title, extraction["classes"], sections), encoding="utf-8")
 
 
 @stage
@@ -549,9 +555,11 @@ def summary_stage(
     scores: Sequence[str | os.PathLike],
     probe_metrics: Sequence[str | os.PathLike],
     metrics_csv: str | os.PathLike,
+    metrics_html: str | os.PathLike,
     metrics_table: str | os.PathLike,
     sparse_table: str | os.PathLike,
     sparse_summary_csv: str | os.PathLike,
+    sparse_summary_html: str | os.PathLike,
 ) -> None:
     """The ``summarise_sae`` rule: SAE metrics per layer, and sparse vs dense probe accuracy per layer."""
     metrics_frame = pd.DataFrame([read_json(path) for path in metrics]).drop(columns=["settings", "versions"])
@@ -568,6 +576,8 @@ def summary_stage(
     for path, frame in ((metrics_csv, metrics_frame), (sparse_summary_csv, summary)):
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.6g")
+    write_html_table(metrics_html, metrics_frame, "SAE metrics per model and layer (held-out corpus tokens)")
+    write_html_table(sparse_summary_html, summary, "Sparse probing: mean top-k accuracy per model, task, SAE layer and k")
     with atomic_path(metrics_table) as tmp:
         metrics_frame.to_parquet(tmp, index=False)
     with atomic_path(sparse_table) as tmp:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -78,3 +81,34 @@ def tiny_model(tmp_path_factory):
     )
     torch.manual_seed(0)
     return HookedTransformer(cfg, tokenizer=tokenizer).eval()
+
+
+def snakemake(
+    work: Path, *args: str, configfiles: tuple[str, ...] = ("test.yaml",), check: bool = True, env: dict | None = None
+):
+    command = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
+        "--cores", "2", *args, "--configfile", *(str(work / name) for name in configfiles),  # it eats what follows
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=work, env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def write_config(work: Path, name: str, **changes) -> None:
+    config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    config["model_cache"] = str(MODEL_CACHE)
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        config.setdefault(section, {})[key] = value
+    (work / name).write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory, smollm2_manifest) -> Path:
+    """The test config, run locally through the real DAG once per session."""
+    work = tmp_path_factory.mktemp("workflow")
+    write_config(work, "test.yaml")
+    snakemake(work)
+    return work

@@ -19,7 +19,7 @@ from probes.sae import (
     select_layers,
     sparse_probe,
     top_latents,
-    top_latents_markdown,
+    top_latents_html,
     train_sae,
     train_sae_stage,
     training_sae,
@@ -212,9 +212,10 @@ def test_sparse_probe_picks_the_informative_feature_with_the_dense_probes_folds(
 def test_top_latents_lists_separating_latents_with_examples():
     y = np.array([0, 0, 1, 1])
     latents = np.array([[0.0, 1.0, 0.2], [0.0, 1.0, 0.0], [2.0, 1.0, 0.0], [3.0, 1.0, 0.1]])
-    rows = top_latents(latents, y, ["a", "b", "c|d", "e"], ["no", "yes"], n_top=2, n_examples=2)
+    rows = top_latents(latents, y, ["a", "b", "c<d", "e"], ["no", "yes"], n_top=2, n_examples=2)
     assert [row["latent"] for row in rows] == [0, 2]
     assert rows[0]["favours"] == "yes" and rows[1]["favours"] == "no"
     assert rows[0]["task_examples"][0].startswith("e (yes, 3.00)")
-    markdown = top_latents_markdown("Top", ["no", "yes"], {"Layer 1": rows})
-    assert "| 0 | yes |" in markdown and "c&#124;d" in markdown
+    page = top_latents_html("Top", ["no", "yes"], {"Layer 1": rows})
+    assert page.index("<td>0</td>\n      <td>yes</td>") < page.index("<td>2</td>\n      <td>no</td>")
+    assert "c&lt;d (yes, 2.00)" in page  # task text escaped, not read as markup

@@ -12,22 +12,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import MODEL_CACHE, REPO
+from conftest import MODEL_CACHE, REPO, snakemake, write_config
 
 pytestmark = pytest.mark.slow
-
-
-def snakemake(
-    work: Path, *args: str, configfiles: tuple[str, ...] = ("test.yaml",), check: bool = True, env: dict | None = None
-):
-    command = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-        "--cores", "2", *args, "--configfile", *(str(work / name) for name in configfiles),  # it eats what follows
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=work, env={**os.environ, **(env or {})})
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
-    return result
 
 
 def planned_rules(work: Path, *args: str, configfiles: tuple[str, ...] = ("test.yaml",)) -> dict[str, int]:
@@ -39,26 +26,10 @@ def planned_rules(work: Path, *args: str, configfiles: tuple[str, ...] = ("test.
     return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M) if rule not in ("total", "all")}
 
 
-def write_config(work: Path, name: str, **changes) -> None:
-    config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
-    config["model_cache"] = str(MODEL_CACHE)
-    for dotted, value in changes.items():
-        section, key = dotted.split("__")
-        config.setdefault(section, {})[key] = value
-    (work / name).write_text(yaml.safe_dump(config))
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, smollm2_manifest) -> Path:
-    work = tmp_path_factory.mktemp("workflow")
-    write_config(work, "test.yaml")
-    snakemake(work)
-    return work
-
-
 def test_full_run_produces_tables_and_figures(run):
     for path in [
         "results/tables/concept_depth_summary.csv",
+        "results/tables/concept_depth_summary.html",
         "results/tables/probe_metrics.parquet",
         "results/figures/concept_depth_smollm2-135m.png",
         "results/figures/concept_depth_relative.png",
@@ -245,8 +216,8 @@ def test_sparse_probing_outputs(run):
     assert runs(sparse) == runs(probes)  # the dense probe's splits
     cities = summary[summary["dataset"] == "cities"].set_index(["layer", "k"])
     assert cities.loc[(20, 16), "sae_topk_accuracy"] > 0.6  # the concept is readable from a few latents
-    markdown = (run / "results/sae/smollm2-135m/top_latents/cities.md").read_text()
-    assert "## Layer 10" in markdown and "## Layer 20" in markdown and markdown.count("\n| ") >= 2 * (1 + 5)
+    page = (run / "results/sae/smollm2-135m/top_latents/cities.html").read_text()
+    assert "<h2>Layer 10 " in page and "<h2>Layer 20 " in page and page.count("<tr") >= 2 * (1 + 5)
     for name in ["sae_metrics", "sparse_probing_smollm2-135m_cities", "sparse_probing_smollm2-135m_coinflip"]:
         assert (run / f"results/figures/{name}.png").stat().st_size > 10_000
 
@@ -297,16 +268,28 @@ def test_lint_is_clean():
     assert result.returncode == 0 and "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
 
 
-def test_run_info_records_the_provenance_of_every_model_stage(run):
+def test_every_job_records_its_provenance_and_run_info_gathers_them(run):
     import json
 
-    snakemake(run, "results/tables/run_info.csv")  # earlier tests ran other configs in this directory
+    from probes.io import read_json, sha256_file
+
+    snakemake(run, "results/tables/run_info.html")  # earlier tests ran other configs in this directory
     info = pd.read_csv(run / "results/tables/run_info.csv")
-    # extraction and probes for 2 tasks, 1 latent-language pair, its tuned lens, 2 SAEs trained and evaluated
-    assert len(info) == 2 + 2 + 1 + 1 + 2 + 2
-    assert info["metadata"].map(lambda path: (run / path).is_file()).all()
+    assert info["rule"].value_counts().to_dict() == {
+        "extract_activations": 2, "probe_layers": 2, "summarise_concept_depth": 1, "train_tuned_lens": 1,
+        "latent_language": 1, "summarise_latent_language": 1, "cache_token_activations": 1, "train_sae": 2,
+        "evaluate_sae": 2, "sparse_probing": 2, "summarise_sae": 1,
+    }
     assert info["git_commit"].notna().all() and (info["torch"] != "not installed").all()
-    extraction = info[info["metadata"].str.startswith("results/activations/")]
-    assert (extraction["seed"] == 0).all() and extraction["checksums"].str.contains("dataset_sha256=").all()
+    probes_ = info[info["rule"] == "probe_layers"].set_index("job")
+    assert (probes_["seeds"] == "0 1").all() and json.loads(probes_.loc["smollm2-135m/cities", "settings"])["dataset"] == "cities"
+    extraction = info[(info["rule"] == "extract_activations") & (info["job"] == "smollm2-135m/cities")]
+    record = read_json(run / extraction["record"].item())
+    assert record["inputs_sha256"]["dataset"] == sha256_file(REPO / "data/concepts/cities.csv")
+    assert record["outputs_sha256"]["tensors"] == sha256_file(run / record["arguments"]["tensors"])
+    summary = read_json(run / "results/provenance/summarise_concept_depth.json")
+    assert summary["arguments"]["n_boot"] == 200 and len(summary["inputs_sha256"]["metrics"]) == 2
+    plot = read_json(run / "results/provenance/plot_concept_depth/smollm2-135m.json")
+    assert plot["arguments"]["dpi"] == 100 and "summary" in plot["inputs_sha256"]
     config = json.loads((run / "results/tables/run_info.config.json").read_text())
     assert config["seed"] == 0 and config["sae"]["n_layers"] == 2 and "figures" not in config

@@ -5,6 +5,7 @@ rule extract_activations:
     output:
         tensors=f"results/activations/{{model}}/{{dataset}}/{SITE}.safetensors",
         meta=f"results/activations/{{model}}/{{dataset}}/{SITE}.meta.json",
+        provenance="results/provenance/extract_activations/{model}/{dataset}.json",
     params:
         settings=extraction_settings(),
         text_column=lambda wc: dataset_config(wc.dataset)["text_column"],

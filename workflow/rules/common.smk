@@ -189,7 +189,7 @@ def latent_language_targets():
     if not EXPERIMENTS:
         return []
     targets = [
-        "results/tables/latent_language_summary.csv",
+        "results/tables/latent_language_summary.html",
         *figure_paths("latent_language_relative"),
         *(path for experiment in EXPERIMENTS for path in figure_paths(f"latent_language_{experiment_stem(*experiment)}")),
     ]
@@ -202,25 +202,33 @@ def sae_targets():
     if not SAE_MODELS:
         return []
     return [
-        "results/tables/sae_metrics.csv",
-        "results/tables/sparse_probing_summary.csv",
+        "results/tables/sae_metrics.html",
+        "results/tables/sparse_probing_summary.html",
         *figure_paths("sae_metrics"),
         *(path for model in SAE_MODELS for dataset in DATASETS for path in figure_paths(f"sparse_probing_{model}_{dataset}")),
     ]
 
 
 def run_info_inputs():
-    """The metadata file of every model-touching output of this config."""
-    metas = [
-        *expand(rules.extract_activations.output.meta, model=MODELS, dataset=DATASETS),
-        *expand(rules.probe_layers.output.metrics_meta, model=MODELS, dataset=DATASETS),
-        *experiment_outputs(rules.latent_language.output.meta),
-        *(path for model in SAE_MODELS for path in sae_outputs(rules.train_sae.output.meta, model)),
-        *(path for model in SAE_MODELS for path in sae_outputs(rules.evaluate_sae.output.metrics, model)),
+    """The provenance record of every job of this config but the plots, so that redrawing never reruns run_info."""
+    records = [
+        *expand(rules.extract_activations.output.provenance, model=MODELS, dataset=DATASETS),
+        *expand(rules.probe_layers.output.provenance, model=MODELS, dataset=DATASETS),
+        rules.summarise_concept_depth.output.provenance,
     ]
-    if EXPERIMENTS and LATENT["tuned_lens"]:
-        metas += expand(rules.train_tuned_lens.output.meta, model=sorted({e[0] for e in EXPERIMENTS}))
-    return metas
+    if EXPERIMENTS:
+        records += [*experiment_outputs(rules.latent_language.output.provenance), rules.summarise_latent_language.output.provenance]
+        if LATENT["tuned_lens"]:
+            records += expand(rules.train_tuned_lens.output.provenance, model=sorted({e[0] for e in EXPERIMENTS}))
+    if SAE_MODELS:
+        records += [
+            *expand(rules.cache_token_activations.output.provenance, model=SAE_MODELS),
+            *(path for model in SAE_MODELS for path in sae_outputs(rules.train_sae.output.provenance, model)),
+            *(path for model in SAE_MODELS for path in sae_outputs(rules.evaluate_sae.output.provenance, model)),
+            *expand(rules.sparse_probing.output.provenance, model=SAE_MODELS, dataset=DATASETS),
+            rules.summarise_sae.output.provenance,
+        ]
+    return records
 
 
 def figure_targets():
@@ -230,13 +238,13 @@ def figure_targets():
 
 def all_targets():
     return [
-        "results/tables/concept_depth_summary.csv",
+        "results/tables/concept_depth_summary.html",
         "results/tables/probe_metrics.parquet",
         *figure_paths("concept_depth_relative"),
         *(path for model in MODELS for path in figure_paths(f"concept_depth_{model}")),
         *latent_language_targets(),
         *sae_targets(),
-        "results/tables/run_info.csv",
+        "results/tables/run_info.html",
     ]
 
 

@@ -9,6 +9,7 @@ rule plot_concept_depth:
             category="Concept depth",
             labels={"model": "{model}", "figure": "per-task curves"},
         ),
+        provenance="results/provenance/plot_concept_depth/{model}.json",
     params:
         dpi=config["figures"]["dpi"],
     log:
@@ -29,6 +30,7 @@ rule plot_concept_depth_relative:
             category="Concept depth",
             labels={"model": "all", "figure": "relative depth"},
         ),
+        provenance="results/provenance/plot_concept_depth_relative.json",
     params:
         dpi=config["figures"]["dpi"],
     log:

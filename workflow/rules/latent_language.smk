@@ -8,6 +8,7 @@ rule train_tuned_lens:
         lens="results/lens/{model}/tuned_lens.safetensors",
         kl="results/lens/{model}/tuned_lens_kl.parquet",
         meta="results/lens/{model}/tuned_lens.meta.json",
+        provenance="results/provenance/train_tuned_lens/{model}.json",
     params:
         word_lists=WORD_LISTS,
         settings=tuned_lens_settings(),
@@ -35,6 +36,7 @@ rule latent_language:
         prompts="results/latent_language/{model}/{word_list}/{task}_{src}-{tgt}.prompts.parquet",
         meta="results/latent_language/{model}/{word_list}/{task}_{src}-{tgt}.meta.json",
         tensors="results/activations/{model}/latent_language/{word_list}/{task}_{src}-{tgt}.safetensors",
+        provenance="results/provenance/latent_language/{model}/{word_list}/{task}_{src}-{tgt}.json",
     params:
         shots=LATENT["shots"],
         max_concepts=LATENT["max_concepts"],
@@ -60,13 +62,15 @@ rule summarise_latent_language:
         else [],
     output:
         table="results/tables/latent_language.parquet",
-        summary_csv=report(
-            "results/tables/latent_language_summary.csv",
+        summary_csv="results/tables/latent_language_summary.csv",
+        summary_html=report(
+            "results/tables/latent_language_summary.html",
             caption="../report/latent_language_summary.rst",
             category="Latent language",
             labels={"model": "all", "figure": "summary table"},
         ),
         kl_table="results/tables/tuned_lens_kl.parquet",
+        provenance="results/provenance/summarise_latent_language.json",
     log:
         "logs/summarise_latent_language.log",
     localrule: True
@@ -84,6 +88,7 @@ rule plot_latent_language:
             category="Latent language",
             labels={"model": "{model}", "figure": "{task} {src}→{tgt}"},
         ),
+        provenance="results/provenance/plot_latent_language/{model}_{word_list}_{task}_{src}-{tgt}.json",
     params:
         dpi=config["figures"]["dpi"],
     log:
@@ -103,6 +108,7 @@ rule plot_latent_language_relative:
             category="Latent language",
             labels={"model": "all", "figure": "relative depth"},
         ),
+        provenance="results/provenance/plot_latent_language_relative.json",
     params:
         dpi=config["figures"]["dpi"],
     log:
@@ -122,6 +128,7 @@ rule plot_tuned_lens_kl:
             category="Latent language",
             labels={"model": "all", "figure": "tuned-lens KL"},
         ),
+        provenance="results/provenance/plot_tuned_lens_kl.json",
     params:
         dpi=config["figures"]["dpi"],
     log:

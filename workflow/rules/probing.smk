@@ -5,6 +5,7 @@ rule probe_layers:
     output:
         metrics="results/probes/{model}/{dataset}.parquet",
         metrics_meta="results/probes/{model}/{dataset}.meta.json",
+        provenance="results/provenance/probe_layers/{model}/{dataset}.json",
     params:
         settings=probe_settings(),
         pooling=config["probe"]["pooling"],
@@ -24,14 +25,16 @@ rule summarise_concept_depth:
         metrics=expand(rules.probe_layers.output.metrics, model=MODELS, dataset=DATASETS),
         metrics_meta=expand(rules.probe_layers.output.metrics_meta, model=MODELS, dataset=DATASETS),
     output:
-        summary_csv=report(
-            "results/tables/concept_depth_summary.csv",
+        summary_csv="results/tables/concept_depth_summary.csv",
+        summary_html=report(
+            "results/tables/concept_depth_summary.html",
             caption="../report/concept_depth_summary.rst",
             category="Concept depth",
             labels={"model": "all", "figure": "summary table"},
         ),
         summary="results/tables/concept_depth_summary.parquet",
         metrics_table="results/tables/probe_metrics.parquet",
+        provenance="results/provenance/summarise_concept_depth.json",
     params:
         seed=config["seed"],
         **config["concept_depth"],

@@ -1,14 +1,16 @@
 rule run_info:
     input:
-        metas=run_info_inputs(),
+        records=run_info_inputs(),
     output:
-        table=report(
-            "results/tables/run_info.csv",
+        table="results/tables/run_info.csv",
+        table_html=report(
+            "results/tables/run_info.html",
             caption="../report/run_info.rst",
             category="Run info",
             labels={"model": "all", "figure": "provenance of every stage"},
         ),
         config_json="results/tables/run_info.config.json",
+        provenance="results/provenance/run_info.json",
     params:
         # every key but plotting options, so that redrawing figures never reruns this
         run_config={key: value for key, value in config.items() if key != "figures"},

@@ -5,6 +5,7 @@ rule cache_token_activations:
         datasets=[dataset_path(dataset) for dataset in SAE_CONCEPT_DATASETS],
     output:
         cache=directory("results/token_activations/{model}"),
+        provenance="results/provenance/cache_token_activations/{model}.json",
     params:
         dataset_columns=[dataset_config(dataset) for dataset in SAE_CONCEPT_DATASETS],
         layers=lambda wc: sae_layers(wc.model),
@@ -29,6 +30,7 @@ rule train_sae:
     output:
         sae=directory("results/sae/{model}/layer_{layer}/sae"),
         meta="results/sae/{model}/layer_{layer}/training.json",
+        provenance="results/provenance/train_sae/{model}/layer_{layer}.json",
     params:
         settings=sae_settings(),
         seed=config["seed"],
@@ -51,6 +53,7 @@ rule evaluate_sae:
         sae_meta=rules.train_sae.output.meta,
     output:
         metrics="results/sae/{model}/layer_{layer}/metrics.json",
+        provenance="results/provenance/evaluate_sae/{model}/layer_{layer}.json",
     params:
         settings=sae_eval_settings(),
         dtype=config["dtype"],
@@ -74,12 +77,13 @@ rule sparse_probing:
         dataset=lambda wc: dataset_path(wc.dataset),
     output:
         scores="results/sae/{model}/sparse_probing/{dataset}.parquet",
-        top_latents_md=report(
-            "results/sae/{model}/top_latents/{dataset}.md",
+        top_latents_page=report(
+            "results/sae/{model}/top_latents/{dataset}.html",
             caption="../report/top_latents.rst",
             category="Sparse autoencoders",
             labels={"model": "{model}", "figure": "top latents: {dataset}"},
         ),
+        provenance="results/provenance/sparse_probing/{model}/{dataset}.json",
     params:
         task=lambda wc: wc.dataset,
         level=lambda wc: dataset_config(wc.dataset)["level"],
@@ -107,20 +111,23 @@ rule summarise_sae:
         scores=expand(rules.sparse_probing.output.scores, model=SAE_MODELS, dataset=DATASETS),
         probe_metrics=expand(rules.probe_layers.output.metrics, model=SAE_MODELS, dataset=DATASETS),
     output:
-        metrics_csv=report(
-            "results/tables/sae_metrics.csv",
+        metrics_csv="results/tables/sae_metrics.csv",
+        metrics_html=report(
+            "results/tables/sae_metrics.html",
             caption="../report/sae_metrics_table.rst",
             category="Sparse autoencoders",
             labels={"model": "all", "figure": "SAE metrics table"},
         ),
         metrics_table="results/tables/sae_metrics.parquet",
         sparse_table="results/tables/sparse_probing.parquet",
-        sparse_summary_csv=report(
-            "results/tables/sparse_probing_summary.csv",
+        sparse_summary_csv="results/tables/sparse_probing_summary.csv",
+        sparse_summary_html=report(
+            "results/tables/sparse_probing_summary.html",
             caption="../report/sparse_probing_table.rst",
             category="Sparse autoencoders",
             labels={"model": "all", "figure": "sparse probing table"},
         ),
+        provenance="results/provenance/summarise_sae.json",
     log:
         "logs/summarise_sae.log",
     localrule: True
@@ -138,6 +145,7 @@ rule plot_sae_metrics:
             category="Sparse autoencoders",
             labels={"model": "all", "figure": "SAE metrics"},
         ),
+        provenance="results/provenance/plot_sae_metrics.json",
     params:
         dpi=config["figures"]["dpi"],
     log:
@@ -158,6 +166,7 @@ rule plot_sparse_probing:
             category="Sparse autoencoders",
             labels={"model": "{model}", "figure": "sparse probing: {dataset}"},
         ),
+        provenance="results/provenance/plot_sparse_probing/{model}_{dataset}.json",
     params:
         dpi=config["figures"]["dpi"],
     log:
