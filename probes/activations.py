@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import torch
     from transformer_lens import HookedTransformer
 
+    from probes.perturbations import InputNoise
+
 log = logging.getLogger(__name__)
 
 SITES = ("resid", "ln2.hook_normalized", "attn_out", "mlp_out")
@@ -54,9 +56,22 @@ def site_hooks(site: str, n_layers: int) -> dict[int, str]:
     return {l: f"blocks.{l - 1}.{hook}" for l in range(1, n_layers + 1)}
 
 
-def tokenize(model: HookedTransformer, texts: Sequence[str], max_tokens: int) -> tuple[list[torch.Tensor], int]:
-    """Tokenise one text at a time, so padding can never leak into what a text's tokens are."""
+def tokenize(
+    model: HookedTransformer, texts: Sequence[str], max_tokens: int, noise: InputNoise | None = None, seed: int = 0
+) -> tuple[list[torch.Tensor], int]:
+    """Tokenise one text at a time, so padding can never leak into what a text's tokens are.
+
+    ``noise`` perturbs the characters before tokenising or the tokens after (before truncation), seeded by
+    ``seed`` and each text's index.
+    """
+    from probes.perturbations import ordinary_token_ids
+
+    if noise is not None and noise.kind == "characters":
+        texts = noise.apply_to_texts(texts, seed)
     token_lists = [model.to_tokens(text, move_to_device=False, truncate=False)[0] for text in texts]
+    if noise is not None and noise.kind == "tokens":
+        bos = int(bool(model.cfg.default_prepend_bos))
+        token_lists = noise.apply_to_tokens(token_lists, ordinary_token_ids(model), bos, seed)
     truncated = sum(len(tokens) > max_tokens for tokens in token_lists)
     if truncated:
         log.warning("%d of %d texts exceed max_tokens=%d and are truncated", truncated, len(texts), max_tokens)
@@ -80,21 +95,24 @@ def extract_activations(
     texts: Sequence[str],
     settings: ExtractionSettings,
     progress: bool = True,
+    noise: InputNoise | None = None,
+    seed: int = 0,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Pooled activations, ``{pooling: float32 tensor (n_texts, n_site_layers, d_model)}``, plus details.
 
     Texts are batched in order of length with right padding: under causal attention the real tokens
-    never see the pads, so batched vectors equal one-at-a-time vectors.
+    never see the pads, so batched vectors equal one-at-a-time vectors. ``noise`` perturbs the inputs
+    (see :func:`tokenize`).
     """
     import torch
     from tqdm.auto import tqdm
 
     hooks = site_hooks(settings.site, model.cfg.n_layers)
     layer_of = {name: layer for layer, name in hooks.items()}
-    token_lists, n_truncated = tokenize(model, texts, settings.max_tokens)
-    lengths = torch.tensor([len(tokens) for tokens in token_lists])
+    token_lists, n_truncated = tokenize(model, texts, settings.max_tokens, noise, seed)
     # Mean pooling skips a prepended BOS: its huge norm (an attention sink) would swamp the average.
     skip_first = int(bool(model.cfg.default_prepend_bos))
+    lengths = torch.tensor([len(tokens) for tokens in token_lists])
     order = torch.argsort(lengths, stable=True)
     n, n_site_layers = len(texts), len(hooks)
     out = {p: torch.zeros(n, n_site_layers, model.cfg.d_model, dtype=torch.float32) for p in settings.poolings}
@@ -135,6 +153,7 @@ def extract_activations(
         "n_tokens": int(lengths.sum()),
         "n_truncated": n_truncated,
         "bos_prepended": bool(skip_first),
+        "noise": noise.name if noise is not None else "clean",
     }
     return out, details
 
@@ -149,20 +168,26 @@ def extract_stage(
     text_column: str = "text",
     label_column: str = "label",
     seed: int = 0,
+    weights: str | None = None,
+    noise: str = "clean",
 ) -> None:
-    """The ``extract_activations`` rule: validate the data first, then load the model and write both files."""
+    """The ``extract_activations`` rule: validate the data first, then load the model and write both files.
+
+    ``weights`` and ``noise`` name a perturbation (:mod:`probes.perturbations`); the defaults are none.
+    """
     import torch
     from safetensors.torch import save_file
 
     from probes.datasets import load_dataset
     from probes.models import load_model
+    from probes.perturbations import InputNoise, format_name
 
     settings = settings if isinstance(settings, ExtractionSettings) else ExtractionSettings(**settings)
     data = load_dataset(dataset, text_column, label_column)
     torch.manual_seed(seed)
     model_record = read_json(manifest)
-    model = load_model(manifest, device=settings.device, dtype=settings.dtype)
-    pooled, details = extract_activations(model, data.texts, settings)
+    model = load_model(manifest, device=settings.device, dtype=settings.dtype, weights=weights)
+    pooled, details = extract_activations(model, data.texts, settings, noise=InputNoise.parse(noise), seed=seed)
     with atomic_path(tensors) as tmp:
         stored = {p: t.contiguous() for p, t in pooled.items()}
         save_file(stored | {"labels": torch.tensor(data.labels, dtype=torch.int64)}, str(tmp))
@@ -179,6 +204,7 @@ def extract_stage(
             "classes": data.classes,
             "n_examples": len(data.texts),
             "seed": seed,
+            "weights": weights or format_name(settings.dtype),
             **asdict(settings),
             **details,
             "versions": package_versions(),

@@ -71,12 +71,27 @@ def _ordered(summary: pd.DataFrame) -> pd.DataFrame:
     return summary.assign(_rank=summary["level"].map(rank)).sort_values(["_rank", "dataset"]).drop(columns="_rank")
 
 
+def _unperturbed(frame: pd.DataFrame, weights: str) -> pd.DataFrame:
+    """The rows of the run's own weights on clean inputs; perturbed runs have their own figure."""
+    return frame[(frame["weights"] == weights) & (frame["noise"] == "clean")]
+
+
+def weights_label(weights: str, embedded: bool) -> str:
+    """A weight format as figures name it; the embedded models' float formats hold dequantised 4-bit weights."""
+    return f"{weights}*" if embedded and weights != "int8" else weights
+
+
+EMBEDDED_NOTE = "* weights dequantised from the model's 4-bit GGUF original"
+
+
 @stage
 def plot_concept_depth(
     metrics_table: str | os.PathLike,
     summary: str | os.PathLike,
     model: str,
     figures: Sequence[str | os.PathLike],
+    weights: str,
+    embedded: bool,
     dpi: int = 200,
 ) -> None:
     """One panel per task: accuracy ± interval, the control dashed, jump and converging layers marked."""
@@ -84,9 +99,9 @@ def plot_concept_depth(
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    metrics = pd.read_parquet(metrics_table)
+    metrics = _unperturbed(pd.read_parquet(metrics_table), weights)
     metrics = metrics[metrics["model"] == model]
-    rows = _ordered(pd.read_parquet(summary).query("model == @model"))
+    rows = _ordered(_unperturbed(pd.read_parquet(summary), weights).query("model == @model"))
     if rows.empty:
         raise ValueError(f"{summary} has no rows for model {model!r}")
     n_panels = len(rows)
@@ -126,7 +141,11 @@ def plot_concept_depth(
     ]
     fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=7, bbox_to_anchor=(0.5, -0.02))
     site, pooling = metrics["site"].iloc[0], metrics["pooling"].iloc[0]
-    fig.suptitle(f"Concept depth of {model}: linear probes per layer ({site}, {pooling} token)", y=1.0)
+    fig.suptitle(
+        f"Concept depth of {model} ({weights_label(weights, embedded)}): linear probes per layer ({site}, {pooling} token)", y=1.0
+    )
+    if embedded:
+        fig.text(0.01, -0.05, EMBEDDED_NOTE, fontsize=7, color="#555555")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     _save(fig, figures, dpi)
 
@@ -136,6 +155,7 @@ def plot_concept_depth_relative(
     metrics_table: str | os.PathLike,
     summary: str | os.PathLike,
     figures: Sequence[str | os.PathLike],
+    weights: str,
     dpi: int = 200,
 ) -> None:
     """Every model on relative depth: converging layers grouped by task level, then the curves per level."""
@@ -143,8 +163,8 @@ def plot_concept_depth_relative(
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    metrics = pd.read_parquet(metrics_table)
-    summary = _ordered(pd.read_parquet(summary))
+    metrics = _unperturbed(pd.read_parquet(metrics_table), weights)
+    summary = _ordered(_unperturbed(pd.read_parquet(summary), weights))
     models = list(dict.fromkeys(summary["model"]))
     tasks = list(dict.fromkeys(summary["dataset"]))
     levels = [level for level in LEVEL_ORDER if level in set(summary["level"])]
@@ -190,7 +210,7 @@ def plot_concept_depth_relative(
         ax.set_ylim(0.3, 1.02)
         ax.legend(fontsize=6, loc="lower right")
     axes[1].set_ylabel("probe accuracy")
-    fig.suptitle("Concept depth across models on relative depth", y=1.0)
+    fig.suptitle("Concept depth across models on relative depth (own weights, clean inputs)", y=1.0)
     fig.tight_layout()
     _save(fig, figures, dpi)
 
@@ -429,4 +449,98 @@ def plot_sparse_probing(
         f"(mean, {_CI:.0%} CI over seed x fold runs)", y=1.0, fontsize=9,
     )
     fig.tight_layout(rect=(0, 0.04, 1, 1))
+    _save(fig, figures, dpi)
+
+
+@stage
+def plot_perturbations(
+    summary: str | os.PathLike,
+    figures: Sequence[str | os.PathLike],
+    model: str,
+    weights: str,
+    embedded: bool,
+    ci: float = _CI,
+    dpi: int = 200,
+) -> None:
+    """How each perturbation moves one model's converging layer and best accuracy, task by task."""
+    _style()
+    import matplotlib.pyplot as plt
+
+    table = _ordered(pd.read_parquet(summary).query("model == @model"))
+    perturbed = table.groupby("dataset")["noise"].transform("size") > 1
+    table = table[perturbed] if perturbed.any() else table  # the tasks probed under perturbation
+    conditions = sorted(
+        set(zip(table["weights"], table["noise"])), key=lambda c: (c != (weights, "clean"), c[1] != "clean", c)
+    )
+    tasks = list(dict.fromkeys(table["dataset"]))
+    fig, (depth_ax, accuracy_ax) = plt.subplots(
+        1, 2, figsize=(10, 0.3 * len(tasks) * len(conditions) + 1.8), sharey=True
+    )
+    offsets = np.linspace(-0.3, 0.3, len(conditions)) if len(conditions) > 1 else [0.0]
+    for c, (condition_weights, noise) in enumerate(conditions):
+        rows = table[(table["weights"] == condition_weights) & (table["noise"] == noise)].set_index("dataset").reindex(tasks)
+        label = weights_label(condition_weights, embedded) + ("" if noise == "clean" else f", noise {noise}")
+        y = np.arange(len(tasks)) + offsets[c]
+        for ax, column in ((depth_ax, "converging_depth"), (accuracy_ax, "best_accuracy")):
+            value, lo, hi = (rows[f"{column}{suffix}"].to_numpy(dtype=float) for suffix in ("", "_lo", "_hi"))
+            ax.errorbar(value, y, xerr=[value - lo, hi - value], fmt=MARKERS[c % len(MARKERS)], color=plt.cm.tab10(c),
+                        ms=5, capsize=2, lw=1, label=label)
+    levels = table.drop_duplicates("dataset").set_index("dataset")
+    depth_ax.set_yticks(np.arange(len(tasks)), [f"{task} ({levels.loc[task, 'level']})" for task in tasks])
+    depth_ax.invert_yaxis()
+    depth_ax.set_xlim(-0.03, 1.03)
+    depth_ax.set_xlabel("converging layer / L")
+    depth_ax.set_title("Where the concept becomes decodable")
+    accuracy_ax.scatter(levels["chance"].reindex(tasks), np.arange(len(tasks)), marker="|", s=120, color="#999999", label="chance")
+    accuracy_ax.set_xlabel("best probe accuracy")
+    accuracy_ax.set_title("How decodable it gets")
+    accuracy_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    note = f"{ci:.0%} bootstrap intervals over seed x fold runs" + (f"; {EMBEDDED_NOTE}" if embedded else "")
+    fig.suptitle(f"{model}: concept depth under perturbation, one at a time", y=1.0)
+    fig.text(0.01, -0.03, note, fontsize=7, color="#555555")
+    fig.tight_layout()
+    _save(fig, figures, dpi)
+
+
+@stage
+def plot_concept_depth_levels(
+    levels: str | os.PathLike, figures: Sequence[str | os.PathLike], ci: float = _CI, dpi: int = 200
+) -> None:
+    """Every model's converging depth per task, grouped by task level: does complexity push convergence deeper?"""
+    _style()
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    table = pd.read_csv(levels)
+    level_names = list(dict.fromkeys(table["level"]))
+    models = list(dict.fromkeys(table["model"]))
+    fig, ax = plt.subplots(figsize=(1.9 * len(level_names) + 2.2, 3.8))
+    spread = np.linspace(-0.28, 0.28, len(models)) if len(models) > 1 else [0.0]
+    for m, model in enumerate(models):
+        rows = table[table["model"] == model]
+        means = []
+        for x, level in enumerate(level_names):
+            tasks = rows[rows["level"] == level]
+            jitter = np.linspace(-0.06, 0.06, len(tasks)) if len(tasks) > 1 else [0.0]
+            for offset, row in zip(jitter, tasks.itertuples()):
+                if pd.isna(row.converging_depth):
+                    continue
+                ax.errorbar(x + spread[m] + offset, row.converging_depth,
+                            yerr=[[row.converging_depth - row.converging_depth_lo], [row.converging_depth_hi - row.converging_depth]],
+                            fmt=MARKERS[m % len(MARKERS)], color=LEVEL_COLOURS.get(level, "#333333"), ms=5, capsize=2, lw=1, alpha=0.9)
+                ax.annotate(row.dataset, (x + spread[m] + offset, row.converging_depth), xytext=(4, 0),
+                            textcoords="offset points", fontsize=6, color="#555555", va="center")
+            means.append(tasks["converging_depth"].mean())
+        ax.plot(np.arange(len(level_names)) + spread[m], means, "-", color="#333333", lw=1, alpha=0.6,
+                marker=MARKERS[m % len(MARKERS)], mfc="white", ms=7)
+    ax.set_xticks(np.arange(len(level_names)), [f"{level}\n({(table['level'] == level).sum() // len(models)} tasks)" for level in level_names])
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_ylabel("converging layer / L")
+    ax.set_title("Converging depth by task level (simple concepts early, complex late?)")
+    handles = [Line2D([], [], marker=MARKERS[m % len(MARKERS)], color="#333333", ls="", label=model) for m, model in enumerate(models)]
+    handles.append(Line2D([], [], color="#333333", marker="o", mfc="white", lw=1, alpha=0.6, label="model's mean over a level's tasks"))
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.text(0.01, -0.04, f"{ci:.0%} bootstrap intervals over seed x fold runs; each model's own weights, clean inputs",
+             fontsize=7, color="#555555")
+    fig.tight_layout()
     _save(fig, figures, dpi)

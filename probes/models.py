@@ -241,8 +241,19 @@ def _require_offline_weights(official_name: str) -> None:
         )
 
 
-def load_model(manifest_path: str | os.PathLike, device: str = "cpu", dtype: str = "float32") -> HookedTransformer:
-    """Build a HookedTransformer from a manifest written by :func:`convert_model`."""
+def load_model(
+    manifest_path: str | os.PathLike, device: str = "cpu", dtype: str = "float32", weights: str | None = None
+) -> HookedTransformer:
+    """Build a HookedTransformer from a manifest written by :func:`convert_model`.
+
+    ``weights`` names a weight format of :mod:`probes.perturbations`: a float format (fp32, bf16, fp16)
+    replaces ``dtype``; int8 rounds the block weights to int8 per output channel, computed in ``dtype``.
+    """
+    from probes.perturbations import FLOAT_FORMATS, WEIGHT_FORMATS, quantise_model_int8
+
+    if weights is not None and weights not in WEIGHT_FORMATS:
+        raise ModelError(f"weight format {weights!r} is not one of {WEIGHT_FORMATS}")
+    dtype = FLOAT_FORMATS.get(weights, dtype)
     if dtype not in DTYPES:
         raise ModelError(f"dtype {dtype!r} is not one of {DTYPES}")
     manifest = read_json(manifest_path)
@@ -250,6 +261,8 @@ def load_model(manifest_path: str | os.PathLike, device: str = "cpu", dtype: str
         model = _load_hooked(manifest, device, dtype)
     else:
         model = _build_hooked(manifest, device, dtype)
+    if weights == "int8":
+        quantise_model_int8(model)
     model.eval()
     return model
 

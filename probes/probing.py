@@ -56,6 +56,7 @@ class ProbeSettings:
     component of the gradient of (mean training log-loss + ||w||^2 / (2 C n_train)) is below ``tol``
     in absolute value (scikit-learn's default is 1e-4; 1e-6 puts the probe well inside the region
     where test predictions no longer change). ``max_iter`` caps the L-BFGS iterations of each fit.
+    ``mdl`` adds online-code MDL rows (:func:`online_codelength`) to :func:`probe_layers`'s table.
     ``dtype`` is the solver's float type: float32 halves the cost and reaches tolerances down to
     about 1e-7 on real activations; below that it stalls at its precision until ``max_iter``, so use
     float64.
@@ -69,6 +70,7 @@ class ProbeSettings:
     control: str = "permuted"
     device: str = "cpu"
     dtype: str = "float32"
+    mdl: bool = False
 
     def __post_init__(self) -> None:
         if self.folds < 2:
@@ -133,6 +135,8 @@ def probe_layers(X: np.ndarray, y: np.ndarray, settings: ProbeSettings, progress
             "value": values.reshape(-1).astype(np.float64),
         }
     )
+    if settings.mdl:
+        frame = pd.concat([frame, online_codelength(X, y, settings)], ignore_index=True)
     return frame.sort_values(["layer", "seed", "fold", "metric"], kind="stable").reset_index(drop=True)
 
 
@@ -260,7 +264,7 @@ def summarise_concept_depth(
     so layer bounds are layers. Layer statistics are reported in the tidy frame's layer numbers
     (0..L for the residual stream, 1..L for sites inside blocks) and as relative depth layer / L,
     with ``depth`` = L. Intervals of a statistic that can be undefined (no jump; never above chance)
-    use the resamples where it is defined.
+    use the resamples where it is defined. With MDL rows, the highest mean compression and its layer too.
     """
     if depth < 1:
         raise ValueError("depth (the model's number of blocks L) must be >= 1 to define relative depth")
@@ -293,6 +297,10 @@ def summarise_concept_depth(
     summary["max_selectivity"] = float(selectivity.max())
     summary["max_selectivity_layer"] = int(layers[np.argmax(selectivity)])
     summary["max_selectivity_depth"] = summary["max_selectivity_layer"] / depth
+    compression = tidy[tidy["metric"] == "mdl_compression"].groupby("layer")["value"].mean()
+    if len(compression):  # MDL rows are there when the probes were run with mdl=True
+        summary["max_mdl_compression"] = float(compression.max())
+        summary["max_mdl_compression_layer"] = int(compression.idxmax())
     return summary
 
 
@@ -382,6 +390,63 @@ def _percentile_interval(samples: list, ci: float, layers: bool) -> tuple:
 
 def _first(condition: np.ndarray) -> int | None:
     return int(np.argmax(condition)) if condition.any() else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Minimum description length (online code)
+
+MDL_FRACTIONS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.0625, 0.125, 0.25, 0.5, 1.0)
+MDL_METRICS = ("mdl_codelength", "mdl_compression")
+_MDL_STREAM = 0x3D1  # mixed with the seed for the transmission order, apart from the CV and control streams
+
+
+def mdl_boundaries(n: int) -> np.ndarray:
+    """Block ends of the online code: Voita & Titov's fractions of the data (0.1%, 0.2%, ..., 50%, 100%)."""
+    return np.unique(np.clip(np.round(np.asarray(MDL_FRACTIONS) * n).astype(int), 1, n))
+
+
+def online_codelength(X: np.ndarray, y: np.ndarray, settings: ProbeSettings) -> pd.DataFrame:
+    """Online-code MDL of the labels given each layer's activations, per seed (METHODS.md §2).
+
+    For each seed the examples are sent in a seeded random order, in blocks ending at
+    :func:`mdl_boundaries`. A block is coded with the probe fitted (same protocol as the accuracy
+    probes) on every example before it, at -log2 p(label) bits per example; the first block, and any
+    block whose predecessors hold a single class, is sent with the uniform code, log2(2) = 1 bit per
+    label. Returns tidy rows (layer, seed, fold = -1, metric, value) with the online codelength in bits
+    and the compression, uniform codelength / online codelength: about 1 when the layer carries nothing
+    about the labels, higher the more it does.
+    """
+    X, y = _validate(X, y, settings)
+    n, n_layers = X.shape[0], X.shape[1]
+    boundaries = mdl_boundaries(n)
+    problems, uniform_bits = [], {}
+    for seed in settings.seeds:
+        order = np.random.default_rng([seed, _MDL_STREAM]).permutation(n)
+        uniform_bits[seed] = float(boundaries[0])
+        for start, end in zip(boundaries[:-1], boundaries[1:]):
+            train = np.zeros(n, dtype=bool)
+            train[order[:start]] = True
+            block = np.zeros(n, dtype=bool)
+            block[order[start:end]] = True
+            if np.unique(y[train]).size < 2:
+                uniform_bits[seed] += float(end - start)
+            else:
+                problems.append((seed, train, block))
+    online = np.array([[uniform_bits[seed] for seed in settings.seeds]] * n_layers)  # (layer, seed)
+    if problems:
+        fit = fit_probes(X, np.tile(y, (len(problems), 1)), np.array([train for _, train, _ in problems]), settings)
+        # -log2 p(label) from the decision z: log2(1 + exp(-z)) for label 1, log2(1 + exp(z)) for label 0
+        bits = np.logaddexp(0.0, np.where(y == 1, -1.0, 1.0) * fit.decision) / np.log(2)  # (layer, problem, n)
+        block_bits = (bits * np.array([block for _, _, block in problems])[None]).sum(-1)  # (layer, problem)
+        for p, (seed, _, _) in enumerate(problems):
+            online[:, settings.seeds.index(seed)] += block_bits[:, p]
+    rows = [
+        {"layer": layer, "seed": seed, "fold": -1, "metric": metric, "value": value}
+        for layer in range(n_layers)
+        for s, seed in enumerate(settings.seeds)
+        for metric, value in zip(MDL_METRICS, (online[layer, s], n / online[layer, s]))
+    ]
+    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -656,8 +721,10 @@ def probe_stage(
     level: str,
     pooling: str,
     settings: ProbeSettings | dict,
+    weights: str,
+    noise: str,
 ) -> None:
-    """The ``probe_layers`` rule: probe every stored layer of one model x dataset into a tidy table."""
+    """The ``probe_layers`` rule: probe every stored layer of one model x perturbation x dataset into a tidy table."""
     settings = settings if isinstance(settings, ProbeSettings) else ProbeSettings(**settings)
     from probes.activations import load_activations
 
@@ -666,7 +733,8 @@ def probe_stage(
     y = labels.numpy()
     tidy = probe_layers(vectors.numpy(), y, settings, progress=True)
     tidy["layer"] = np.asarray(extraction["layers"])[tidy["layer"].to_numpy()]
-    keys = {"model": model, "dataset": dataset, "level": level, "site": extraction["site"], "pooling": pooling}
+    keys = {"model": model, "weights": weights, "noise": noise, "dataset": dataset, "level": level,
+            "site": extraction["site"], "pooling": pooling}
     tidy = pd.concat([pd.DataFrame(keys, index=tidy.index), tidy], axis=1)
     with atomic_path(metrics) as tmp:
         tidy.to_parquet(tmp, index=False)
@@ -686,6 +754,36 @@ def probe_stage(
     )
 
 
+WEIGHTS_NOTE = (
+    "weights: the format the model ran in (int8: weight-only, per output channel). The embedded models' originals "
+    "are 4-bit GGUF files, so their fp32 is float32 arithmetic on weights dequantised from 4 bits."
+)
+
+
+def perturbation_effects(summary: pd.DataFrame, weights: str) -> pd.DataFrame:
+    """Each perturbed run beside its model's unperturbed run on the task: how far convergence and accuracy moved."""
+    keys = ["model", "dataset"]
+    columns = [f"{name}{suffix}" for name in ("converging_depth", "best_accuracy") for suffix in ("", "_lo", "_hi")]
+    own = (summary["weights"] == weights) & (summary["noise"] == "clean")
+    base = summary[own].set_index(keys)
+    effects = summary.loc[~own, [*keys, "level", "weights", "noise", *columns]].reset_index(drop=True)
+    for name in ("converging_depth", "best_accuracy"):
+        reference = base[name].reindex(pd.MultiIndex.from_frame(effects[keys])).to_numpy()
+        effects[f"{name}_unperturbed"] = reference
+        effects[f"{name}_shift"] = effects[name] - reference
+    return effects
+
+
+def depth_by_level(summary: pd.DataFrame, weights: str) -> pd.DataFrame:
+    """Every model's converging depth per task, grouped by task level, with each model's mean over a level's tasks."""
+    rank = {level: i for i, level in enumerate(("factual", "affective", "inferential"))}
+    table = summary[(summary["weights"] == weights) & (summary["noise"] == "clean")]
+    table = table[["level", "dataset", "model", "n_layers", *(f"converging_{unit}{suffix}" for unit in ("layer", "depth") for suffix in ("", "_lo", "_hi")), "best_accuracy"]]
+    table = table.assign(level_mean_converging_depth=table.groupby(["model", "level"])["converging_depth"].transform("mean"))
+    order = table["level"].map(rank).fillna(len(rank))
+    return table.assign(_order=order).sort_values(["_order", "dataset", "model"]).drop(columns="_order").reset_index(drop=True)
+
+
 @stage
 def summary_stage(
     metrics: Sequence[str | os.PathLike],
@@ -694,13 +792,19 @@ def summary_stage(
     summary_html: str | os.PathLike,
     summary: str | os.PathLike,
     metrics_table: str | os.PathLike,
+    perturbations_csv: str | os.PathLike,
+    perturbations_html: str | os.PathLike,
+    levels_csv: str | os.PathLike,
+    levels_html: str | os.PathLike,
+    weights: str,
     delta: float = 0.01,
     jump_min: float = 0.03,
     n_boot: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
 ) -> None:
-    """The ``summarise_concept_depth`` rule: one summary row per model x dataset, all metrics in one table."""
+    """The ``summarise_concept_depth`` rule: one summary row per model x perturbation x dataset, all metrics in
+    one table, the perturbations' effects, and the converging depths grouped by task level across models."""
     rows, tables = [], []
     for metrics_path, meta_path in zip(metrics, metrics_meta, strict=True):
         tidy, meta = pd.read_parquet(metrics_path), read_json(meta_path)
@@ -708,13 +812,22 @@ def summary_stage(
             tidy, chance=meta["chance"], depth=meta["n_layers"], delta=delta, jump_min=jump_min,
             n_boot=n_boot, seed=seed, ci=ci,
         )
-        keys = {k: meta[k] for k in ("model", "dataset", "level", "site", "pooling", "n_layers", "chance", "n_examples")}
+        keys = {k: meta[k] for k in ("model", "weights", "noise", "dataset", "level", "site", "pooling", "n_layers", "chance", "n_examples")}
         rows.append(keys | depth_summary)
         tables.append(tidy)
     summary_table = pd.DataFrame(rows)
     with atomic_path(summary_csv) as tmp:
         summary_table.to_csv(tmp, index=False, float_format="%.6g")
-    write_html_table(summary_html, summary_table, "Concept-depth summary: one row per model and task")
+    write_html_table(summary_html, summary_table, "Concept-depth summary: one row per model, perturbation and task", WEIGHTS_NOTE)
+    for csv, page, table, title in (
+        (perturbations_csv, perturbations_html, perturbation_effects(summary_table, weights),
+         "Concept depth under perturbation: each perturbed run against the unperturbed one"),
+        (levels_csv, levels_html, depth_by_level(summary_table, weights),
+         "Converging depth by task level, every model (own weights, clean inputs)"),
+    ):
+        with atomic_path(csv) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
+        write_html_table(page, table, title, WEIGHTS_NOTE)
     with atomic_path(summary) as tmp:
         summary_table.to_parquet(tmp, index=False)
     with atomic_path(metrics_table) as tmp:

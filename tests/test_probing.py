@@ -17,6 +17,8 @@ from probes.probing import (
     ProbeSettings,
     control_labels,
     fit_probes,
+    mdl_boundaries,
+    online_codelength,
     probe_layers,
     summarise_concept_depth,
     summarise_curve,
@@ -236,3 +238,45 @@ def test_no_warnings_on_a_normal_run() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         probe_layers(X, y, ProbeSettings(seeds=(0,)))
+
+
+def test_mdl_compresses_a_separable_concept_and_not_random_labels() -> None:
+    """Online code on known answers: ~1 bit per label when the layer carries nothing, far less when it separates."""
+    X, y = activations(400, 2, 20, signal=0.0)
+    X[:, 1, 0] += 8.0 * (2 * y - 1)  # layer 1 separates the classes, layer 0 carries nothing
+    settings = ProbeSettings(seeds=(0, 1))
+    mdl = online_codelength(X, y, settings).pivot_table(index="layer", columns="metric", values="value")
+    assert mdl.loc[1, "mdl_compression"] > 5 and mdl.loc[1, "mdl_codelength"] < 400 / 5
+    assert 0.8 < mdl.loc[0, "mdl_compression"] < 1.05  # no signal: no better than the uniform code
+    random_labels = np.random.default_rng(3).permutation(y)
+    noise = online_codelength(X, random_labels, settings)
+    assert noise.loc[noise["metric"] == "mdl_compression", "value"].max() < 1.05
+
+
+def test_mdl_codelength_adds_up_block_by_block() -> None:
+    """The first block is sent uniformly; every other label costs -log2 p under a probe fitted on what came before."""
+    X, y = activations(120, 1, 6, signal=1.0)
+    settings = ProbeSettings(seeds=(7,))
+    got = online_codelength(X, y, settings).set_index("metric")["value"]
+    order = np.random.default_rng([7, 0x3D1]).permutation(len(y))
+    bounds = mdl_boundaries(len(y))
+    expected = 0.0
+    for start, end in zip([0, *bounds[:-1]], bounds):
+        seen, block = order[:start], order[start:end]
+        if np.unique(y[seen]).size < 2:
+            expected += end - start
+            continue
+        scaler, model = sklearn_fit(X[seen, 0], y[seen], settings.C)
+        p = model.predict_proba(scaler.transform(X[block, 0].astype(np.float64)))[np.arange(len(block)), y[block]]
+        expected += -np.log2(p).sum()
+    assert got["mdl_codelength"] == pytest.approx(expected, rel=1e-3)
+    assert got["mdl_compression"] == pytest.approx(len(y) / expected, rel=1e-3)
+    assert list(bounds) == sorted(set(bounds)) and bounds[-1] == 120
+
+
+def test_mdl_rows_join_the_tidy_table_when_asked() -> None:
+    X, y = activations(100, 2, 8, signal=1.0)
+    tidy = probe_layers(X, y, ProbeSettings(seeds=(0,), mdl=True))
+    mdl = tidy[tidy["metric"].str.startswith("mdl_")]
+    assert set(mdl["metric"]) == {"mdl_codelength", "mdl_compression"} and (mdl["fold"] == -1).all()
+    assert len(mdl) == 2 * 2 and not probe_layers(X, y, ProbeSettings(seeds=(0,)))["metric"].str.startswith("mdl_").any()

@@ -18,13 +18,14 @@ pytestmark = pytest.mark.slow
 
 CATEGORIES = ["Concept depth", "Latent language", "Sparse autoencoders", "Run info"]
 FIGURES = {
-    "concept_depth_smollm2-135m.png", "concept_depth_relative.png", "latent_language_relative.png",
+    "concept_depth_smollm2-135m.png", "concept_depth_relative.png", "concept_depth_levels.png",
+    "concept_depth_perturbations_smollm2-135m.png", "latent_language_relative.png",
     "latent_language_smollm2-135m_everyday_translation_fr-en.png", "tuned_lens_kl.png", "sae_metrics.png",
     "sparse_probing_smollm2-135m_cities.png", "sparse_probing_smollm2-135m_coinflip.png",
 }
 TABLES = {
     "concept_depth_summary.html", "latent_language_summary.html", "sae_metrics.html", "sparse_probing_summary.html",
-    "run_info.html", "cities.html", "coinflip.html",
+    "run_info.html", "cities.html", "coinflip.html", "concept_depth_perturbations.html", "concept_depth_by_level.html",
 }
 CLICK_LINK = "(text => {{ [...document.querySelectorAll('a')].find(a => a.innerText.trim() === text).click(); return true; }})({})"
 SHOWN_ITEM = """(() => {
@@ -86,4 +87,4 @@ def test_report_shows_every_figure_and_table_in_chromium(run, browser, tmp_path)
     assert all(width > 300 and height > 200 for width, height in figures.values()), figures  # decoded, not broken
     assert set(tables) == TABLES and all("<table" in page and "<td>" in page for page in tables.values())
     assert "smollm2-135m" in tables["sae_metrics.html"] and "everyday" in tables["latent_language_summary.html"]
-    assert "Tasks: cities (factual), coinflip (inferential)." in captions[0]  # drawn from the config
+    assert all("smollm2-135m" in caption for caption in captions)  # captions name the models, from the config

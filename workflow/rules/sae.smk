@@ -70,8 +70,8 @@ rule evaluate_sae:
 
 rule sparse_probing:
     input:
-        tensors=rules.extract_activations.output.tensors,
-        activations_meta=rules.extract_activations.output.meta,
+        tensors=unperturbed(rules.extract_activations.output.tensors),
+        activations_meta=unperturbed(rules.extract_activations.output.meta),
         cache=rules.cache_token_activations.output.cache,
         saes=lambda wc: sae_outputs(rules.train_sae.output.sae, wc.model),
         dataset=lambda wc: dataset_path(wc.dataset),
@@ -109,7 +109,7 @@ rule summarise_sae:
     input:
         metrics=lambda wc: [path for model in SAE_MODELS for path in sae_outputs(rules.evaluate_sae.output.metrics, model)],
         scores=expand(rules.sparse_probing.output.scores, model=SAE_MODELS, dataset=DATASETS),
-        probe_metrics=expand(rules.probe_layers.output.metrics, model=SAE_MODELS, dataset=DATASETS),
+        probe_metrics=expand(unperturbed(rules.probe_layers.output.metrics), model=SAE_MODELS, dataset=DATASETS),
     output:
         metrics_csv="results/tables/sae_metrics.csv",
         metrics_html=report(
@@ -158,7 +158,7 @@ rule plot_sae_metrics:
 rule plot_sparse_probing:
     input:
         scores=rules.sparse_probing.output.scores,
-        probe_metrics=rules.probe_layers.output.metrics,
+        probe_metrics=unperturbed(rules.probe_layers.output.metrics),
     output:
         figures=report(
             figure_paths("sparse_probing_{model}_{dataset}"),
