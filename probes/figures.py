@@ -92,6 +92,7 @@ def plot_concept_depth(
     figures: Sequence[str | os.PathLike],
     weights: str,
     embedded: bool,
+    ci: float = _CI,
     dpi: int = 200,
 ) -> None:
     """One panel per task: accuracy ± interval, the control dashed, jump and converging layers marked."""
@@ -112,7 +113,7 @@ def plot_concept_depth(
         task = metrics[metrics["dataset"] == row.dataset]
         colour = LEVEL_COLOURS.get(row.level, "#333333")
         for metric, style in (("accuracy", "-"), ("control_accuracy", "--")):
-            curve = mean_interval(task[task["metric"] == metric])
+            curve = mean_interval(task[task["metric"] == metric], ci)
             ax.plot(curve.index, curve["mean"], style, color=colour if metric == "accuracy" else "#555555", lw=1.6)
             ax.fill_between(curve.index, curve["lo"], curve["hi"], color=colour if metric == "accuracy" else "#999999", alpha=0.25, lw=0)
         ax.axhline(row.chance, color="#bbbbbb", lw=0.8, zorder=0)
@@ -133,7 +134,7 @@ def plot_concept_depth(
     for ax in list(axes.flat)[n_panels:]:
         ax.set_visible(False)
     legend = [
-        Line2D([], [], color="#333333", lw=1.6, label=f"probe (mean, {_CI:.0%} CI over seed x fold runs)"),
+        Line2D([], [], color="#333333", lw=1.6, label=f"probe (mean, {ci:.0%} CI over seed x fold runs)"),
         Line2D([], [], color="#555555", ls="--", lw=1.6, label="permuted-label control"),
         Line2D([], [], color="#e7298a", ls=":", lw=1.2, label="jump layer"),
         Line2D([], [], color="#000000", ls="-.", lw=1.0, label="converging layer (band: interval)"),
@@ -156,6 +157,7 @@ def plot_concept_depth_relative(
     summary: str | os.PathLike,
     figures: Sequence[str | os.PathLike],
     weights: str,
+    ci: float = _CI,
     dpi: int = 200,
 ) -> None:
     """Every model on relative depth: converging layers grouped by task level, then the curves per level."""
@@ -199,7 +201,7 @@ def plot_concept_depth_relative(
         for m, model in enumerate(models):
             for t, row in enumerate(summary[(summary.model == model) & (summary.level == level)].itertuples()):
                 task = metrics[(metrics.model == model) & (metrics.dataset == row.dataset) & (metrics.metric == "accuracy")]
-                curve = mean_interval(task)
+                curve = mean_interval(task, ci)
                 depth = curve.index / row.n_layers
                 ax.plot(depth, curve["mean"], styles[m % len(styles)], color=plt.cm.tab10(t), lw=1.4,
                         label=f"{row.dataset} · {model}")

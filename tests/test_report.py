@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import re
+import time
 from urllib.parse import unquote
 
 import numpy as np
@@ -53,6 +54,14 @@ def painted_fraction(png: bytes) -> float:
     return float((pixels < 0.97).any(axis=-1).mean())
 
 
+def landing_painted(browser: Browser, path, timeout: float = 20.0) -> float:
+    """Screenshots until the page is painted: the report styles itself with a script after it loads."""
+    deadline = time.monotonic() + timeout
+    while (painted := painted_fraction(browser.screenshot(path).read_bytes())) <= 0.1 and time.monotonic() < deadline:
+        time.sleep(0.25)
+    return painted
+
+
 def filename(src: str) -> str:
     return re.search(r"filename=([^;]+);", src).group(1)
 
@@ -61,7 +70,8 @@ def test_report_shows_every_figure_and_table_in_chromium(run, browser, tmp_path)
     snakemake(run, "--report", "results/report.html")
     browser.open((run / "results/report.html").as_uri())
     browser.wait_for("[...document.querySelectorAll('a')].some(a => a.innerText.trim() === 'Run info')")
-    assert painted_fraction(browser.screenshot(tmp_path / "landing.png").read_bytes()) > 0.05
+    browser.wait_for("[...document.querySelectorAll('canvas')].some(c => c.width > 100 && c.height > 100)")  # the rule graph
+    assert landing_painted(browser, tmp_path / "landing.png") > 0.1  # a blank page is 0
 
     figures, tables, captions = {}, {}, []
     for category in CATEGORIES:

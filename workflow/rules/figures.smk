@@ -13,6 +13,7 @@ rule plot_concept_depth:
     params:
         weights=BASE_WEIGHTS,
         embedded=lambda wc: is_embedded(wc.model),
+        ci=config["concept_depth"]["ci"],
         dpi=config["figures"]["dpi"],
     log:
         "logs/plot_concept_depth/{model}.log",
@@ -35,6 +36,7 @@ rule plot_concept_depth_relative:
         provenance="results/provenance/plot_concept_depth_relative.json",
     params:
         weights=BASE_WEIGHTS,
+        ci=config["concept_depth"]["ci"],
         dpi=config["figures"]["dpi"],
     log:
         "logs/plot_concept_depth_relative.log",
