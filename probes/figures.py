@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from probes.io import atomic_path, stage
+from probes.perturbations import unperturbed
 
 LEVEL_ORDER = ("factual", "affective", "inferential", "other")
 LEVEL_COLOURS = {"factual": "#1b9e77", "affective": "#d95f02", "inferential": "#7570b3", "other": "#666666"}
@@ -71,11 +72,6 @@ def _ordered(summary: pd.DataFrame) -> pd.DataFrame:
     return summary.assign(_rank=summary["level"].map(rank)).sort_values(["_rank", "dataset"]).drop(columns="_rank")
 
 
-def _unperturbed(frame: pd.DataFrame, weights: str) -> pd.DataFrame:
-    """The rows of the run's own weights on clean inputs; perturbed runs have their own figure."""
-    return frame[(frame["weights"] == weights) & (frame["noise"] == "clean")]
-
-
 def weights_label(weights: str, embedded: bool) -> str:
     """A weight format as figures name it; the embedded models' float formats hold dequantised 4-bit weights."""
     return f"{weights}*" if embedded and weights != "int8" else weights
@@ -100,9 +96,9 @@ def plot_concept_depth(
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    metrics = _unperturbed(pd.read_parquet(metrics_table), weights)
-    metrics = metrics[metrics["model"] == model]
-    rows = _ordered(_unperturbed(pd.read_parquet(summary), weights).query("model == @model"))
+    metrics, table = pd.read_parquet(metrics_table), pd.read_parquet(summary)
+    metrics = metrics[unperturbed(metrics, weights) & (metrics["model"] == model)]
+    rows = _ordered(table[unperturbed(table, weights) & (table["model"] == model)])
     if rows.empty:
         raise ValueError(f"{summary} has no rows for model {model!r}")
     n_panels = len(rows)
@@ -165,8 +161,9 @@ def plot_concept_depth_relative(
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    metrics = _unperturbed(pd.read_parquet(metrics_table), weights)
-    summary = _ordered(_unperturbed(pd.read_parquet(summary), weights))
+    metrics, summary = pd.read_parquet(metrics_table), pd.read_parquet(summary)
+    metrics = metrics[unperturbed(metrics, weights)]
+    summary = _ordered(summary[unperturbed(summary, weights)])
     models = list(dict.fromkeys(summary["model"]))
     tasks = list(dict.fromkeys(summary["dataset"]))
     levels = [level for level in LEVEL_ORDER if level in set(summary["level"])]

@@ -24,7 +24,7 @@ import pandas as pd
 
 from probes.io import atomic_path, read_json, stage, write_json
 from probes.provenance import package_versions
-from probes.report import write_html_table
+from probes.report import write_table
 
 if TYPE_CHECKING:
     import torch
@@ -699,9 +699,7 @@ def summary_stage(
     summary = summary.merge(dropped, on=keys, how="left")
     with atomic_path(table) as tmp:
         combined.to_parquet(tmp, index=False)
-    with atomic_path(summary_csv) as tmp:
-        summary.to_csv(tmp, index=False, float_format="%.4g")
-    write_html_table(summary_html, summary, "Latent-language summary: one row per model, language pair and lens")
+    write_table(summary, summary_csv, summary_html, "Latent-language summary: one row per model, language pair and lens", float_format="%.4g")
     kl_frames = [pd.read_parquet(path) for path in kl]
     with atomic_path(kl_table) as tmp:
         (pd.concat(kl_frames, ignore_index=True) if kl_frames else pd.DataFrame()).to_parquet(tmp, index=False)

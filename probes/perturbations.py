@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    import pandas as pd
     import torch
     from transformer_lens import HookedTransformer
 
@@ -34,6 +35,11 @@ NOISE_ALPHABET = string.ascii_letters + string.digits + string.punctuation
 _NOISE_STREAM = 0x4E  # mixed into every noise seed, so noise never reuses another stream of the same seed
 # TransformerLens block weights of the linear maps, and the axes each contracts with its input
 _CONTRACTED_AXES = {"W_Q": (1,), "W_K": (1,), "W_V": (1,), "_W_K": (1,), "_W_V": (1,), "W_O": (0, 1), "W_in": (0,), "W_gate": (0,), "W_out": (0,)}
+
+
+def unperturbed(frame: pd.DataFrame, weights: str) -> pd.Series:
+    """Which rows of a table with ``weights`` and ``noise`` columns are the run's own weights on clean inputs."""
+    return (frame["weights"] == weights) & (frame["noise"] == CLEAN)
 
 
 def format_name(dtype: str) -> str:

@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from probes.io import atomic_path, read_json, sha256_file, stage, write_json
+from probes.perturbations import unperturbed
 from probes.provenance import package_versions
-from probes.report import write_html_table
+from probes.report import write_table
 
 if TYPE_CHECKING:
     import torch
@@ -764,7 +765,7 @@ def perturbation_effects(summary: pd.DataFrame, weights: str) -> pd.DataFrame:
     """Each perturbed run beside its model's unperturbed run on the task: how far convergence and accuracy moved."""
     keys = ["model", "dataset"]
     columns = [f"{name}{suffix}" for name in ("converging_depth", "best_accuracy") for suffix in ("", "_lo", "_hi")]
-    own = (summary["weights"] == weights) & (summary["noise"] == "clean")
+    own = unperturbed(summary, weights)
     base = summary[own].set_index(keys)
     effects = summary.loc[~own, [*keys, "level", "weights", "noise", *columns]].reset_index(drop=True)
     for name in ("converging_depth", "best_accuracy"):
@@ -776,8 +777,10 @@ def perturbation_effects(summary: pd.DataFrame, weights: str) -> pd.DataFrame:
 
 def depth_by_level(summary: pd.DataFrame, weights: str) -> pd.DataFrame:
     """Every model's converging depth per task, grouped by task level, with each model's mean over a level's tasks."""
-    rank = {level: i for i, level in enumerate(("factual", "affective", "inferential"))}
-    table = summary[(summary["weights"] == weights) & (summary["noise"] == "clean")]
+    from probes.datasets import LEVELS
+
+    rank = {level: i for i, level in enumerate(LEVELS)}
+    table = summary[unperturbed(summary, weights)]
     table = table[["level", "dataset", "model", "n_layers", *(f"converging_{unit}{suffix}" for unit in ("layer", "depth") for suffix in ("", "_lo", "_hi")), "best_accuracy"]]
     table = table.assign(level_mean_converging_depth=table.groupby(["model", "level"])["converging_depth"].transform("mean"))
     order = table["level"].map(rank).fillna(len(rank))
@@ -816,18 +819,15 @@ def summary_stage(
         rows.append(keys | depth_summary)
         tables.append(tidy)
     summary_table = pd.DataFrame(rows)
-    with atomic_path(summary_csv) as tmp:
-        summary_table.to_csv(tmp, index=False, float_format="%.6g")
-    write_html_table(summary_html, summary_table, "Concept-depth summary: one row per model, perturbation and task", WEIGHTS_NOTE)
-    for csv, page, table, title in (
-        (perturbations_csv, perturbations_html, perturbation_effects(summary_table, weights),
-         "Concept depth under perturbation: each perturbed run against the unperturbed one"),
-        (levels_csv, levels_html, depth_by_level(summary_table, weights),
-         "Converging depth by task level, every model (own weights, clean inputs)"),
-    ):
-        with atomic_path(csv) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.6g")
-        write_html_table(page, table, title, WEIGHTS_NOTE)
+    write_table(summary_table, summary_csv, summary_html, "Concept-depth summary: one row per model, perturbation and task", WEIGHTS_NOTE)
+    write_table(
+        perturbation_effects(summary_table, weights), perturbations_csv, perturbations_html,
+        "Concept depth under perturbation: each perturbed run against the unperturbed one", WEIGHTS_NOTE,
+    )
+    write_table(
+        depth_by_level(summary_table, weights), levels_csv, levels_html,
+        "Converging depth by task level, every model (own weights, clean inputs)", WEIGHTS_NOTE,
+    )
     with atomic_path(summary) as tmp:
         summary_table.to_parquet(tmp, index=False)
     with atomic_path(metrics_table) as tmp:

@@ -12,7 +12,7 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from probes.io import atomic_path, read_json, sha256_file, stage, write_json
+from probes.io import read_json, sha256_file, stage, write_json
 
 TRACKED_PACKAGES = (
     "probes",
@@ -105,6 +105,7 @@ def recorded(path: str | os.PathLike, stage_name: str, arguments: Mapping[str, o
     """
     inputs = _checksums(arguments)
     yield
+    outputs = _checksums({name: value for name, value in arguments.items() if name not in inputs})
     write_json(
         path,
         {
@@ -112,7 +113,7 @@ def recorded(path: str | os.PathLike, stage_name: str, arguments: Mapping[str, o
             "arguments": dict(arguments),
             "seeds": _seeds(arguments),
             "inputs_sha256": inputs,
-            "outputs_sha256": {name: sums for name, sums in _checksums(arguments).items() if name not in inputs},
+            "outputs_sha256": outputs,
             "versions": package_versions(),
         },
     )
@@ -142,7 +143,7 @@ def run_info_stage(
 
     import pandas as pd
 
-    from probes.report import write_html_table
+    from probes.report import write_table
 
     rows = []
     for path in records:
@@ -165,11 +166,10 @@ def run_info_stage(
             }
         )
     frame = pd.DataFrame(rows)
-    with atomic_path(table) as tmp:
-        frame.to_csv(tmp, index=False)
-    write_html_table(
-        table_html, frame, "Run info: provenance of every job but the plots",
+    write_table(
+        frame, table, table_html, "Run info: provenance of every job but the plots",
         "Settings are the stage's arguments that are not paths: the config slice and wildcards it ran with. "
         "Checksums are sha256, cut to 12 characters; the full record of each job is in the file named in the last column.",
+        float_format=None,
     )
     write_json(config_json, run_config)

@@ -40,6 +40,16 @@ def html_page(title: str, sections: Mapping[str, pd.DataFrame], note: str = "", 
     )
 
 
-def write_html_table(path: str | os.PathLike, frame: pd.DataFrame, title: str, note: str = "") -> None:
-    with atomic_path(path) as tmp:
+def write_table(
+    frame: pd.DataFrame,
+    csv: str | os.PathLike,
+    page: str | os.PathLike,
+    title: str,
+    note: str = "",
+    float_format: str | None = "%.6g",
+) -> None:
+    """A table as CSV, for analysis, and as an HTML page, for the report."""
+    with atomic_path(csv) as tmp:
+        frame.to_csv(tmp, index=False, float_format=float_format)
+    with atomic_path(page) as tmp:
         tmp.write_text(html_page(title, {"": frame}, note), encoding="utf-8")

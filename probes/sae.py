@@ -20,7 +20,7 @@ import pandas as pd
 
 from probes.io import atomic_directory, atomic_path, read_json, sha256_file, stage, write_json
 from probes.provenance import package_versions
-from probes.report import html_page, write_html_table
+from probes.report import html_page, write_table
 
 if TYPE_CHECKING:
     import torch
@@ -573,11 +573,8 @@ def summary_stage(
     summary.columns.name = None
     summary = summary.rename(columns={name: f"{name}_topk_accuracy" for name in FEATURE_SETS})
     summary = summary.merge(dense.rename(columns={"value": "dense_accuracy"}), on=["model", "dataset", "layer"], how="left")
-    for path, frame in ((metrics_csv, metrics_frame), (sparse_summary_csv, summary)):
-        with atomic_path(path) as tmp:
-            frame.to_csv(tmp, index=False, float_format="%.6g")
-    write_html_table(metrics_html, metrics_frame, "SAE metrics per model and layer (held-out corpus tokens)")
-    write_html_table(sparse_summary_html, summary, "Sparse probing: mean top-k accuracy per model, task, SAE layer and k")
+    write_table(metrics_frame, metrics_csv, metrics_html, "SAE metrics per model and layer (held-out corpus tokens)")
+    write_table(summary, sparse_summary_csv, sparse_summary_html, "Sparse probing: mean top-k accuracy per model, task, SAE layer and k")
     with atomic_path(metrics_table) as tmp:
         metrics_frame.to_parquet(tmp, index=False)
     with atomic_path(sparse_table) as tmp:
