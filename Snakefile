@@ -9,18 +9,16 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
-include: "workflow/rules/activations.smk"
-include: "workflow/rules/probing.smk"
-include: "workflow/rules/figures.smk"
+include: "workflow/rules/concept_depth.smk"
 include: "workflow/rules/latent_language.smk"
 include: "workflow/rules/sae.smk"
 include: "workflow/rules/run_info.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True
 
 
 rule figures:

@@ -19,7 +19,8 @@ import torch
 
 from probes.activations import ExtractionSettings, extract_activations, tokenize
 from probes.datasets import load_dataset
-from probes.models import convert_model, load_hf_model, load_model
+from probes.models import load_hf_model, load_model
+from probes.stages.models import convert_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +71,10 @@ def main() -> None:
         ours.append(time.perf_counter() - start)
         theirs.append(hf_forward_seconds(hf_model, token_lists, args.batch_size, pad_id))
     ours_tps, hf_tps = n_tokens / min(ours), n_tokens / min(theirs)
-    print(f"model {args.model}, {len(texts)} texts, {n_tokens} tokens, batch {args.batch_size}, torch threads {torch.get_num_threads()}")
+    print(
+        f"model {args.model}, {len(texts)} texts, {n_tokens} tokens, batch {args.batch_size}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"bare Hugging Face forward: {hf_tps:8.1f} tokens/s (best of {args.repeats})")
     print(f"probes extraction:         {ours_tps:8.1f} tokens/s (all {model.cfg.n_layers + 1} layers, both poolings)")
     print(f"ratio probes / HF: {ours_tps / hf_tps:.2f} (target >= 0.9)")

@@ -22,10 +22,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from probes.activations import TokenCache, TokenCacheSettings, cache_token_activations
 from probes.datasets import load_dataset
-from probes.models import convert_model, load_model
+from probes.models import load_model
 from probes.sae import SAESettings, sae_trainer, train_sae, training_sae
+from probes.stages.models import convert_model
+from probes.token_cache import TokenCache, TokenCacheSettings, cache_token_activations
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +76,9 @@ def main() -> None:
             cache = build_cache(args.model, Path(args.model_cache), args.layer, Path(scratch) / "cache")
         settings = SAESettings(training_tokens=args.steps * args.batch_size, batch_size=args.batch_size)
         n_tokens = settings.steps * settings.batch_size
-        train_sae(cache, args.layer, SAESettings(training_tokens=4 * args.batch_size, batch_size=args.batch_size), "bench")
+        train_sae(
+            cache, args.layer, SAESettings(training_tokens=4 * args.batch_size, batch_size=args.batch_size), "bench"
+        )
         ours, theirs = [], []
         for _ in range(args.repeats):  # interleaved so drift in machine load hits both alike
             start = time.perf_counter()

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from probes.io import atomic_path, stage
+from probes.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +128,9 @@ def generation_prompts(n: int, seed: int) -> list[dict[str, str]]:
     if not 0 <= n <= len(combinations):
         raise ValueError(f"n must be between 0 and {len(combinations)} (topics × forms), got {n}")
     random.Random(seed).shuffle(combinations)
-    return [
-        {"topic": topic, "form": form, "prompt": form.format(topic=topic)} for topic, form in combinations[:n]
-    ]
+    return [{"topic": topic, "form": form, "prompt": form.format(topic=topic)} for topic, form in combinations[:n]]
 
 
-@stage
 def generate_corpus(
     manifest: str | os.PathLike,
     out: str | os.PathLike,
@@ -190,10 +187,9 @@ def generate_corpus(
             records.append({"id": index, **prompts[index], "text": text})
     if n_empty:
         log.warning("dropped %d empty response(s) of %d", n_empty, len(prompts))
-    with atomic_path(out) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     log.info("wrote %d documents to %s", len(records), out)
 
 
@@ -233,11 +229,9 @@ def _jsonl_texts(path: Path, content: str) -> Iterator[str]:
         except json.JSONDecodeError as error:
             raise CorpusError(f"{path}: line {number} is not valid JSON ({error})") from error
         if not isinstance(record, dict) or "text" not in record:
-            raise CorpusError(f"{path}: line {number} has no \"text\" field; each line must be a JSON object with one")
+            raise CorpusError(f'{path}: line {number} has no "text" field; each line must be a JSON object with one')
         if not isinstance(record["text"], str):
-            raise CorpusError(
-                f"{path}: line {number}: \"text\" must be a string, not {type(record['text']).__name__}"
-            )
+            raise CorpusError(f'{path}: line {number}: "text" must be a string, not {type(record["text"]).__name__}')
         yield record["text"].strip()
 
 
@@ -324,6 +318,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from probes.stages import use_threads
+
+    use_threads(args.threads)
     generate_corpus(
         args.manifest,
         args.out,
@@ -333,7 +330,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         batch_size=args.batch_size,
         temperature=args.temperature,
         top_p=args.top_p,
-        threads=args.threads,
     )
 
 

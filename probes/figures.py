@@ -1,19 +1,25 @@
-"""Figures drawn from the tidy tables alone, so they can be redrawn without touching a model."""
+"""Figures drawn from the tidy tables alone, so they can be redrawn without touching a model.
+
+Each function takes data frames and returns a matplotlib figure; the plot stages read the tables and save it.
+"""
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from probes.io import atomic_path, stage
+from probes.datasets import TASK_LEVELS
 from probes.perturbations import unperturbed
 
-LEVEL_ORDER = ("factual", "affective", "inferential", "other")
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+FORMATS = ("png", "pdf", "svg")
+LEVEL_ORDER = TASK_LEVELS
 LEVEL_COLOURS = {"factual": "#1b9e77", "affective": "#d95f02", "inferential": "#7570b3", "other": "#666666"}
 MARKERS = ("o", "s", "D", "^", "v", "P", "X")
 _CI = 0.95
@@ -50,15 +56,6 @@ def mean_interval(values: pd.DataFrame, ci: float = _CI) -> pd.DataFrame:
     return summary.assign(lo=summary["mean"] - half, hi=summary["mean"] + half)
 
 
-def _save(fig, paths: Sequence[str | os.PathLike], dpi: int) -> None:
-    import matplotlib.pyplot as plt
-
-    for path in paths:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix[1:])
-    plt.close(fig)
-
-
 def _relative_axis(ax, n_layers: int) -> None:
     """Second x axis in relative depth, so models of different depth read on one scale."""
     secondary = ax.secondary_xaxis("top", functions=(lambda l: l / n_layers, lambda d: d * n_layers))
@@ -80,27 +77,18 @@ def weights_label(weights: str, embedded: bool) -> str:
 EMBEDDED_NOTE = "* weights dequantised from the model's 4-bit GGUF original"
 
 
-@stage
-def plot_concept_depth(
-    metrics_table: str | os.PathLike,
-    summary: str | os.PathLike,
-    model: str,
-    figures: Sequence[str | os.PathLike],
-    weights: str,
-    embedded: bool,
-    ci: float = _CI,
-    dpi: int = 200,
-) -> None:
+def concept_depth_figure(
+    metrics: pd.DataFrame, table: pd.DataFrame, model: str, weights: str, embedded: bool, ci: float = _CI
+) -> Figure:
     """One panel per task: accuracy ± interval, the control dashed, jump and converging layers marked."""
     _style()
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    metrics, table = pd.read_parquet(metrics_table), pd.read_parquet(summary)
     metrics = metrics[unperturbed(metrics, weights) & (metrics["model"] == model)]
     rows = _ordered(table[unperturbed(table, weights) & (table["model"] == model)])
     if rows.empty:
-        raise ValueError(f"{summary} has no rows for model {model!r}")
+        raise ValueError(f"the summary has no rows for model {model!r}")
     n_panels = len(rows)
     n_cols = min(3, n_panels)
     n_rows = math.ceil(n_panels / n_cols)
@@ -111,7 +99,14 @@ def plot_concept_depth(
         for metric, style in (("accuracy", "-"), ("control_accuracy", "--")):
             curve = mean_interval(task[task["metric"] == metric], ci)
             ax.plot(curve.index, curve["mean"], style, color=colour if metric == "accuracy" else "#555555", lw=1.6)
-            ax.fill_between(curve.index, curve["lo"], curve["hi"], color=colour if metric == "accuracy" else "#999999", alpha=0.25, lw=0)
+            ax.fill_between(
+                curve.index,
+                curve["lo"],
+                curve["hi"],
+                color=colour if metric == "accuracy" else "#999999",
+                alpha=0.25,
+                lw=0,
+            )
         ax.axhline(row.chance, color="#bbbbbb", lw=0.8, zorder=0)
         if not pd.isna(row.jump_layer):
             ax.axvline(row.jump_layer, color="#e7298a", ls=":", lw=1.2)
@@ -123,8 +118,15 @@ def plot_concept_depth(
         ax.set_xlabel("layer")
         _relative_axis(ax, row.n_layers)
         if not pd.isna(row.jump_layer):
-            ax.annotate(f"+{row.jump_size:.2f}", (row.jump_layer, 0.02), xycoords=("data", "axes fraction"),
-                        xytext=(3, 0), textcoords="offset points", fontsize=7, color="#e7298a")
+            ax.annotate(
+                f"+{row.jump_size:.2f}",
+                (row.jump_layer, 0.02),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, 0),
+                textcoords="offset points",
+                fontsize=7,
+                color="#e7298a",
+            )
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy")
     for ax in list(axes.flat)[n_panels:]:
@@ -139,36 +141,33 @@ def plot_concept_depth(
     fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=7, bbox_to_anchor=(0.5, -0.02))
     site, pooling = metrics["site"].iloc[0], metrics["pooling"].iloc[0]
     fig.suptitle(
-        f"Concept depth of {model} ({weights_label(weights, embedded)}): linear probes per layer ({site}, {pooling} token)", y=1.0
+        f"Concept depth of {model} ({weights_label(weights, embedded)}): "
+        f"linear probes per layer ({site}, {pooling} token)",
+        y=1.0,
     )
     if embedded:
         fig.text(0.01, -0.05, EMBEDDED_NOTE, fontsize=7, color="#555555")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    _save(fig, figures, dpi)
+    return fig
 
 
-@stage
-def plot_concept_depth_relative(
-    metrics_table: str | os.PathLike,
-    summary: str | os.PathLike,
-    figures: Sequence[str | os.PathLike],
-    weights: str,
-    ci: float = _CI,
-    dpi: int = 200,
-) -> None:
+def concept_depth_relative_figure(
+    metrics: pd.DataFrame, summary: pd.DataFrame, weights: str, ci: float = _CI
+) -> Figure:
     """Every model on relative depth: converging layers grouped by task level, then the curves per level."""
     _style()
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    metrics, summary = pd.read_parquet(metrics_table), pd.read_parquet(summary)
     metrics = metrics[unperturbed(metrics, weights)]
     summary = _ordered(summary[unperturbed(summary, weights)])
     models = list(dict.fromkeys(summary["model"]))
     tasks = list(dict.fromkeys(summary["dataset"]))
     levels = [level for level in LEVEL_ORDER if level in set(summary["level"])]
     fig, axes = plt.subplots(
-        1, 1 + len(levels), figsize=(4.2 + 3.0 * len(levels), max(3.0, 0.32 * len(tasks) * len(models) + 1.2)),
+        1,
+        1 + len(levels),
+        figsize=(4.2 + 3.0 * len(levels), max(3.0, 0.32 * len(tasks) * len(models) + 1.2)),
         gridspec_kw={"width_ratios": [1.4] + [1] * len(levels)},
     )
     dots = axes[0]
@@ -180,28 +179,48 @@ def plot_concept_depth_relative(
             if pd.isna(row.converging_depth):
                 continue
             dots.errorbar(
-                row.converging_depth, yi,
-                xerr=[[row.converging_depth - row.converging_depth_lo], [row.converging_depth_hi - row.converging_depth]],
-                fmt=MARKERS[m % len(MARKERS)], color=LEVEL_COLOURS.get(row.level, "#333333"), ms=5, capsize=2, lw=1,
+                row.converging_depth,
+                yi,
+                xerr=[
+                    [row.converging_depth - row.converging_depth_lo],
+                    [row.converging_depth_hi - row.converging_depth],
+                ],
+                fmt=MARKERS[m % len(MARKERS)],
+                color=LEVEL_COLOURS.get(row.level, "#333333"),
+                ms=5,
+                capsize=2,
+                lw=1,
             )
-    dots.set_yticks(np.arange(len(tasks)), [f"{t} ({summary.loc[summary.dataset == t, 'level'].iloc[0]})" for t in tasks])
+    dots.set_yticks(
+        np.arange(len(tasks)), [f"{t} ({summary.loc[summary.dataset == t, 'level'].iloc[0]})" for t in tasks]
+    )
     dots.invert_yaxis()
     dots.set_xlim(-0.03, 1.03)
     dots.set_xlabel("converging layer / L")
     dots.set_title("Where concepts become decodable")
     dots.legend(
         [Line2D([], [], marker=MARKERS[m % len(MARKERS)], color="#333333", ls="") for m in range(len(models))],
-        models, fontsize=7, loc="best",
+        models,
+        fontsize=7,
+        loc="best",
     )
     styles = ("-", "--", ":", "-.")
     for ax, level in zip(axes[1:], levels):
         for m, model in enumerate(models):
             for t, row in enumerate(summary[(summary.model == model) & (summary.level == level)].itertuples()):
-                task = metrics[(metrics.model == model) & (metrics.dataset == row.dataset) & (metrics.metric == "accuracy")]
+                task = metrics[
+                    (metrics.model == model) & (metrics.dataset == row.dataset) & (metrics.metric == "accuracy")
+                ]
                 curve = mean_interval(task, ci)
                 depth = curve.index / row.n_layers
-                ax.plot(depth, curve["mean"], styles[m % len(styles)], color=plt.cm.tab10(t), lw=1.4,
-                        label=f"{row.dataset} · {model}")
+                ax.plot(
+                    depth,
+                    curve["mean"],
+                    styles[m % len(styles)],
+                    color=plt.cm.tab10(t),
+                    lw=1.4,
+                    label=f"{row.dataset} · {model}",
+                )
                 ax.fill_between(depth, curve["lo"], curve["hi"], color=plt.cm.tab10(t), alpha=0.15, lw=0)
         ax.set_title(f"{level} tasks")
         ax.set_xlabel("relative depth (layer / L)")
@@ -211,11 +230,18 @@ def plot_concept_depth_relative(
     axes[1].set_ylabel("probe accuracy")
     fig.suptitle("Concept depth across models on relative depth (own weights, clean inputs)", y=1.0)
     fig.tight_layout()
-    _save(fig, figures, dpi)
+    return fig
 
 
-LANGUAGE_COLOURS = {"en": "#1f4e9c", "fr": "#c0392b", "de": "#2e8b57", "es": "#17a2b8", "zh": "#e69f00",
-                    "ja": "#8e44ad", "ru": "#7f5539"}
+LANGUAGE_COLOURS = {
+    "en": "#1f4e9c",
+    "fr": "#c0392b",
+    "de": "#2e8b57",
+    "es": "#17a2b8",
+    "zh": "#e69f00",
+    "ja": "#8e44ad",
+    "ru": "#7f5539",
+}
 LENS_TITLES = {"logit": "logit lens", "tuned": "tuned lens"}
 
 
@@ -242,35 +268,35 @@ def _probability_lines(ax, frame: pd.DataFrame, x_of, src: str, tgt: str, langua
         x = x_of(curve.index.to_numpy())
         heavy = language in (tgt, "en")
         colour = _language_colour(language, languages)
-        ax.plot(x, curve["mean"], color=colour, lw=2.0 if heavy else 1.0, alpha=1.0 if heavy else 0.85,
-                ls="-" if language != "en" or tgt == "en" else "--", label=_language_label(language, src, tgt),
-                zorder=3 if heavy else 2)
+        ax.plot(
+            x,
+            curve["mean"],
+            color=colour,
+            lw=2.0 if heavy else 1.0,
+            alpha=1.0 if heavy else 0.85,
+            ls="-" if language != "en" or tgt == "en" else "--",
+            label=_language_label(language, src, tgt),
+            zorder=3 if heavy else 2,
+        )
         ax.fill_between(x, curve["lo"].clip(lower=0), curve["hi"], color=colour, alpha=0.18 if heavy else 0.08, lw=0)
 
 
-@stage
-def plot_latent_language(
-    curves: str | os.PathLike,
-    figures: Sequence[str | os.PathLike],
-    model: str,
-    word_list: str,
-    task: str,
-    src: str,
-    tgt: str,
-    dpi: int = 200,
-) -> None:
-    """One model and pair: P(language) per layer under each lens, entropy strip below (METHODS.md §3)."""
+def latent_language_figure(frame: pd.DataFrame, model: str, word_list: str, task: str, src: str, tgt: str) -> Figure:
+    """One model and pair: P(language) per layer under each lens, entropy strip below (docs/methods.md §3)."""
     _style()
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    frame = pd.read_parquet(curves)
     lenses = [lens for lens in LENS_TITLES if lens in set(frame["lens"])]
     languages = sorted(frame["language"].unique())
     n_layers = int(frame["layer"].max())
     n_concepts = frame["concept"].nunique()
     fig, axes = plt.subplots(
-        2, len(lenses), figsize=(4.4 * len(lenses), 4.6), sharex=True, squeeze=False,
+        2,
+        len(lenses),
+        figsize=(4.4 * len(lenses), 4.6),
+        sharex=True,
+        squeeze=False,
         gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08},
     )
     for column, lens in enumerate(lenses):
@@ -290,26 +316,32 @@ def plot_latent_language(
     axes[0, 0].set_ylabel("P(language)  (mean ± 95% CI)")
     axes[1, 0].set_ylabel("entropy (bits)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    order = sorted(range(len(labels)), key=lambda i: (not labels[i].endswith("(target)"), labels[i][:2] != "en", labels[i]))
+    order = sorted(
+        range(len(labels)), key=lambda i: (not labels[i].endswith("(target)"), labels[i][:2] != "en", labels[i])
+    )
     axes[0, -1].legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7, loc="upper left")
     fig.suptitle(f"{model} · {task} {src}→{tgt} · {n_concepts} concepts ({word_list})", y=1.04)
-    _save(fig, figures, dpi)
+    return fig
 
 
-@stage
-def plot_latent_language_relative(table: str | os.PathLike, figures: Sequence[str | os.PathLike], dpi: int = 200) -> None:
+def latent_language_relative_figure(frame: pd.DataFrame) -> Figure:
     """Every model and pair on relative depth: target, English and the strongest other language."""
     _style()
     import matplotlib.pyplot as plt
 
-    frame = pd.read_parquet(table)
     keys = ["model", "word_list", "task", "src", "tgt"]
     runs = frame[keys].drop_duplicates().sort_values(keys).itertuples(index=False)
     runs = list(runs)
     lenses = [lens for lens in LENS_TITLES if lens in set(frame["lens"])]
     languages = sorted(frame["language"].unique())
-    fig, axes = plt.subplots(len(lenses), len(runs), figsize=(2.9 * len(runs) + 0.6, 2.5 * len(lenses)),
-                             sharex=True, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        len(lenses),
+        len(runs),
+        figsize=(2.9 * len(runs) + 0.6, 2.5 * len(lenses)),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+    )
     for column, run in enumerate(runs):
         selected = frame
         for key, value in zip(keys, run):
@@ -319,8 +351,14 @@ def plot_latent_language_relative(table: str | os.PathLike, figures: Sequence[st
             part = selected[selected["lens"] == lens]
             means = part.groupby("language")["prob"].mean().drop([run.tgt, "en"], errors="ignore")
             shown = [run.tgt] + (["en"] if run.tgt != "en" else []) + ([means.idxmax()] if len(means) else [])
-            _probability_lines(axes[row, column], part[part["language"].isin(shown)], lambda l: l / n_layers,
-                               run.src, run.tgt, languages)
+            _probability_lines(
+                axes[row, column],
+                part[part["language"].isin(shown)],
+                lambda l: l / n_layers,
+                run.src,
+                run.tgt,
+                languages,
+            )
             axes[row, column].legend(fontsize=6, loc="upper left")
             if row == 0:
                 axes[row, column].set_title(f"{run.model}\n{run.task} {run.src}→{run.tgt}", fontsize=8)
@@ -332,16 +370,14 @@ def plot_latent_language_relative(table: str | os.PathLike, figures: Sequence[st
     axes[0, 0].set_ylim(0, 1)
     fig.suptitle("Latent language across models and pairs (mean ± 95% CI over concepts)", y=1.01)
     fig.tight_layout()
-    _save(fig, figures, dpi)
+    return fig
 
 
-@stage
-def plot_tuned_lens_kl(kl_table: str | os.PathLike, figures: Sequence[str | os.PathLike], dpi: int = 200) -> None:
+def tuned_lens_kl_figure(frame: pd.DataFrame) -> Figure:
     """Held-out KL to the model's output per layer: how much each lens misses of the final prediction."""
     _style()
     import matplotlib.pyplot as plt
 
-    frame = pd.read_parquet(kl_table)
     models = sorted(frame["model"].unique())
     fig, axes = plt.subplots(1, len(models), figsize=(4.0 * len(models), 3.0), squeeze=False)
     for ax, model in zip(axes[0], models):
@@ -350,8 +386,14 @@ def plot_tuned_lens_kl(kl_table: str | os.PathLike, figures: Sequence[str | os.P
         for lens, colour in (("logit", "#555555"), ("tuned", "#d95f02")):
             curve = part[(part["lens"] == lens) & (part["layer"] < n_layers)].sort_values("layer")
             ax.plot(curve["layer"], curve["kl_bits"], "o-", ms=3, color=colour, label=LENS_TITLES[lens])
-            ax.fill_between(curve["layer"], (curve["kl_bits"] - 1.96 * curve["sem"]).clip(lower=1e-3),
-                            curve["kl_bits"] + 1.96 * curve["sem"], color=colour, alpha=0.2, lw=0)
+            ax.fill_between(
+                curve["layer"],
+                (curve["kl_bits"] - 1.96 * curve["sem"]).clip(lower=1e-3),
+                curve["kl_bits"] + 1.96 * curve["sem"],
+                color=colour,
+                alpha=0.2,
+                lw=0,
+            )
         ax.set_yscale("log")
         ax.set_xlabel("layer")
         ax.set_title(f"{model} ({int(part['n_tokens'].iloc[0])} held-out tokens)")
@@ -359,7 +401,7 @@ def plot_tuned_lens_kl(kl_table: str | os.PathLike, figures: Sequence[str | os.P
         ax.legend(fontsize=7)
     axes[0, 0].set_ylabel("KL(model ‖ lens), bits")
     fig.tight_layout()
-    _save(fig, figures, dpi)
+    return fig
 
 
 _SAE_PANELS = (
@@ -370,21 +412,27 @@ _SAE_PANELS = (
 )
 
 
-@stage
-def plot_sae_metrics(table: str | os.PathLike, figures: Sequence[str | os.PathLike], dpi: int = 200) -> None:
+def sae_metrics_figure(metrics: pd.DataFrame) -> Figure:
     """SAE quality across relative depth, one line per model: is any layer's dictionary too poor to read?"""
     _style()
     import matplotlib.pyplot as plt
 
-    metrics = pd.read_parquet(table)
     fig, axes = plt.subplots(1, len(_SAE_PANELS), figsize=(3.2 * len(_SAE_PANELS), 2.8))
     for (column, label, limits), ax in zip(_SAE_PANELS, axes):
         for index, (model, rows) in enumerate(metrics.groupby("model", sort=True)):
             marker = MARKERS[index % len(MARKERS)]
             ax.plot(rows["relative_depth"], rows[column], marker=marker, lw=1.4, ms=4, label=model)
             if column == "dead_fraction":
-                ax.plot(rows["relative_depth"], rows["dense_fraction"], marker=marker, ls="--", lw=1.0, ms=3,
-                        color=ax.lines[-1].get_color(), label=f"{model} (dense)")
+                ax.plot(
+                    rows["relative_depth"],
+                    rows["dense_fraction"],
+                    marker=marker,
+                    ls="--",
+                    lw=1.0,
+                    ms=3,
+                    color=ax.lines[-1].get_color(),
+                    label=f"{model} (dense)",
+                )
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("relative depth (layer / L)")
         ax.set_xlim(0, 1)
@@ -393,29 +441,27 @@ def plot_sae_metrics(table: str | os.PathLike, figures: Sequence[str | os.PathLi
     first = metrics.iloc[0]
     fig.suptitle(
         f"SAEs per layer on held-out corpus tokens ({first['architecture']}, d_sae = {first['d_sae']}, "
-        f"{first['training_tokens']:,} training tokens; dead = never fires, dashed = dense)", y=1.02,
+        f"{first['training_tokens']:,} training tokens; dead = never fires, dashed = dense)",
+        y=1.02,
     )
     fig.tight_layout()
-    _save(fig, figures, dpi)
+    return fig
 
 
-@stage
-def plot_sparse_probing(
-    scores: str | os.PathLike, probe_metrics: str | os.PathLike, figures: Sequence[str | os.PathLike], dpi: int = 200
-) -> None:
+def sparse_probing_figure(sparse: pd.DataFrame, dense: pd.DataFrame) -> Figure:
     """One panel per k: top-k SAE latents and top-k residual dimensions against the dense probe, across depth."""
     _style()
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    sparse = pd.read_parquet(scores)
-    dense = pd.read_parquet(probe_metrics)
     dense = dense[dense["metric"] == "accuracy"]
     model, dataset, n_layers = sparse["model"].iloc[0], sparse["dataset"].iloc[0], int(sparse["n_layers"].iloc[0])
     ks = sorted(sparse["k"].unique())
     n_cols = min(3, len(ks))
     n_rows = math.ceil(len(ks) / n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.4 * n_cols, 2.7 * n_rows), squeeze=False, sharey=True, sharex=True)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(3.4 * n_cols, 2.7 * n_rows), squeeze=False, sharey=True, sharex=True
+    )
     dense_curve = mean_interval(dense)
     colours = {"sae": "#d95f02", "residual": "#1b9e77"}
     for ax, k in zip(axes.flat, ks):
@@ -424,8 +470,16 @@ def plot_sparse_probing(
         for features, colour in colours.items():
             rows = sparse[(sparse["k"] == k) & (sparse["features"] == features)].rename(columns={"accuracy": "value"})
             curve = mean_interval(rows)
-            ax.errorbar(curve.index, curve["mean"], yerr=[curve["mean"] - curve["lo"], curve["hi"] - curve["mean"]],
-                        color=colour, marker="o", ms=4, lw=1.4, capsize=2)
+            ax.errorbar(
+                curve.index,
+                curve["mean"],
+                yerr=[curve["mean"] - curve["lo"], curve["hi"] - curve["mean"]],
+                color=colour,
+                marker="o",
+                ms=4,
+                lw=1.4,
+                capsize=2,
+            )
         ax.axhline(0.5, color="#bbbbbb", lw=0.8, zorder=0)
         ax.set_title(f"k = {k}")
         ax.set_xlim(dense_curve.index.min(), n_layers)
@@ -434,7 +488,7 @@ def plot_sparse_probing(
         ax.set_xlabel("layer")
     for ax in axes[:, 0]:
         ax.set_ylabel("test accuracy")
-    for ax in list(axes.flat)[len(ks):]:
+    for ax in list(axes.flat)[len(ks) :]:
         ax.set_visible(False)
     legend = [
         Line2D([], [], color="#555555", lw=1.4, label="dense probe, all dimensions"),
@@ -445,27 +499,20 @@ def plot_sparse_probing(
     fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=7, bbox_to_anchor=(0.5, -0.03))
     fig.suptitle(
         f"Sparse probing, {model} on {dataset}: features chosen by class mean difference on each training fold "
-        f"(mean, {_CI:.0%} CI over seed x fold runs)", y=1.0, fontsize=9,
+        f"(mean, {_CI:.0%} CI over seed x fold runs)",
+        y=1.0,
+        fontsize=9,
     )
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    _save(fig, figures, dpi)
+    return fig
 
 
-@stage
-def plot_perturbations(
-    summary: str | os.PathLike,
-    figures: Sequence[str | os.PathLike],
-    model: str,
-    weights: str,
-    embedded: bool,
-    ci: float = _CI,
-    dpi: int = 200,
-) -> None:
+def perturbations_figure(summary: pd.DataFrame, model: str, weights: str, embedded: bool, ci: float = _CI) -> Figure:
     """How each perturbation moves one model's converging layer and best accuracy, task by task."""
     _style()
     import matplotlib.pyplot as plt
 
-    table = _ordered(pd.read_parquet(summary).query("model == @model"))
+    table = _ordered(summary.query("model == @model"))
     perturbed = table.groupby("dataset")["noise"].transform("size") > 1
     table = table[perturbed] if perturbed.any() else table  # the tasks probed under perturbation
     conditions = sorted(
@@ -477,20 +524,35 @@ def plot_perturbations(
     )
     offsets = np.linspace(-0.3, 0.3, len(conditions)) if len(conditions) > 1 else [0.0]
     for c, (condition_weights, noise) in enumerate(conditions):
-        rows = table[(table["weights"] == condition_weights) & (table["noise"] == noise)].set_index("dataset").reindex(tasks)
+        rows = (
+            table[(table["weights"] == condition_weights) & (table["noise"] == noise)]
+            .set_index("dataset")
+            .reindex(tasks)
+        )
         label = weights_label(condition_weights, embedded) + ("" if noise == "clean" else f", noise {noise}")
         y = np.arange(len(tasks)) + offsets[c]
         for ax, column in ((depth_ax, "converging_depth"), (accuracy_ax, "best_accuracy")):
             value, lo, hi = (rows[f"{column}{suffix}"].to_numpy(dtype=float) for suffix in ("", "_lo", "_hi"))
-            ax.errorbar(value, y, xerr=[value - lo, hi - value], fmt=MARKERS[c % len(MARKERS)], color=plt.cm.tab10(c),
-                        ms=5, capsize=2, lw=1, label=label)
+            ax.errorbar(
+                value,
+                y,
+                xerr=[value - lo, hi - value],
+                fmt=MARKERS[c % len(MARKERS)],
+                color=plt.cm.tab10(c),
+                ms=5,
+                capsize=2,
+                lw=1,
+                label=label,
+            )
     levels = table.drop_duplicates("dataset").set_index("dataset")
     depth_ax.set_yticks(np.arange(len(tasks)), [f"{task} ({levels.loc[task, 'level']})" for task in tasks])
     depth_ax.invert_yaxis()
     depth_ax.set_xlim(-0.03, 1.03)
     depth_ax.set_xlabel("converging layer / L")
     depth_ax.set_title("Where the concept becomes decodable")
-    accuracy_ax.scatter(levels["chance"].reindex(tasks), np.arange(len(tasks)), marker="|", s=120, color="#999999", label="chance")
+    accuracy_ax.scatter(
+        levels["chance"].reindex(tasks), np.arange(len(tasks)), marker="|", s=120, color="#999999", label="chance"
+    )
     accuracy_ax.set_xlabel("best probe accuracy")
     accuracy_ax.set_title("How decodable it gets")
     accuracy_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -498,19 +560,15 @@ def plot_perturbations(
     fig.suptitle(f"{model}: concept depth under perturbation, one at a time", y=1.0)
     fig.text(0.01, -0.03, note, fontsize=7, color="#555555")
     fig.tight_layout()
-    _save(fig, figures, dpi)
+    return fig
 
 
-@stage
-def plot_concept_depth_levels(
-    levels: str | os.PathLike, figures: Sequence[str | os.PathLike], ci: float = _CI, dpi: int = 200
-) -> None:
+def concept_depth_levels_figure(table: pd.DataFrame, ci: float = _CI) -> Figure:
     """Every model's converging depth per task, grouped by task level: does complexity push convergence deeper?"""
     _style()
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    table = pd.read_csv(levels)
     level_names = list(dict.fromkeys(table["level"]))
     models = list(dict.fromkeys(table["model"]))
     fig, ax = plt.subplots(figsize=(1.9 * len(level_names) + 2.2, 3.8))
@@ -524,22 +582,64 @@ def plot_concept_depth_levels(
             for offset, row in zip(jitter, tasks.itertuples()):
                 if pd.isna(row.converging_depth):
                     continue
-                ax.errorbar(x + spread[m] + offset, row.converging_depth,
-                            yerr=[[row.converging_depth - row.converging_depth_lo], [row.converging_depth_hi - row.converging_depth]],
-                            fmt=MARKERS[m % len(MARKERS)], color=LEVEL_COLOURS.get(level, "#333333"), ms=5, capsize=2, lw=1, alpha=0.9)
-                ax.annotate(row.dataset, (x + spread[m] + offset, row.converging_depth), xytext=(4, 0),
-                            textcoords="offset points", fontsize=6, color="#555555", va="center")
+                ax.errorbar(
+                    x + spread[m] + offset,
+                    row.converging_depth,
+                    yerr=[
+                        [row.converging_depth - row.converging_depth_lo],
+                        [row.converging_depth_hi - row.converging_depth],
+                    ],
+                    fmt=MARKERS[m % len(MARKERS)],
+                    color=LEVEL_COLOURS.get(level, "#333333"),
+                    ms=5,
+                    capsize=2,
+                    lw=1,
+                    alpha=0.9,
+                )
+                ax.annotate(
+                    row.dataset,
+                    (x + spread[m] + offset, row.converging_depth),
+                    xytext=(4, 0),
+                    textcoords="offset points",
+                    fontsize=6,
+                    color="#555555",
+                    va="center",
+                )
             means.append(tasks["converging_depth"].mean())
-        ax.plot(np.arange(len(level_names)) + spread[m], means, "-", color="#333333", lw=1, alpha=0.6,
-                marker=MARKERS[m % len(MARKERS)], mfc="white", ms=7)
-    ax.set_xticks(np.arange(len(level_names)), [f"{level}\n({(table['level'] == level).sum() // len(models)} tasks)" for level in level_names])
+        ax.plot(
+            np.arange(len(level_names)) + spread[m],
+            means,
+            "-",
+            color="#333333",
+            lw=1,
+            alpha=0.6,
+            marker=MARKERS[m % len(MARKERS)],
+            mfc="white",
+            ms=7,
+        )
+    ax.set_xticks(
+        np.arange(len(level_names)),
+        [f"{level}\n({(table['level'] == level).sum() // len(models)} tasks)" for level in level_names],
+    )
     ax.set_ylim(-0.03, 1.03)
     ax.set_ylabel("converging layer / L")
     ax.set_title("Converging depth by task level (simple concepts early, complex late?)")
-    handles = [Line2D([], [], marker=MARKERS[m % len(MARKERS)], color="#333333", ls="", label=model) for m, model in enumerate(models)]
-    handles.append(Line2D([], [], color="#333333", marker="o", mfc="white", lw=1, alpha=0.6, label="model's mean over a level's tasks"))
+    handles = [
+        Line2D([], [], marker=MARKERS[m % len(MARKERS)], color="#333333", ls="", label=model)
+        for m, model in enumerate(models)
+    ]
+    handles.append(
+        Line2D(
+            [], [], color="#333333", marker="o", mfc="white", lw=1, alpha=0.6, label="model's mean over a level's tasks"
+        )
+    )
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.text(0.01, -0.04, f"{ci:.0%} bootstrap intervals over seed x fold runs; each model's own weights, clean inputs",
-             fontsize=7, color="#555555")
+    fig.text(
+        0.01,
+        -0.04,
+        f"{ci:.0%} bootstrap intervals over seed x fold runs; each model's own weights, clean inputs",
+        fontsize=7,
+        color="#555555",
+    )
     fig.tight_layout()
-    _save(fig, figures, dpi)
+    return fig

@@ -1,19 +1,22 @@
-"""Small file helpers shared by every stage: checksums and all-or-nothing writes."""
+"""Small file helpers shared by every stage: checksums and all-or-nothing writes.
+
+A leaf module: it imports nothing from the package, so anything may import it.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 
-P = ParamSpec("P")
-R = TypeVar("R")
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 _UMASK = os.umask(0)
@@ -51,8 +54,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Like :func:`atomic_path` for a directory output: it appears whole, or not at all."""
-    import shutil
-
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
@@ -66,6 +67,17 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def path_checksum(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of a folder's files (relative names and contents, in sorted order)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(item for item in path.rglob("*") if item.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write sorted, indented JSON atomically so metadata files diff cleanly between runs."""
     with atomic_path(path) as tmp:
@@ -76,63 +88,6 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
-@contextlib.contextmanager
-def stage_log(path: str | os.PathLike | None) -> Iterator[None]:
-    """Send this package's log records to a rule's ``log:`` file for the duration of one stage."""
-    import logging
-
-    if path is None:
-        yield
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="w")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("probes")
-    previous_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield
-    except Exception:
-        logger.exception("stage failed")
-        raise
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous_level)
-        handler.close()
-
-
-def use_threads(threads: int | None) -> None:
-    """Give torch the cores the scheduler granted, not every core of a shared cluster node."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-def stage(func: Callable[P, R]) -> Callable[..., R]:
-    """Make a function callable from a rule in one line: ``log=``, ``threads=`` and ``provenance=`` are handled here.
-
-    Rules call ``stage(**input, **output, **params, **wildcards, log=log[0], threads=threads)``, so a
-    stage's argument names are the names its rule gives to files and parameters. A rule that names a
-    ``provenance`` output gets a record of every argument, input and output checksum and version beside it.
-    """
-
-    @functools.wraps(func)
-    def run(
-        *args: Any,
-        log: str | os.PathLike | None = None,
-        threads: int | None = None,
-        provenance: str | os.PathLike | None = None,
-        **kwargs: Any,
-    ) -> R:
-        with stage_log(log):
-            use_threads(threads)
-            if provenance is None:
-                return func(*args, **kwargs)
-            from probes.provenance import recorded
-
-            with recorded(provenance, func.__module__ + "." + func.__qualname__, kwargs):
-                return func(*args, **kwargs)
-
-    return run
+def write_parquet(path: str | os.PathLike, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)

@@ -1,4 +1,4 @@
-"""Latent-language curves: which language each layer decodes to, by logit lens and tuned lens (METHODS.md §3).
+"""Latent-language curves: which language each layer decodes to, by logit lens and tuned lens (docs/methods.md §3).
 
 Both lenses are the ``tuned-lens`` package's modules: its ``Unembed`` takes a HookedTransformer's final
 norm (weights folded into the unembedding by TransformerLens, so the norm itself is weightless) and its
@@ -11,20 +11,17 @@ is the output of block ``l-1``, so layer ``L`` is what the model itself decodes.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from probes.io import atomic_path, read_json, stage, write_json
-from probes.provenance import package_versions
-from probes.report import write_table
+from probes.io import atomic_path
 
 if TYPE_CHECKING:
     import torch
@@ -34,11 +31,21 @@ if TYPE_CHECKING:
 
     from probes.wordlists import WordList
 
-log = logging.getLogger(__name__)
-
 LENSES = ("logit", "tuned")
-CURVE_COLUMNS = ["model", "word_list", "task", "src", "tgt", "concept", "layer", "depth", "lens", "language", "prob",
-                 "entropy_bits"]
+CURVE_COLUMNS = [
+    "model",
+    "word_list",
+    "task",
+    "src",
+    "tgt",
+    "concept",
+    "layer",
+    "depth",
+    "lens",
+    "language",
+    "prob",
+    "entropy_bits",
+]
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
@@ -103,7 +110,7 @@ class Vocabulary:
         return token.encode()
 
     def token_set(self, word: str) -> list[int]:
-        """Tokens whose text starts the word, bare or after a word-start space (METHODS.md §3).
+        """Tokens whose text starts the word, bare or after a word-start space (docs/methods.md §3).
 
         Working in bytes covers byte-level BPE and byte fallback alike: the token for a character's
         first UTF-8 byte is a prefix of every word that starts with that character.
@@ -310,12 +317,14 @@ class TunedLensSettings:
             raise ValueError("sampled_vocab must be >= 2 or null (the full vocabulary)")
 
 
-def token_residuals(model: HookedTransformer, texts: Sequence[str], batch_size: int, progress: bool = True) -> torch.Tensor:
+def token_residuals(
+    model: HookedTransformer, texts: Sequence[str], batch_size: int, progress: bool = True
+) -> torch.Tensor:
     """Residual stream at every layer for every token but a prepended BOS: (tokens, L+1, d_model)."""
     import torch
     from tqdm.auto import tqdm
 
-    from probes.activations import right_padded, site_hooks, tokenize
+    from probes.activations import check_finite, right_padded, site_hooks, tokenize
 
     hooks = site_hooks("resid", model.cfg.n_layers)
     skip = int(bool(model.cfg.default_prepend_bos))
@@ -330,7 +339,10 @@ def token_residuals(model: HookedTransformer, texts: Sequence[str], batch_size: 
             names_filter=list(hooks.values()),
             stop_at_layer=model.cfg.n_layers,
         )
-        chunks.append(torch.stack([cache[hooks[layer]][keep] for layer in sorted(hooks)], dim=1).float().cpu())
+        rows = [cache[hooks[layer]][keep] for layer in sorted(hooks)]
+        for layer, layer_rows in zip(sorted(hooks), rows, strict=True):
+            check_finite(model, layer_rows, f"{hooks[layer]} (layer {layer})", "resid")
+        chunks.append(torch.stack(rows, dim=1).float().cpu())
     return torch.cat(chunks)
 
 
@@ -386,9 +398,7 @@ def fit_tuned_lens(
         bias = torch.zeros(weight.shape[0], device=weight.device)
     vocab = weight.shape[0]
     exact = (
-        settings.sampled_vocab is None
-        or settings.sampled_vocab >= vocab
-        or (model.cfg.output_logits_soft_cap or 0) > 0
+        settings.sampled_vocab is None or settings.sampled_vocab >= vocab or (model.cfg.output_logits_soft_cap or 0) > 0
     )
     residuals = residuals.to(weight)
     n_validation = max(1, residuals.shape[0] // 10)
@@ -503,155 +513,6 @@ def heldout_kl(
     )
 
 
-# --- stages -------------------------------------------------------------------------------------------
-
-
-@stage
-def train_tuned_lens_stage(
-    manifest: str | os.PathLike,
-    languages: str | os.PathLike,
-    words: Sequence[str | os.PathLike],
-    cloze: Sequence[str | os.PathLike],
-    word_lists: Sequence[str],
-    lens: str | os.PathLike,
-    kl: str | os.PathLike,
-    meta: str | os.PathLike,
-    model: str,
-    settings: TunedLensSettings | dict,
-    seed: int = 0,
-) -> None:
-    """The ``train_tuned_lens`` rule: corpus = every word list's cloze sentences, filled in, all languages."""
-    import torch
-
-    from probes.models import load_model
-    from probes.wordlists import filled_cloze, load_word_list
-
-    settings = settings if isinstance(settings, TunedLensSettings) else TunedLensSettings(**settings)
-    lists = [load_word_list(*paths, languages) for paths in zip(word_lists, words, cloze, strict=True)]
-    corpus = pd.concat([filled_cloze(word_list).assign(list=word_list.name) for word_list in lists])
-    corpus["concept"] = corpus["list"] + ":" + corpus["concept"]
-    torch.manual_seed(seed)
-    hooked = load_model(manifest, device=settings.device, dtype=settings.dtype)
-    skip = int(bool(hooked.cfg.default_prepend_bos))
-    counts = [hooked.to_tokens(text, move_to_device=False).shape[1] - skip for text in corpus["text"]]
-    heldout_texts, train_texts = split_corpus(corpus, counts, settings, seed)
-    unembed = unembed_of(hooked)
-    train = token_residuals(hooked, train_texts, settings.batch_size)
-    tuned, history = fit_tuned_lens(hooked, unembed, train, settings, seed)
-    del train
-    heldout = token_residuals(hooked, heldout_texts, settings.batch_size)
-    # Whole concepts are held out, then a seeded sample of their tokens keeps the full-vocabulary KL cheap.
-    generator = torch.Generator().manual_seed(seed)
-    heldout = heldout[torch.randperm(len(heldout), generator=generator)[: settings.heldout_tokens].sort().values]
-    table = heldout_kl(hooked, unembed, tuned, heldout)
-    table.insert(0, "model", model)
-    log.info("held-out KL (bits):\n%s", table.pivot(index="layer", columns="lens", values="kl_bits").round(3))
-    save_tuned_lens(tuned, lens)
-    with atomic_path(kl) as tmp:
-        table.to_parquet(tmp, index=False)
-    write_json(
-        meta,
-        {
-            "model": model,
-            "n_layers": hooked.cfg.n_layers,
-            "corpus": {word_list.name: word_list.checksums for word_list in lists},
-            "n_train_texts": len(train_texts),
-            "n_heldout_texts": len(heldout_texts),
-            "loss_first": history[0],
-            "loss_last": history[-1],
-            "seed": seed,
-            **asdict(settings),
-            "versions": package_versions(),
-        },
-    )
-
-
-@stage
-def latent_language_stage(
-    manifest: str | os.PathLike,
-    languages: str | os.PathLike,
-    words: str | os.PathLike,
-    cloze: str | os.PathLike,
-    tuned_lens: str | os.PathLike | None,
-    curves: str | os.PathLike,
-    prompts: str | os.PathLike,
-    tensors: str | os.PathLike,
-    meta: str | os.PathLike,
-    model: str,
-    word_list: str,
-    task: str,
-    src: str,
-    tgt: str,
-    shots: int,
-    settings: Mapping[str, Any],
-    max_concepts: int | None = None,
-    seed: int = 0,
-) -> None:
-    """The ``latent_language`` rule: prompts and token sets, last-position residuals, then both lenses.
-
-    One job per model and pair, so the model is loaded once; the residuals are kept for reuse outside
-    the pipeline, and the tidy curves hold P(language) and entropy per concept, layer and lens.
-    """
-    import torch
-    from safetensors.torch import save_file
-
-    from probes.activations import ExtractionSettings, extract_activations
-    from probes.models import load_model
-    from probes.wordlists import build_prompts, check_task, load_word_list
-
-    settings = ExtractionSettings(**{**settings, "site": "resid", "poolings": ("last",)})
-    words_table = load_word_list(word_list, words, cloze, languages)
-    check_task(words_table, task, src, tgt)
-    torch.manual_seed(seed)
-    hooked = load_model(manifest, device=settings.device, dtype=settings.dtype)
-    vocabulary = Vocabulary(hooked.tokenizer)
-    selection = select_concepts(words_table, vocabulary, task, src, tgt, max_concepts, seed)
-    log.info("%s %s->%s: %d concepts kept, dropped %s", task, src, tgt, len(selection.concepts), selection.dropped)
-    built = build_prompts(words_table, task, src, tgt, selection.concepts, shots, seed)
-    pooled, details = extract_activations(hooked, [p.text for p in built], settings)
-    residuals = pooled["last"]
-
-    unembed = unembed_of(hooked)
-    tuned = load_tuned_lens(tuned_lens, unembed) if tuned_lens else None
-    tidy = language_curves(hooked, unembed, tuned, residuals, selection.token_sets)
-    concepts = np.asarray(selection.concepts)[tidy.pop("item").to_numpy()]
-    tidy = tidy.assign(model=model, word_list=word_list, task=task, src=src, tgt=tgt, concept=concepts,
-                       depth=tidy["layer"] / hooked.cfg.n_layers)
-    table = pd.DataFrame({"concept": selection.concepts, "prompt": [p.text for p in built],
-                          "answer": [p.answer for p in built]})
-    for language, sets in selection.token_sets.items():
-        table[f"tokens_{language}"] = sets
-
-    with atomic_path(tensors) as tmp:
-        save_file({"last": residuals.contiguous()}, str(tmp))
-    with atomic_path(prompts) as tmp:
-        table.to_parquet(tmp, index=False)
-    with atomic_path(curves) as tmp:
-        tidy[CURVE_COLUMNS].to_parquet(tmp, index=False)
-    write_json(
-        meta,
-        {
-            "model": model,
-            "word_list": word_list,
-            "task": task,
-            "src": src,
-            "tgt": tgt,
-            "contrast": selection.contrast,
-            "n_concepts": len(words_table.words),
-            "n_kept": len(selection.concepts),
-            "dropped": selection.dropped,
-            "token_scheme": asdict(vocabulary.scheme),
-            "tuned_lens": str(tuned_lens) if tuned_lens else None,
-            "checksums": words_table.checksums,
-            "shots": shots,
-            "seed": seed,
-            **asdict(settings),
-            **details,
-            "versions": package_versions(),
-        },
-    )
-
-
 def summarise_curves(curves: pd.DataFrame) -> pd.DataFrame:
     """One row per model, pair and lens: where the target takes over and what dominates before it."""
     keys = ["model", "word_list", "task", "src", "tgt", "lens"]
@@ -676,30 +537,3 @@ def summarise_curves(curves: pd.DataFrame) -> pd.DataFrame:
         }
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-@stage
-def summary_stage(
-    curves: Sequence[str | os.PathLike],
-    metas: Sequence[str | os.PathLike],
-    kl: Sequence[str | os.PathLike],
-    table: str | os.PathLike,
-    summary_csv: str | os.PathLike,
-    summary_html: str | os.PathLike,
-    kl_table: str | os.PathLike,
-) -> None:
-    """The ``summarise_latent_language`` rule: one tidy table, a per-pair summary with drop counts, and KL."""
-    combined = pd.concat([pd.read_parquet(path) for path in curves], ignore_index=True)
-    summary = summarise_curves(combined)
-    keys = ["model", "word_list", "task", "src", "tgt"]
-    dropped = pd.DataFrame(
-        [{**{k: record[k] for k in keys}, "contrast": record["contrast"], "n_words": record["n_concepts"]}
-         | {f"dropped_{reason}": n for reason, n in record["dropped"].items()} for record in map(read_json, metas)]
-    )
-    summary = summary.merge(dropped, on=keys, how="left")
-    with atomic_path(table) as tmp:
-        combined.to_parquet(tmp, index=False)
-    write_table(summary, summary_csv, summary_html, "Latent-language summary: one row per model, language pair and lens", float_format="%.4g")
-    kl_frames = [pd.read_parquet(path) for path in kl]
-    with atomic_path(kl_table) as tmp:
-        (pd.concat(kl_frames, ignore_index=True) if kl_frames else pd.DataFrame()).to_parquet(tmp, index=False)

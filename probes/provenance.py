@@ -1,18 +1,22 @@
-"""What produced an output: the stage's arguments, its inputs' checksums, package versions and the git commit."""
+"""What produced an output: package versions, the git commit, and the run-info table built from the job records.
+
+The records themselves are written by :func:`probes.stages.recorded` around every rule's stage.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
+import json
 import os
 import platform
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from probes.io import read_json, sha256_file, stage, write_json
+if TYPE_CHECKING:
+    import pandas as pd
 
 TRACKED_PACKAGES = (
     "probes",
@@ -26,6 +30,8 @@ TRACKED_PACKAGES = (
     "safetensors",
     "snakemake",
 )
+# The versions the run-info table shows, one column each.
+TABLE_PACKAGES = ("torch", "transformer-lens", "sae-lens", "scikit-learn")
 
 
 @cache
@@ -40,83 +46,24 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def git_commit() -> str:
-    """The checkout's commit, suffixed '-dirty' when tracked files differ from it; 'unknown' outside a git work tree."""
+def git_commit(directory: str | os.PathLike | None = None) -> str:
+    """The commit of the checkout holding ``directory`` (default: this package), suffixed '-dirty' when tracked
+    files differ from it; 'unknown' outside a git work tree."""
     try:
         head, status = (
             subprocess.run(
-                ["git", *command], cwd=Path(__file__).parent, capture_output=True, text=True, check=True, timeout=10
+                ["git", *command],
+                cwd=directory or Path(__file__).parent,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=10,
             ).stdout.strip()
             for command in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"])
         )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("-dirty" if status else "")
-
-
-def path_checksum(path: str | os.PathLike) -> str:
-    """sha256 of a file, or of a folder's files (relative names and contents, in sorted order)."""
-    path = Path(path)
-    if path.is_file():
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    for file in sorted(item for item in path.rglob("*") if item.is_file()):
-        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
-    return digest.hexdigest()
-
-
-def _paths(value: object) -> list[str] | None:
-    """The path(s) an argument names: strings with a directory part, alone or in a list."""
-    items = value if isinstance(value, list | tuple) else [value]
-    if items and all(isinstance(item, str | os.PathLike) and os.sep in str(item) for item in items):
-        return [str(item) for item in items]
-    return None
-
-
-def _checksums(arguments: Mapping[str, object]) -> dict[str, str | list[str]]:
-    """Checksums of the path arguments whose paths all exist now."""
-    checksums = {}
-    for name, value in arguments.items():
-        paths = _paths(value)
-        if paths and all(os.path.exists(path) for path in paths):
-            sums = [path_checksum(path) for path in paths]
-            checksums[name] = sums if isinstance(value, list | tuple) else sums[0]
-    return checksums
-
-
-def _seeds(value: object) -> list[int]:
-    """Every seed an argument tree names (``seed``, ``seeds``, nested in settings), in order."""
-    found = []
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if key in ("seed", "seeds") and item is not None:
-                found += [int(seed) for seed in (item if isinstance(item, list | tuple) else [item])]
-            else:
-                found += _seeds(item)
-    return list(dict.fromkeys(found))
-
-
-@contextlib.contextmanager
-def recorded(path: str | os.PathLike, stage_name: str, arguments: Mapping[str, object]) -> Iterator[None]:
-    """Write ``path`` after the stage succeeds: what it was called with, what it read and wrote, and with what.
-
-    Snakemake removes a job's outputs before running it, so the path arguments that exist beforehand are the
-    inputs and those that exist only afterwards are the outputs.
-    """
-    inputs = _checksums(arguments)
-    yield
-    outputs = _checksums({name: value for name, value in arguments.items() if name not in inputs})
-    write_json(
-        path,
-        {
-            "stage": stage_name,
-            "arguments": dict(arguments),
-            "seeds": _seeds(arguments),
-            "inputs_sha256": inputs,
-            "outputs_sha256": outputs,
-            "versions": package_versions(),
-        },
-    )
 
 
 def _short(checksums: Mapping[str, str | list[str]]) -> str:
@@ -126,50 +73,26 @@ def _short(checksums: Mapping[str, str | list[str]]) -> str:
     )
 
 
-@stage
-def run_info_stage(
-    records: Sequence[str | os.PathLike],
-    table: str | os.PathLike,
-    table_html: str | os.PathLike,
-    config_json: str | os.PathLike,
-    run_config: dict,
-) -> None:
-    """The ``run_info`` rule: one row per job, from the provenance record each stage wrote.
-
-    A reader of a figure can then see which settings, seeds, commit, package versions and inputs produced
-    every number; the run's whole (validated) config is stored beside the table.
-    """
-    import json
-
+def run_info_table(records: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per job from its provenance record (keyed by the record's path, results/provenance/<rule>/<job>)."""
     import pandas as pd
 
-    from probes.report import write_table
-
     rows = []
-    for path in records:
-        record = read_json(path)
+    for path, record in records.items():
         parts = Path(path).with_suffix("").parts
         where = len(parts) - 1 - parts[::-1].index("provenance")
         versions = record["versions"]
-        settings = {name: value for name, value in record["arguments"].items() if _paths(value) is None}
         rows.append(
             {
                 "rule": parts[where + 1],
                 "job": "/".join(parts[where + 2 :]),
                 "seeds": " ".join(map(str, record["seeds"])),
                 "git_commit": versions.get("git_commit"),
-                **{package: versions.get(package) for package in ("torch", "transformer-lens", "sae-lens", "scikit-learn")},
-                "settings": json.dumps(settings, sort_keys=True, separators=(",", ":")),
+                **{package: versions.get(package) for package in TABLE_PACKAGES},
+                "settings": json.dumps(record["arguments"], sort_keys=True, separators=(",", ":")),
                 "inputs_sha256": _short(record["inputs_sha256"]),
                 "outputs_sha256": _short(record["outputs_sha256"]),
                 "record": str(path),
             }
         )
-    frame = pd.DataFrame(rows)
-    write_table(
-        frame, table, table_html, "Run info: provenance of every job but the plots",
-        "Settings are the stage's arguments that are not paths: the config slice and wildcards it ran with. "
-        "Checksums are sha256, cut to 12 characters; the full record of each job is in the file named in the last column.",
-        float_format=None,
-    )
-    write_json(config_json, run_config)
+    return pd.DataFrame(rows)

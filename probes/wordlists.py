@@ -1,4 +1,4 @@
-"""Multilingual word lists and the few-shot prompts built from them (METHODS.md §3).
+"""Multilingual word lists and the few-shot prompts built from them (docs/methods.md §3).
 
 A word list is a pair of CSVs: ``concept,<lang>,<lang>,...`` with one word per language, and
 ``concept,language,sentence`` with one cloze sentence per concept and language, the word blanked as

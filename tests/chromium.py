@@ -26,7 +26,10 @@ def find_or_install_chromium() -> tuple[str | None, str]:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         return None, "Chromium is not installed, and installing it needs root and apt-get (Debian package `chromium`)"
     environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]):
+    for command in (
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"],
+    ):
         result = subprocess.run(command, capture_output=True, text=True, env=environment)
         if result.returncode != 0:
             return None, f"`{' '.join(command)}` failed: {result.stderr[-500:]}"
@@ -45,8 +48,18 @@ class Browser:
             os.dup2(events_write, 4)
 
         self.process = subprocess.Popen(
-            [executable, *FLAGS, "--remote-debugging-pipe", f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
-            pass_fds=(3, 4), preexec_fn=on_fds_3_and_4, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                executable,
+                *FLAGS,
+                "--remote-debugging-pipe",
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            pass_fds=(3, 4),
+            preexec_fn=on_fds_3_and_4,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         os.close(commands_read)
         os.close(events_write)

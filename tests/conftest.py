@@ -1,22 +1,20 @@
-"""Shared fixtures: a tiny random-weight model for fast tests and the real embedded models, converted once."""
+"""Shared fixtures: a tiny random-weight model for fast tests and the real embedded models, converted once.
+
+Shared functions and constants are in helpers.py."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+
+from helpers import REPO, embedded_manifest, snakemake, write_config
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parents[1]
-# The same cache the default pipeline uses, so converting the embedded models happens once per checkout.
-MODEL_CACHE = Path(os.environ.get("PROBES_TEST_MODEL_CACHE", REPO / "results" / "models"))
 TOKENIZER_CORPUS = [
     "The city of Lyon is in France.",
     "A coin is heads up. Alice flips the coin. Is the coin still heads up?",
@@ -27,15 +25,6 @@ TOKENIZER_CORPUS = [
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
-
-
-def embedded_manifest(name: str) -> Path:
-    from probes.models import convert_model
-
-    manifest = MODEL_CACHE / name / "manifest.json"
-    if not manifest.is_file():
-        convert_model(name, name, manifest)
-    return manifest
 
 
 @pytest.fixture(scope="session")
@@ -71,38 +60,26 @@ def tiny_model(tmp_path_factory):
     )
     bpe.train_from_iterator(TOKENIZER_CORPUS * 5, trainer)
     tokenizer_dir = tmp_path_factory.mktemp("tiny_tokenizer")
-    PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>").save_pretrained(
-        tokenizer_dir
-    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>"
+    ).save_pretrained(tokenizer_dir)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     cfg = HookedTransformerConfig(
-        n_layers=3, d_model=32, n_ctx=128, d_head=8, n_heads=4, d_mlp=64, d_vocab=tokenizer.vocab_size,
-        act_fn="gelu", normalization_type="RMS", positional_embedding_type="rotary", seed=0, default_prepend_bos=True,
+        n_layers=3,
+        d_model=32,
+        n_ctx=128,
+        d_head=8,
+        n_heads=4,
+        d_mlp=64,
+        d_vocab=tokenizer.vocab_size,
+        act_fn="gelu",
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        seed=0,
+        default_prepend_bos=True,
     )
     torch.manual_seed(0)
     return HookedTransformer(cfg, tokenizer=tokenizer).eval()
-
-
-def snakemake(
-    work: Path, *args: str, configfiles: tuple[str, ...] = ("test.yaml",), check: bool = True, env: dict | None = None
-):
-    command = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-        "--cores", "2", *args, "--configfile", *(str(work / name) for name in configfiles),  # it eats what follows
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=work, env={**os.environ, **(env or {})})
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
-    return result
-
-
-def write_config(work: Path, name: str, **changes) -> None:
-    config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
-    config["model_cache"] = str(MODEL_CACHE)
-    for dotted, value in changes.items():
-        section, key = dotted.split("__")
-        config.setdefault(section, {})[key] = value
-    (work / name).write_text(yaml.safe_dump(config))
 
 
 @pytest.fixture(scope="session")

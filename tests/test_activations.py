@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import asdict
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from probes.activations import ExtractionSettings, extract_activations, extract_stage, site_hooks
+from probes.activations import ExtractionSettings, NonFiniteActivations, extract_activations, site_hooks
+from probes.stages.models import extract_activations as extract_stage
 
 TEXTS = [
     "The city of Lyon is in France.",
@@ -81,15 +84,22 @@ def test_extract_stage_writes_safetensors_and_provenance(smollm2_manifest, tmp_p
     dataset = tmp_path / "tiny.csv"
     dataset.write_text("sentence,truth\n" + "".join(f'"{t}",{i % 2}\n' for i, t in enumerate(TEXTS)))
     tensors, meta = tmp_path / "out" / "resid.safetensors", tmp_path / "out" / "resid.meta.json"
-    extract_stage(smollm2_manifest, dataset, tensors, meta, ExtractionSettings(batch_size=4), "sentence", "truth")
+    details = extract_stage(
+        smollm2_manifest, dataset, tensors, meta, asdict(ExtractionSettings(batch_size=4)), "sentence", "truth"
+    )
     stored = load_file(tensors)
     assert set(stored) == {"last", "mean", "labels"}
     assert stored["labels"].tolist() == [i % 2 for i in range(len(TEXTS))]
     assert stored["last"].shape == (len(TEXTS), 31, 576) and stored["last"].dtype == torch.float32
     info = json.loads(meta.read_text())
-    assert info["model"] == "smollm2-135m" and len(info["model_weights_sha256"]) == 64
-    assert len(info["dataset_sha256"]) == 64 and info["site"] == "resid" and info["seed"] == 0
-    assert info["versions"]["torch"].startswith("2.")
+    assert info == {
+        "layers": list(range(31)),
+        "hook_names": ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(30)],
+        "n_layers": 30,
+        "site": "resid",
+        "classes": ["0", "1"],
+    }
+    assert details["n_examples"] == len(TEXTS) and details["n_truncated"] == 0 and details["d_model"] == 576
 
 
 def test_extract_stage_rejects_a_bad_dataset_before_writing_anything(tmp_path):
@@ -99,5 +109,41 @@ def test_extract_stage_rejects_a_bad_dataset_before_writing_anything(tmp_path):
     dataset.write_text("text,label\n" + "".join(f"sentence {i},1\n" for i in range(10)))
     out = tmp_path / "out"
     with pytest.raises(DatasetError, match="one_class.csv.*single class"):
-        extract_stage(tmp_path / "never-read.json", dataset, out / "a.safetensors", out / "a.json", ExtractionSettings())
+        extract_stage(
+            tmp_path / "never-read.json", dataset, out / "a.safetensors", out / "a.json", asdict(ExtractionSettings())
+        )
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_non_finite_activations_are_refused_at_the_first_bad_layer(tiny_model):
+    import copy
+
+    broken = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        broken.blocks[1].mlp.W_out.fill_(float("inf"))  # block 1 writes inf: resid layer 2 is the first bad one
+    first_bad = r"in fp32 \(float32\): .* at blocks\.1\.hook_resid_post \(layer 2\)"
+    with pytest.raises(NonFiniteActivations, match=first_bad):
+        extract_activations(broken, TEXTS, ExtractionSettings(batch_size=4), progress=False)
+    with pytest.raises(NonFiniteActivations, match=r"at blocks\.1\.hook_mlp_out \(layer 2\) \(site mlp_out\).*bf16"):
+        extract_activations(broken, TEXTS, ExtractionSettings(site="mlp_out"), progress=False)
+
+
+@pytest.mark.slow
+def test_gemma_in_fp16_is_refused_naming_the_first_bad_layer_and_bf16_works(gemma_manifest, tmp_path):
+    """Gemma-3 overflows float16's range: extraction stops with the layer, leaves no output, and bf16 is finite."""
+    from probes.models import load_model
+
+    dataset = tmp_path / "tiny.csv"
+    dataset.write_text("text,label\n" + "".join(f'"{t}",{i % 2}\n' for i, t in enumerate(TEXTS)))
+    model = load_model(gemma_manifest, dtype="float16")
+    _, cache = model.run_with_cache(model.to_tokens(TEXTS[0]))
+    hooks = site_hooks("resid", model.cfg.n_layers)
+    first_bad = next(layer for layer in sorted(hooks) if not torch.isfinite(cache[hooks[layer]]).all())
+    out = tmp_path / "out"
+    paths, settings = (out / "r.safetensors", out / "r.meta.json"), asdict(ExtractionSettings())
+    message = rf"in fp16 \(float16\): .* at {re.escape(hooks[first_bad])} \(layer {first_bad}\).*bf16"
+    with pytest.raises(NonFiniteActivations, match=message):
+        extract_stage(gemma_manifest, dataset, *paths, settings, weights="fp16")
+    assert not out.exists() or not any(out.iterdir())
+    extract_stage(gemma_manifest, dataset, *paths, settings, weights="bf16")
+    assert torch.isfinite(load_file(out / "r.safetensors")["last"]).all()

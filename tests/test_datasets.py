@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from probes.datasets import (
-    BUILTIN_TASKS,
-    COUNTRY_CITIES,
-    LEVELS,
-    NAMESAKES,
-    QUANTITIES,
-    DatasetError,
-    generate_dataset,
-    load_dataset,
-    syllogism_follows,
-    write_builtin_datasets,
-)
+from probes.datasets import LEVELS, DatasetError, load_dataset
+from probes.tasks import BUILTIN_TASKS, generate_dataset, write_builtin_datasets
+from probes.tasks.cities import COUNTRY_CITIES, NAMESAKES
+from probes.tasks.comparisons import QUANTITIES
+from probes.tasks.syllogisms import syllogism_follows
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +28,22 @@ def test_committed_files_are_what_the_generators_write(repo, tmp_path):
     assert [p.name for p in paths] == [f"{name}.csv" for name in BUILTIN_TASKS]
     for path in paths:
         assert path.read_bytes() == (repo / "data" / "concepts" / path.name).read_bytes(), path.name
+
+
+def test_command_line_writes_the_committed_files(repo, tmp_path):
+    """The command data/README.md gives for regenerating the files writes the same bytes."""
+    run = subprocess.run(
+        [sys.executable, "-m", "probes.tasks", "--out", str(tmp_path)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert run.stdout.splitlines() == [str(tmp_path / f"{name}.csv") for name in BUILTIN_TASKS]
+    committed = sorted((repo / "data" / "concepts").glob("*.csv"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == [path.name for path in committed]
+    for path in committed:
+        assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
 
 
 def test_another_seed_gives_other_data():
@@ -79,8 +90,16 @@ def test_words_alone_do_not_give_the_label_away(concepts, name):
 def test_city_statements_name_the_right_country(concepts):
     frame = concepts["cities"]
     country_of = {city: country for country, cities in COUNTRY_CITIES.items() for city in cities}
-    for city, country in [("Lyon", "France"), ("Osaka", "Japan"), ("Cusco", "Peru"), ("Toronto", "Canada"),
-                          ("Nairobi", "Kenya"), ("Mumbai", "India"), ("Munich", "Germany"), ("Seville", "Spain")]:
+    for city, country in [
+        ("Lyon", "France"),
+        ("Osaka", "Japan"),
+        ("Cusco", "Peru"),
+        ("Toronto", "Canada"),
+        ("Nairobi", "Kenya"),
+        ("Mumbai", "India"),
+        ("Munich", "Germany"),
+        ("Seville", "Spain"),
+    ]:
         assert country_of[city] == country
     assert len(country_of) >= 150 and len(COUNTRY_CITIES) >= 40
     assert not frame["city"].duplicated().any()  # a city in both a true and a false row invites memorising
@@ -120,7 +139,7 @@ def test_coinflip_labels_follow_from_the_text(concepts):
         assert len({name for name, _ in steps}) == len(steps)  # distinct people
         flips = sum(action == "flips" for _, action in steps)
         assert row.label == int(flips % 2 == 0), row.text
-    assert frame["n_people"].value_counts().to_dict() == {n: 80 for n in range(1, 6)}
+    assert frame["n_people"].value_counts().to_dict() == dict.fromkeys(range(1, 6), 80)
 
 
 def parse_syllogism(text: str) -> tuple:
@@ -130,7 +149,7 @@ def parse_syllogism(text: str) -> tuple:
     for sentence in (*premises, conclusion):
         q, x, y = re.fullmatch(r"(all|no|some) (\w+) are (not )?(\w+)", sentence.lower()).group(1, 2, 4)
         propositions.append(("some_not" if " not " in sentence else q, x, y))
-    terms = {conclusion_term: term for conclusion_term, term in zip(propositions[2][1:], "AC")}
+    terms = dict(zip(propositions[2][1:], "AC"))
     middle = ({x for _, *pair in propositions[:2] for x in pair} - set(terms)).pop()
     terms[middle] = "B"
     return tuple((q, terms[x], terms[y]) for q, x, y in propositions)
@@ -167,12 +186,24 @@ def test_affective_topics_occur_with_both_labels(concepts, name):
 @pytest.mark.parametrize(
     ("name", "contents", "kwargs", "message"),
     [
-        ("no_label.csv", "text,truth\na,1\nb,0\n", {},
-         r"no_label\.csv: missing column\(s\) \['label'\].*\['text', 'truth'\]"),
-        ("custom.csv", "s,y\na,1\nb,0\n", {"text_column": "sentence", "label_column": "y"},
-         r"custom\.csv: missing column\(s\) \['sentence'\]"),
-        ("one_class.csv", "text,label\na,x\nb,x\n", {},
-         r"one_class\.csv: label column 'label' has a single class 'x'; a probe needs at least two"),
+        (
+            "no_label.csv",
+            "text,truth\na,1\nb,0\n",
+            {},
+            r"no_label\.csv: missing column\(s\) \['label'\].*\['text', 'truth'\]",
+        ),
+        (
+            "custom.csv",
+            "s,y\na,1\nb,0\n",
+            {"text_column": "sentence", "label_column": "y"},
+            r"custom\.csv: missing column\(s\) \['sentence'\]",
+        ),
+        (
+            "one_class.csv",
+            "text,label\na,x\nb,x\n",
+            {},
+            r"one_class\.csv: label column 'label' has a single class 'x'; a probe needs at least two",
+        ),
         ("three.csv", "text,label\na,x\nb,y\nc,z\n", {}, r"three\.csv: label column 'label' has 3 classes.*binary"),
         ("empty_text.csv", "text,label\na,1\n,0\n  ,1\nd,0\n", {}, r"empty_text\.csv: 2 empty text\(s\).*rows 2, 3$"),
         ("no_label_value.tsv", "text\tlabel\na\t1\nb\t\n", {}, r"no_label_value\.tsv: 1 missing label\(s\).*rows 2$"),
@@ -198,9 +229,12 @@ def test_missing_file_is_named(tmp_path):
 @pytest.mark.parametrize(
     ("name", "contents", "classes", "labels"),
     [
-        ("strings.jsonl",
-         '{"text": "good", "label": "pos"}\n{"text": "bad", "label": "neg"}\n{"text": "fine", "label": "pos"}\n',
-         ["neg", "pos"], [1, 0, 1]),
+        (
+            "strings.jsonl",
+            '{"text": "good", "label": "pos"}\n{"text": "bad", "label": "neg"}\n{"text": "fine", "label": "pos"}\n',
+            ["neg", "pos"],
+            [1, 0, 1],
+        ),
         ("truth.jsonl", '{"text": "a", "label": "true"}\n{"text": "b", "label": "false"}\n', ["false", "true"], [1, 0]),
         ("bools.csv", "text,label\na,True\nb,False\n", ["False", "True"], [1, 0]),
         ("ints.tsv", "text\tlabel\na\t0\nb\t1\nc\t1\n", ["0", "1"], [0, 1, 1]),

@@ -21,7 +21,7 @@ def test_torch_is_not_pinned_to_a_cpu_build_for_everyone(repo):
     declared = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
     torch = next(Requirement(d) for d in declared if Requirement(d).name == "torch")
     assert "==" not in str(torch.specifier)
-    assert 'PROBES_TORCH:-torch==2.13.0' in (repo / "install.sh").read_text()
+    assert "PROBES_TORCH:-torch==2.13.0" in (repo / "install.sh").read_text()
 
 
 def test_ci_runs_the_readme_test_command(repo):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import REPO
 from probes.activations import ExtractionSettings, extract_activations
 from probes.lens import (
     TunedLensSettings,
@@ -76,6 +76,7 @@ def _check_token_sets(tokenizer, words) -> None:
             assert text.strip() and (word.startswith(text) or (" " + word).startswith(text)), (word, text)
 
 
+@pytest.mark.slow
 def test_byte_level_bpe_token_sets(smollm2, everyday):
     tokenizer = smollm2.tokenizer
     scheme = detect_token_scheme(tokenizer)
@@ -88,12 +89,15 @@ def test_byte_level_bpe_token_sets(smollm2, everyday):
     _check_token_sets(tokenizer, everyday.words.to_numpy().ravel())
 
 
+@pytest.mark.slow
 def test_sentencepiece_token_sets(gemma_tokenizer, everyday):
     scheme = detect_token_scheme(gemma_tokenizer)
     assert not scheme.byte_level and scheme.marker == "▁" and scheme.byte_fallback
     vocabulary = Vocabulary(gemma_tokenizer)
     assert set(gemma_tokenizer.convert_ids_to_tokens(vocabulary.token_set("花"))) == {"花", "▁花", "<0xE8>"}
-    assert {"▁flower", "flower", "▁f", "f", "<0x66>"} <= set(gemma_tokenizer.convert_ids_to_tokens(vocabulary.token_set("flower")))
+    assert {"▁flower", "flower", "▁f", "f", "<0x66>"} <= set(
+        gemma_tokenizer.convert_ids_to_tokens(vocabulary.token_set("flower"))
+    )
     _check_token_sets(gemma_tokenizer, everyday.words.to_numpy().ravel())
 
 
@@ -105,13 +109,16 @@ def test_literal_space_token_sets(literal_space_tokenizer):
     expected = {
         token_id
         for token, token_id in literal_space_tokenizer.get_vocab().items()
-        if token.strip() and token not in ("<unk>", "<pad>") and ("flower".startswith(token) or " flower".startswith(token))
+        if token.strip()
+        and token not in ("<unk>", "<pad>")
+        and ("flower".startswith(token) or " flower".startswith(token))
     }
     assert any(token.startswith(" ") for token in literal_space_tokenizer.convert_ids_to_tokens(sorted(expected)))
     assert set(vocabulary.token_set("flower")) == expected
     _check_token_sets(literal_space_tokenizer, ["flower", "fleur", "dog"])
 
 
+@pytest.mark.slow
 def test_overlapping_or_empty_token_sets_are_dropped_and_counted(gemma_tokenizer, everyday):
     vocabulary = Vocabulary(gemma_tokenizer)
     selection = select_concepts(everyday, vocabulary, "translation", "es", "fr")
@@ -130,23 +137,33 @@ def test_overlapping_or_empty_token_sets_are_dropped_and_counted(gemma_tokenizer
 def _prompt_residuals(model, everyday, n=12):
     selection = select_concepts(everyday, Vocabulary(model.tokenizer), "translation", "fr", "zh", max_concepts=n)
     prompts = build_prompts(everyday, "translation", "fr", "zh", selection.concepts, shots=3, seed=0)
-    pooled, _ = extract_activations(model, [p.text for p in prompts], ExtractionSettings(poolings=("last",)), progress=False)
+    pooled, _ = extract_activations(
+        model, [p.text for p in prompts], ExtractionSettings(poolings=("last",)), progress=False
+    )
     return prompts, selection, pooled["last"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["smollm2", "gemma"])
 def test_logit_lens_at_the_last_layer_is_the_models_output(name, request, everyday):
     from probes.models import load_model
 
-    model = request.getfixturevalue("smollm2") if name == "smollm2" else load_model(request.getfixturevalue("gemma_manifest"))
+    model = (
+        request.getfixturevalue("smollm2")
+        if name == "smollm2"
+        else load_model(request.getfixturevalue("gemma_manifest"))
+    )
     prompts, _, residuals = _prompt_residuals(model, everyday, n=6)
     unembed = unembed_of(model)
     with torch.inference_mode():
-        lens = torch.softmax(lens_logits(model, unembed, None, residuals[:, model.cfg.n_layers], model.cfg.n_layers), -1)
+        lens = torch.softmax(
+            lens_logits(model, unembed, None, residuals[:, model.cfg.n_layers], model.cfg.n_layers), -1
+        )
         own = torch.stack([torch.softmax(model(p.text)[0, -1], -1) for p in prompts])
     assert (lens - own).abs().max() <= 1e-5
 
 
+@pytest.mark.slow
 def test_logit_lens_matches_an_independent_hugging_face_computation(smollm2, smollm2_manifest, everyday):
     """P(language) per layer from HF hidden states through HF's own final norm and lm_head."""
     from probes.models import load_hf_model
@@ -164,7 +181,8 @@ def test_logit_lens_matches_an_independent_hugging_face_computation(smollm2, smo
                 probs = torch.softmax(hf_model.lm_head(hf_model.model.norm(hidden[layer][0, -1])), -1)
                 for language, sets in selection.token_sets.items():
                     theirs = probs[sets[item]].sum().item()
-                    assert ours[item, layer, language] == pytest.approx(theirs, abs=2e-3), (item, layer, language)
+                    # measured max |difference| over all items, layers and languages: 1.8e-6 to 3.5e-6 (float32, CPU)
+                    assert ours[item, layer, language] == pytest.approx(theirs, abs=5e-5), (item, layer, language)
 
 
 def _corpus_residuals(model, everyday):
@@ -172,10 +190,13 @@ def _corpus_residuals(model, everyday):
 
     texts = filled_cloze(everyday)
     train = token_residuals(model, texts[texts["concept"].isin(everyday.words.index[:40])]["text"].tolist(), 16, False)
-    heldout = token_residuals(model, texts[texts["concept"].isin(everyday.words.index[-3:])]["text"].tolist(), 16, False)
+    heldout = token_residuals(
+        model, texts[texts["concept"].isin(everyday.words.index[-3:])]["text"].tolist(), 16, False
+    )
     return train, heldout
 
 
+@pytest.mark.slow
 def test_tuned_lens_beats_the_logit_lens_on_held_out_text(smollm2, everyday, tmp_path):
     train, heldout = _corpus_residuals(smollm2, everyday)
     unembed = unembed_of(smollm2)

