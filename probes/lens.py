@@ -339,10 +339,9 @@ def token_residuals(
             names_filter=list(hooks.values()),
             stop_at_layer=model.cfg.n_layers,
         )
-        rows = [cache[hooks[layer]][keep] for layer in sorted(hooks)]
-        for layer, layer_rows in zip(sorted(hooks), rows, strict=True):
-            check_finite(model, layer_rows, f"{hooks[layer]} (layer {layer})", "resid")
-        chunks.append(torch.stack(rows, dim=1).float().cpu())
+        for layer in sorted(hooks):
+            check_finite(model, cache[hooks[layer]], f"{hooks[layer]} (layer {layer})", "resid")
+        chunks.append(torch.stack([cache[hooks[layer]][keep] for layer in sorted(hooks)], dim=1).float().cpu())
     return torch.cat(chunks)
 
 

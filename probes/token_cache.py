@@ -151,9 +151,8 @@ def cache_token_activations(
             captured: dict[int, torch.Tensor] = {}
 
             def capture(activation: torch.Tensor, hook: Any) -> None:
-                rows = activation[keep.to(activation.device)]
-                check_finite(model, rows, f"{hook.name} (layer {layer_of[hook.name]})", site)
-                captured[layer_of[hook.name]] = rows.float().cpu()
+                check_finite(model, activation, f"{hook.name} (layer {layer_of[hook.name]})", site)
+                captured[layer_of[hook.name]] = activation[keep.to(activation.device)].float().cpu()
 
             with torch.inference_mode():
                 model.run_with_hooks(
