@@ -164,11 +164,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+# Matplotlib stamps PDF and SVG files with the time they were drawn, and names SVG elements by random ids;
+# without the dates and with a fixed salt for the ids, a figure is the same bytes every time.
+UNDATED = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
+
+
 def save_figure(fig: Figure, paths: Sequence[str | os.PathLike], dpi: int) -> None:
     """One figure in every configured format (the suffix names it), each file written atomically."""
+    import matplotlib
     import matplotlib.pyplot as plt
 
     for path in paths:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix[1:])
+        fmt = Path(path).suffix[1:]
+        with atomic_path(path) as tmp, matplotlib.rc_context({"svg.hashsalt": "probes"}):
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt, metadata=UNDATED.get(fmt))
     plt.close(fig)
