@@ -18,8 +18,6 @@ from probes.sae import SAEEvalSettings, SAESettings
 from probes.token_cache import TokenCacheSettings
 
 Config = dict[str, Any]
-# The corpus keys of sae.corpus that are token-cache settings (the others say where the text comes from).
-TOKEN_CACHE_KEYS = ("context", "heldout_fraction", "max_tokens", "shard_tokens", "batch_size")
 
 
 def repo_path(path: str, basedir: str) -> str:
@@ -84,10 +82,9 @@ def tuned_lens_settings(config: Config) -> dict[str, Any]:
 
 def token_cache_settings(config: Config) -> dict[str, Any]:
     corpus = config["sae"]["corpus"]
+    names = {field.name for field in fields(TokenCacheSettings)} - {"device", "dtype"}
     return asdict(
-        TokenCacheSettings(
-            **{key: corpus[key] for key in TOKEN_CACHE_KEYS}, device=config["device"], dtype=config["dtype"]
-        )
+        TokenCacheSettings(**{key: corpus[key] for key in names}, device=config["device"], dtype=config["dtype"])
     )
 
 

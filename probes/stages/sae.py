@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from probes.io import atomic_directory, read_json, write_json, write_parquet
+from probes.sae import SPARSE_KS
 from probes.stages import save_figure, write_table, write_text
 
 
@@ -127,7 +128,7 @@ def sparse_probing(
     probe_settings: dict,
     text_column: str = "text",
     label_column: str = "label",
-    ks: Sequence[int] = (1, 2, 4, 8, 16, 32),
+    ks: Sequence[int] = SPARSE_KS,
     n_top: int = 5,
     n_examples: int = 3,
 ) -> None:
