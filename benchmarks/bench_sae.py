@@ -87,7 +87,7 @@ def main() -> None:
             theirs.append(in_memory_seconds(cache, args.layer, settings, seed=0))
     ours_tps, theirs_tps = n_tokens / min(ours), n_tokens / min(theirs)
     print(
-        f"{cache.meta['model']} layer {args.layer}: {cache.meta['n_train_tokens']} cached train tokens, "
+        f"{args.model} layer {args.layer}: {cache.meta['n_train_tokens']} cached train tokens, "
         f"{settings.architecture} d_sae {settings.expansion * cache.meta['d_model']}, {settings.steps} steps x "
         f"{settings.batch_size}, torch threads {torch.get_num_threads()}"
     )

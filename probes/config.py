@@ -33,7 +33,16 @@ def model_source(config: Config, model: str) -> str:
 
 
 def dataset_config(config: Config, dataset: str) -> dict[str, Any]:
-    return {"text_column": "text", "label_column": "label"} | config["datasets"][dataset]
+    defaults = {"text_column": "text", "label_column": "label", "group_column": None, "type_column": None}
+    return defaults | config["datasets"][dataset]
+
+
+def dataset_columns(config: Config, dataset: str) -> dict[str, str | None]:
+    """The ``<role>_column`` arguments of :func:`probes.datasets.load_dataset` for one configured dataset."""
+    from probes.datasets import DATASET_ROLES
+
+    columns = dataset_config(config, dataset)
+    return {f"{role}_column": columns[f"{role}_column"] for role in DATASET_ROLES}
 
 
 def experiments(config: Config) -> list[tuple[str, str, str, str, str]]:
@@ -70,10 +79,9 @@ def extraction_settings(config: Config) -> dict[str, Any]:
 
 def probe_settings(config: Config) -> dict[str, Any]:
     probe = config["probe"]
-    keys = ("folds", "C", "tol", "max_iter", "control", "mdl")
-    return asdict(
-        ProbeSettings(**{key: probe[key] for key in keys}, seeds=tuple(probe["seeds"]), device=config["device"])
-    )
+    names = {field.name for field in fields(ProbeSettings)} - {"device", "dtype"}
+    values = {key: tuple(probe[key]) if isinstance(probe[key], list) else probe[key] for key in names if key in probe}
+    return asdict(ProbeSettings(**values, device=config["device"]))
 
 
 def tuned_lens_settings(config: Config) -> dict[str, Any]:
@@ -108,8 +116,11 @@ def check_inputs(config: Config, basedir: str) -> None:
     for model in models:
         resolve_source(model_source(config, model), config["models"][model].get("tl_name"))
     for dataset in datasets:
-        columns = dataset_config(config, dataset)
-        load_dataset(repo_path(columns["path"], basedir), columns["text_column"], columns["label_column"])
+        load_dataset(repo_path(dataset_config(config, dataset)["path"], basedir), **dataset_columns(config, dataset))
+    if config["probe"]["control"] == "type":
+        untyped = [dataset for dataset in datasets if dataset_config(config, dataset)["type_column"] is None]
+        if untyped:
+            raise ValueError(f"probe.control 'type': datasets {untyped} declare no type_column; use control auto")
     perturb = config["perturbations"]
     for key, known, names in (("models", models, perturb["models"]), ("datasets", datasets, perturb["datasets"] or [])):
         unknown = sorted(set(names) - set(known))

@@ -21,6 +21,8 @@ from probes.io import sha256_file
 LEVELS = ("factual", "affective", "inferential")
 # Every level a configured task may declare: the built-in ones and "other" for tasks that fit none.
 TASK_LEVELS = (*LEVELS, "other")
+# The columns a dataset config can name, in load_dataset's argument order: ``<role>_column``.
+DATASET_ROLES = ("text", "label", "group", "type")
 
 
 class DatasetError(ValueError):
@@ -34,6 +36,8 @@ class LabelledTexts:
     labels: np.ndarray
     classes: list[str]
     checksum: str
+    groups: np.ndarray | None = None  # int codes of the group column: rows that must share a CV fold
+    types: np.ndarray | None = None  # int codes of the type column: the unit the control task labels
 
 
 READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
@@ -49,8 +53,18 @@ def _rows(mask: pd.Series) -> str:
     return ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
 
 
-def load_dataset(path: str | os.PathLike, text_column: str = "text", label_column: str = "label") -> LabelledTexts:
-    """Read a user or built-in task and refuse, naming the file, anything a binary probe cannot use."""
+def load_dataset(
+    path: str | os.PathLike,
+    text_column: str = "text",
+    label_column: str = "label",
+    group_column: str | None = None,
+    type_column: str | None = None,
+) -> LabelledTexts:
+    """Read a user or built-in task and refuse, naming the file, anything a binary probe cannot use.
+
+    ``group_column`` names rows that must stay in one CV fold (a minimal pair, a template);
+    ``type_column`` the surface identity the control task assigns its random labels to (docs/methods.md §2).
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: dataset file not found")
@@ -65,12 +79,11 @@ def load_dataset(path: str | os.PathLike, text_column: str = "text", label_colum
         raise DatasetError(f"{path}: cannot be parsed as {path.suffix[1:].upper()} ({error})") from error
     if len(frame) == 0:
         raise DatasetError(f"{path}: the dataset has no rows")
-    missing = [c for c in (text_column, label_column) if c not in frame.columns]
+    roles = {"text": text_column, "label": label_column, "group": group_column, "type": type_column}
+    missing = {role: column for role, column in roles.items() if column is not None and column not in frame.columns}
     if missing:
-        raise DatasetError(
-            f"{path}: missing column(s) {missing} (text column {text_column!r}, label column {label_column!r}); "
-            f"the file has columns {[str(c) for c in frame.columns]}"
-        )
+        named = ", ".join(f"{role} column {column!r}" for role, column in missing.items())
+        raise DatasetError(f"{path}: missing {named}; the file has columns {[str(c) for c in frame.columns]}")
     texts = frame[text_column]
     empty = texts.isna() | (texts.astype(str).str.strip() == "")
     if empty.any():
@@ -94,10 +107,26 @@ def load_dataset(path: str | os.PathLike, text_column: str = "text", label_colum
             "only binary probes are supported for now"
         )
     index = {value: i for i, value in enumerate(classes)}
+    codes = {}
+    for role, column in (("group", group_column), ("type", type_column)):
+        if column is None:
+            codes[role] = None
+            continue
+        values = frame[column]
+        if values.isna().any():
+            raise DatasetError(
+                f"{path}: {values.isna().sum()} missing value(s) in {role} column {column!r}, "
+                f"data rows {_rows(values.isna())}"
+            )
+        codes[role] = pd.factorize(values.astype(str), sort=True)[0].astype(np.int64)
+    if codes["group"] is not None and len(np.unique(codes["group"])) < 2:
+        raise DatasetError(f"{path}: group column {group_column!r} has a single group; folds need at least two")
     return LabelledTexts(
         path=path,
         texts=texts.astype(str).tolist(),
         labels=labels.map(index).to_numpy(dtype=np.int64),
         classes=[str(c) for c in classes],
         checksum=sha256_file(path),
+        groups=codes["group"],
+        types=codes["type"],
     )

@@ -77,15 +77,30 @@ def weights_label(weights: str, embedded: bool) -> str:
 EMBEDDED_NOTE = "* weights dequantised from the model's 4-bit GGUF original"
 
 
+INTERVAL_NOTE = "{ci:.0%} bootstrap intervals over examples"
+NOT_DECODABLE = "#9a9a9a"
+
+
+def _curve(curves: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One metric's per-layer value and interval from the summary's curves table, indexed by layer."""
+    rows = curves[curves["metric"] == metric].sort_values("layer")
+    return rows.set_index("layer")[["value", "lo", "hi"]]
+
+
+def _control_name(control: str) -> str:
+    return {"type": "type control (random label per type)", "permuted": "permuted-label control"}.get(control, control)
+
+
 def concept_depth_figure(
-    metrics: pd.DataFrame, table: pd.DataFrame, model: str, weights: str, embedded: bool, ci: float = _CI
+    curves: pd.DataFrame, table: pd.DataFrame, model: str, weights: str, embedded: bool, ci: float = _CI
 ) -> Figure:
-    """One panel per task: accuracy ± interval, the control dashed, jump and converging layers marked."""
+    """One panel per task: accuracy and control with intervals, half-rise, jump and converging layers marked;
+    a task whose best accuracy stays within the permutation null is drawn grey, without depth marks."""
     _style()
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    metrics = metrics[unperturbed(metrics, weights) & (metrics["model"] == model)]
+    curves = curves[unperturbed(curves, weights) & (curves["model"] == model)]
     rows = _ordered(table[unperturbed(table, weights) & (table["model"] == model)])
     if rows.empty:
         raise ValueError(f"the summary has no rows for model {model!r}")
@@ -94,72 +109,75 @@ def concept_depth_figure(
     n_rows = math.ceil(n_panels / n_cols)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.6 * n_cols, 2.9 * n_rows), squeeze=False, sharey=True)
     for ax, row in zip(axes.flat, rows.itertuples()):
-        task = metrics[metrics["dataset"] == row.dataset]
-        colour = LEVEL_COLOURS.get(row.level, "#333333")
-        for metric, style in (("accuracy", "-"), ("control_accuracy", "--")):
-            curve = mean_interval(task[task["metric"] == metric], ci)
-            ax.plot(curve.index, curve["mean"], style, color=colour if metric == "accuracy" else "#555555", lw=1.6)
-            ax.fill_between(
-                curve.index,
-                curve["lo"],
-                curve["hi"],
-                color=colour if metric == "accuracy" else "#999999",
-                alpha=0.25,
-                lw=0,
-            )
+        task = curves[curves["dataset"] == row.dataset]
+        decodable = bool(row.decodable)
+        colour = LEVEL_COLOURS.get(row.level, "#333333") if decodable else NOT_DECODABLE
+        for metric, style, shade in (("accuracy", "-", colour), ("control_accuracy", "--", "#999999")):
+            curve = _curve(task, metric)
+            ax.plot(curve.index, curve["value"], style, color=colour if metric == "accuracy" else "#555555", lw=1.6)
+            ax.fill_between(curve.index, curve["lo"], curve["hi"], color=shade, alpha=0.25, lw=0)
+        train = _curve(task, "control_train_accuracy")
+        ax.plot(train.index, train["value"], ":", color="#555555", lw=1.0)
         ax.axhline(row.chance, color="#bbbbbb", lw=0.8, zorder=0)
-        if not pd.isna(row.jump_layer):
-            ax.axvline(row.jump_layer, color="#e7298a", ls=":", lw=1.2)
-        ax.axvline(row.converging_layer, color="#000000", ls="-.", lw=1.0)
-        ax.axvspan(row.converging_layer_lo, row.converging_layer_hi, color="#000000", alpha=0.07, lw=0)
-        ax.set_title(f"{row.dataset} ({row.level})", pad=6)
+        if decodable:
+            ax.axvline(row.half_rise_layer, color="#1f78b4", ls="-", lw=1.2)
+            ax.axvspan(row.half_rise_layer_lo, row.half_rise_layer_hi, color="#1f78b4", alpha=0.1, lw=0)
+            if not pd.isna(row.jump_layer):
+                ax.axvline(row.jump_layer, color="#e7298a", ls=":", lw=1.2)
+            ax.axvline(row.converging_layer, color="#000000", ls="-.", lw=1.0)
+            ax.axvspan(row.converging_layer_lo, row.converging_layer_hi, color="#000000", alpha=0.07, lw=0)
+            title = f"{row.dataset} ({row.level})"
+        else:
+            title = f"{row.dataset} ({row.level}): not decodable, p = {row.null_p_value:.2f}"
+        ax.set_title(title, pad=6, color="#000000" if decodable else "#666666")
         ax.set_xlim(task["layer"].min(), row.n_layers)
         ax.set_ylim(min(0.3, row.chance - 0.15), 1.02)
         ax.set_xlabel("layer")
         _relative_axis(ax, row.n_layers)
-        if not pd.isna(row.jump_layer):
-            ax.annotate(
-                f"+{row.jump_size:.2f}",
-                (row.jump_layer, 0.02),
-                xycoords=("data", "axes fraction"),
-                xytext=(3, 0),
-                textcoords="offset points",
-                fontsize=7,
-                color="#e7298a",
-            )
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy")
     for ax in list(axes.flat)[n_panels:]:
         ax.set_visible(False)
+    controls = sorted(set(rows["control"]))
     legend = [
-        Line2D([], [], color="#333333", lw=1.6, label=f"probe (mean, {ci:.0%} CI over seed x fold runs)"),
-        Line2D([], [], color="#555555", ls="--", lw=1.6, label="permuted-label control"),
+        Line2D([], [], color="#333333", lw=1.6, label=f"probe (held-out, {INTERVAL_NOTE.format(ci=ci)})"),
+        Line2D([], [], color="#555555", ls="--", lw=1.6, label=" / ".join(map(_control_name, controls))),
+        Line2D([], [], color="#555555", ls=":", lw=1.0, label="control, training folds"),
+        Line2D([], [], color="#1f78b4", lw=1.2, label="half-rise layer (band: interval)"),
         Line2D([], [], color="#e7298a", ls=":", lw=1.2, label="jump layer"),
         Line2D([], [], color="#000000", ls="-.", lw=1.0, label="converging layer (band: interval)"),
-        Line2D([], [], color="#bbbbbb", lw=0.8, label="chance"),
+        Line2D([], [], color=NOT_DECODABLE, lw=1.6, label="not decodable (within the permutation null)"),
     ]
-    fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=7, bbox_to_anchor=(0.5, -0.02))
-    site, pooling = metrics["site"].iloc[0], metrics["pooling"].iloc[0]
+    fig.legend(handles=legend, loc="lower center", ncol=4, fontsize=7, bbox_to_anchor=(0.5, -0.04))
+    site, pooling = task["site"].iloc[0], task["pooling"].iloc[0]
     fig.suptitle(
         f"Concept depth of {model} ({weights_label(weights, embedded)}): "
         f"linear probes per layer ({site}, {pooling} token)",
         y=1.0,
     )
     if embedded:
-        fig.text(0.01, -0.05, EMBEDDED_NOTE, fontsize=7, color="#555555")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+        fig.text(0.01, -0.08, EMBEDDED_NOTE, fontsize=7, color="#555555")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
-def concept_depth_relative_figure(
-    metrics: pd.DataFrame, summary: pd.DataFrame, weights: str, ci: float = _CI
-) -> Figure:
-    """Every model on relative depth: converging layers grouped by task level, then the curves per level."""
+def _depth_errorbar(ax, value: float, lo: float, hi: float, position: float, vertical: bool, **style) -> None:
+    if pd.isna(value):
+        return
+    error = [[value - lo], [hi - value]]
+    if vertical:
+        ax.errorbar(position, value, yerr=error, ms=5, capsize=2, lw=1, **style)
+    else:
+        ax.errorbar(value, position, xerr=error, ms=5, capsize=2, lw=1, **style)
+
+
+def concept_depth_relative_figure(curves: pd.DataFrame, summary: pd.DataFrame, weights: str, ci: float = _CI) -> Figure:
+    """Every model on relative depth: half-rise depths by task level, then the curves per level."""
     _style()
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    metrics = metrics[unperturbed(metrics, weights)]
+    curves = curves[unperturbed(curves, weights)]
     summary = _ordered(summary[unperturbed(summary, weights)])
     models = list(dict.fromkeys(summary["model"]))
     tasks = list(dict.fromkeys(summary["dataset"]))
@@ -176,27 +194,25 @@ def concept_depth_relative_figure(
         rows = summary[summary["model"] == model].set_index("dataset").reindex(tasks)
         y = np.arange(len(tasks)) + offsets[m]
         for yi, row in zip(y, rows.itertuples()):
-            if pd.isna(row.converging_depth):
+            if not row.decodable:
+                dots.text(1.0, yi, "n.d.", fontsize=6, color="#666666", va="center", ha="right")
                 continue
-            dots.errorbar(
-                row.converging_depth,
+            _depth_errorbar(
+                dots,
+                row.half_rise_depth,
+                row.half_rise_depth_lo,
+                row.half_rise_depth_hi,
                 yi,
-                xerr=[
-                    [row.converging_depth - row.converging_depth_lo],
-                    [row.converging_depth_hi - row.converging_depth],
-                ],
+                vertical=False,
                 fmt=MARKERS[m % len(MARKERS)],
                 color=LEVEL_COLOURS.get(row.level, "#333333"),
-                ms=5,
-                capsize=2,
-                lw=1,
             )
     dots.set_yticks(
         np.arange(len(tasks)), [f"{t} ({summary.loc[summary.dataset == t, 'level'].iloc[0]})" for t in tasks]
     )
     dots.invert_yaxis()
     dots.set_xlim(-0.03, 1.03)
-    dots.set_xlabel("converging layer / L")
+    dots.set_xlabel("half-rise layer / L")
     dots.set_title("Where concepts become decodable")
     dots.legend(
         [Line2D([], [], marker=MARKERS[m % len(MARKERS)], color="#333333", ls="") for m in range(len(models))],
@@ -208,20 +224,19 @@ def concept_depth_relative_figure(
     for ax, level in zip(axes[1:], levels):
         for m, model in enumerate(models):
             for t, row in enumerate(summary[(summary.model == model) & (summary.level == level)].itertuples()):
-                task = metrics[
-                    (metrics.model == model) & (metrics.dataset == row.dataset) & (metrics.metric == "accuracy")
-                ]
-                curve = mean_interval(task, ci)
+                curve = _curve(curves[(curves.model == model) & (curves.dataset == row.dataset)], "accuracy")
                 depth = curve.index / row.n_layers
+                colour = plt.cm.tab10(t) if row.decodable else NOT_DECODABLE
+                suffix = "" if row.decodable else " (n.d.)"
                 ax.plot(
                     depth,
-                    curve["mean"],
+                    curve["value"],
                     styles[m % len(styles)],
-                    color=plt.cm.tab10(t),
+                    color=colour,
                     lw=1.4,
-                    label=f"{row.dataset} · {model}",
+                    label=f"{row.dataset} · {model}{suffix}",
                 )
-                ax.fill_between(depth, curve["lo"], curve["hi"], color=plt.cm.tab10(t), alpha=0.15, lw=0)
+                ax.fill_between(depth, curve["lo"], curve["hi"], color=colour, alpha=0.15, lw=0)
         ax.set_title(f"{level} tasks")
         ax.set_xlabel("relative depth (layer / L)")
         ax.set_xlim(0, 1)
@@ -229,6 +244,13 @@ def concept_depth_relative_figure(
         ax.legend(fontsize=6, loc="lower right")
     axes[1].set_ylabel("probe accuracy")
     fig.suptitle("Concept depth across models on relative depth (own weights, clean inputs)", y=1.0)
+    fig.text(
+        0.01,
+        -0.03,
+        f"{INTERVAL_NOTE.format(ci=ci)}; n.d.: not decodable (within the permutation null)",
+        fontsize=7,
+        color="#555555",
+    )
     fig.tight_layout()
     return fig
 
@@ -260,17 +282,18 @@ def _language_label(language: str, src: str, tgt: str) -> str:
 
 
 def _probability_lines(ax, frame: pd.DataFrame, x_of, src: str, tgt: str, languages: Sequence[str]) -> None:
-    """Mean ± 95% CI over concepts per language; target and English drawn heavier than the rest."""
+    """Mean over concepts per language with its bootstrap interval over concepts (``prob_lo``/``prob_hi``);
+    target and English drawn heavier than the rest."""
     present = set(frame["language"])
     ordered = sorted((l for l in languages if l in present), key=lambda l: (l != tgt, l != "en", l))
     for language in reversed(ordered):
-        curve = mean_interval(frame[frame["language"] == language].rename(columns={"prob": "value"}))
-        x = x_of(curve.index.to_numpy())
+        curve = frame[frame["language"] == language].sort_values("layer")
+        x = x_of(curve["layer"].to_numpy())
         heavy = language in (tgt, "en")
         colour = _language_colour(language, languages)
         ax.plot(
             x,
-            curve["mean"],
+            curve["prob"],
             color=colour,
             lw=2.0 if heavy else 1.0,
             alpha=1.0 if heavy else 0.85,
@@ -278,11 +301,19 @@ def _probability_lines(ax, frame: pd.DataFrame, x_of, src: str, tgt: str, langua
             label=_language_label(language, src, tgt),
             zorder=3 if heavy else 2,
         )
-        ax.fill_between(x, curve["lo"].clip(lower=0), curve["hi"], color=colour, alpha=0.18 if heavy else 0.08, lw=0)
+        ax.fill_between(x, curve["prob_lo"], curve["prob_hi"], color=colour, alpha=0.18 if heavy else 0.08, lw=0)
+
+
+def _interval_label(frame: pd.DataFrame) -> str:
+    return f"{frame['ci'].iloc[0]:.0%} CI over concepts" if "ci" in frame else "CI over concepts"
 
 
 def latent_language_figure(frame: pd.DataFrame, model: str, word_list: str, task: str, src: str, tgt: str) -> Figure:
-    """One model and pair: P(language) per layer under each lens, entropy strip below (docs/methods.md §3)."""
+    """One model and pair: P(language) per layer under each lens, entropy strip below (docs/methods.md §3).
+
+    ``frame`` is :func:`probes.lens.curve_intervals` of the pair's curves: means over concepts with
+    percentile intervals from resampling concepts.
+    """
     _style()
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
@@ -290,7 +321,7 @@ def latent_language_figure(frame: pd.DataFrame, model: str, word_list: str, task
     lenses = [lens for lens in LENS_TITLES if lens in set(frame["lens"])]
     languages = sorted(frame["language"].unique())
     n_layers = int(frame["layer"].max())
-    n_concepts = frame["concept"].nunique()
+    n_concepts = int(frame["n_concepts"].iloc[0])
     fig, axes = plt.subplots(
         2,
         len(lenses),
@@ -306,14 +337,16 @@ def latent_language_figure(frame: pd.DataFrame, model: str, word_list: str, task
         top.set_ylim(0, 1)
         top.set_title(LENS_TITLES[lens], pad=26)
         _relative_axis(top, n_layers)
-        entropy = mean_interval(part[part["language"] == tgt].rename(columns={"entropy_bits": "value"}))
-        strip.plot(entropy.index, entropy["mean"], color="#333333", lw=1.4)
-        strip.fill_between(entropy.index, entropy["lo"], entropy["hi"], color="#333333", alpha=0.15, lw=0)
+        entropy = part[part["language"] == tgt].sort_values("layer")
+        strip.plot(entropy["layer"], entropy["entropy_bits"], color="#333333", lw=1.4)
+        strip.fill_between(
+            entropy["layer"], entropy["entropy_lo"], entropy["entropy_hi"], color="#333333", alpha=0.15, lw=0
+        )
         strip.set_xlabel("layer")
         strip.xaxis.set_major_locator(MaxNLocator(integer=True))
         strip.set_xlim(0, n_layers)
         strip.set_ylim(bottom=0)
-    axes[0, 0].set_ylabel("P(language)  (mean ± 95% CI)")
+    axes[0, 0].set_ylabel(f"P(language)  (mean, {_interval_label(frame)})")
     axes[1, 0].set_ylabel("entropy (bits)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     order = sorted(
@@ -325,7 +358,10 @@ def latent_language_figure(frame: pd.DataFrame, model: str, word_list: str, task
 
 
 def latent_language_relative_figure(frame: pd.DataFrame) -> Figure:
-    """Every model and pair on relative depth: target, English and the strongest other language."""
+    """Every model and pair on relative depth: target, English and the strongest other language.
+
+    ``frame`` is :func:`probes.lens.curve_intervals` of every run (the summary's intervals table).
+    """
     _style()
     import matplotlib.pyplot as plt
 
@@ -368,13 +404,16 @@ def latent_language_relative_figure(frame: pd.DataFrame) -> Figure:
         ax.set_xlabel("relative depth (layer / L)")
         ax.set_xlim(0, 1)
     axes[0, 0].set_ylim(0, 1)
-    fig.suptitle("Latent language across models and pairs (mean ± 95% CI over concepts)", y=1.01)
+    fig.suptitle(f"Latent language across models and pairs (mean, {_interval_label(frame)})", y=1.01)
     fig.tight_layout()
     return fig
 
 
 def tuned_lens_kl_figure(frame: pd.DataFrame) -> Figure:
-    """Held-out KL to the model's output per layer: how much each lens misses of the final prediction."""
+    """Held-out KL to the model's output per layer: how much each lens misses of the final prediction.
+
+    Bands are the table's bootstrap intervals (``kl_lo``/``kl_hi``, resampling held-out sentences).
+    """
     _style()
     import matplotlib.pyplot as plt
 
@@ -387,19 +426,18 @@ def tuned_lens_kl_figure(frame: pd.DataFrame) -> Figure:
             curve = part[(part["lens"] == lens) & (part["layer"] < n_layers)].sort_values("layer")
             ax.plot(curve["layer"], curve["kl_bits"], "o-", ms=3, color=colour, label=LENS_TITLES[lens])
             ax.fill_between(
-                curve["layer"],
-                (curve["kl_bits"] - 1.96 * curve["sem"]).clip(lower=1e-3),
-                curve["kl_bits"] + 1.96 * curve["sem"],
-                color=colour,
-                alpha=0.2,
-                lw=0,
+                curve["layer"], curve["kl_lo"].clip(lower=1e-3), curve["kl_hi"], color=colour, alpha=0.2, lw=0
             )
         ax.set_yscale("log")
         ax.set_xlabel("layer")
-        ax.set_title(f"{model} ({int(part['n_tokens'].iloc[0])} held-out tokens)")
+        first = part.iloc[0]
+        ax.set_title(
+            f"{model} ({int(first['n_tokens'])} held-out tokens, {int(first['n_texts'])} sentences)", fontsize=9
+        )
         _relative_axis(ax, n_layers)
         ax.legend(fontsize=7)
-    axes[0, 0].set_ylabel("KL(model ‖ lens), bits")
+    ci = frame["ci"].iloc[0]
+    axes[0, 0].set_ylabel(f"KL(model ‖ lens), bits ({ci:.0%} CI)")
     fig.tight_layout()
     return fig
 
@@ -422,6 +460,16 @@ def sae_metrics_figure(metrics: pd.DataFrame) -> Figure:
         for index, (model, rows) in enumerate(metrics.groupby("model", sort=True)):
             marker = MARKERS[index % len(MARKERS)]
             ax.plot(rows["relative_depth"], rows[column], marker=marker, lw=1.4, ms=4, label=model)
+            if f"{column}_lo" in rows:  # bootstrap interval over held-out documents
+                ax.errorbar(
+                    rows["relative_depth"],
+                    rows[column],
+                    yerr=[rows[column] - rows[f"{column}_lo"], rows[f"{column}_hi"] - rows[column]],
+                    fmt="none",
+                    lw=1.0,
+                    capsize=2,
+                    color=ax.lines[-1].get_color(),
+                )
             if column == "dead_fraction":
                 ax.plot(
                     rows["relative_depth"],
@@ -439,46 +487,58 @@ def sae_metrics_figure(metrics: pd.DataFrame) -> Figure:
         ax.set_ylim(*limits)
     axes[-1].legend(fontsize=7)
     first = metrics.iloc[0]
+    documents = (
+        f";\nloss recovered over {int(first['n_loss_documents'])} held-out documents, bars: bootstrap interval "
+        "over documents"
+        if "loss_recovered_lo" in metrics and "n_loss_documents" in metrics
+        else ""
+    )
     fig.suptitle(
         f"SAEs per layer on held-out corpus tokens ({first['architecture']}, d_sae = {first['d_sae']}, "
-        f"{first['training_tokens']:,} training tokens; dead = never fires, dashed = dense)",
+        f"{first['training_tokens']:,} training tokens; dead = never fires, dashed = dense{documents})",
         y=1.02,
     )
     fig.tight_layout()
     return fig
 
 
-def sparse_probing_figure(sparse: pd.DataFrame, dense: pd.DataFrame) -> Figure:
-    """One panel per k: top-k SAE latents and top-k residual dimensions against the dense probe, across depth."""
+def sparse_probing_figure(summary: pd.DataFrame, dense: pd.DataFrame, ci: float = _CI) -> Figure:
+    """One panel per k: top-k SAE latents and top-k residual dimensions against the dense probe, across depth.
+
+    ``summary`` holds one task's rows of the sparse-probing summary (``<features>_topk_accuracy`` with its
+    ``_lo``/``_hi`` bootstrap interval over examples); ``dense`` the dense probe's table, whose mean
+    accuracy per layer is drawn, with a band where it carries ``accuracy_lo``/``accuracy_hi``.
+    """
     _style()
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    dense = dense[dense["metric"] == "accuracy"]
-    model, dataset, n_layers = sparse["model"].iloc[0], sparse["dataset"].iloc[0], int(sparse["n_layers"].iloc[0])
-    ks = sorted(sparse["k"].unique())
+    first = summary.iloc[0]
+    model, dataset, n_layers = first["model"], first["dataset"], int(first["n_layers"])
+    accuracy = dense[dense["metric"] == "accuracy"] if "metric" in dense else dense
+    dense_curve = accuracy.groupby("layer")["value"].mean()
+    dense_band = (
+        accuracy.groupby("layer")[["accuracy_lo", "accuracy_hi"]].first()
+        if {"accuracy_lo", "accuracy_hi"} <= set(accuracy.columns)
+        else None
+    )
+    ks = sorted(summary["k"].unique())
     n_cols = min(3, len(ks))
     n_rows = math.ceil(len(ks) / n_cols)
     fig, axes = plt.subplots(
         n_rows, n_cols, figsize=(3.4 * n_cols, 2.7 * n_rows), squeeze=False, sharey=True, sharex=True
     )
-    dense_curve = mean_interval(dense)
     colours = {"sae": "#d95f02", "residual": "#1b9e77"}
     for ax, k in zip(axes.flat, ks):
-        ax.plot(dense_curve.index, dense_curve["mean"], color="#555555", lw=1.4)
-        ax.fill_between(dense_curve.index, dense_curve["lo"], dense_curve["hi"], color="#999999", alpha=0.25, lw=0)
+        ax.plot(dense_curve.index, dense_curve.to_numpy(), color="#555555", lw=1.4)
+        if dense_band is not None:
+            band = dense_band["accuracy_lo"], dense_band["accuracy_hi"]
+            ax.fill_between(dense_band.index, *band, color="#999999", alpha=0.25, lw=0)
+        rows = summary[summary["k"] == k].sort_values("layer")
         for features, colour in colours.items():
-            rows = sparse[(sparse["k"] == k) & (sparse["features"] == features)].rename(columns={"accuracy": "value"})
-            curve = mean_interval(rows)
+            mean, lo, hi = (rows[f"{features}_topk_accuracy{end}"] for end in ("", "_lo", "_hi"))
             ax.errorbar(
-                curve.index,
-                curve["mean"],
-                yerr=[curve["mean"] - curve["lo"], curve["hi"] - curve["mean"]],
-                color=colour,
-                marker="o",
-                ms=4,
-                lw=1.4,
-                capsize=2,
+                rows["layer"], mean, yerr=[mean - lo, hi - mean], color=colour, marker="o", ms=4, lw=1.4, capsize=2
             )
         ax.axhline(0.5, color="#bbbbbb", lw=0.8, zorder=0)
         ax.set_title(f"k = {k}")
@@ -487,7 +547,7 @@ def sparse_probing_figure(sparse: pd.DataFrame, dense: pd.DataFrame) -> Figure:
     for ax in axes[-1]:
         ax.set_xlabel("layer")
     for ax in axes[:, 0]:
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel("out-of-fold accuracy")
     for ax in list(axes.flat)[len(ks) :]:
         ax.set_visible(False)
     legend = [
@@ -497,10 +557,15 @@ def sparse_probing_figure(sparse: pd.DataFrame, dense: pd.DataFrame) -> Figure:
         Line2D([], [], color="#bbbbbb", lw=0.8, label="chance"),
     ]
     fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=7, bbox_to_anchor=(0.5, -0.03))
+    unit = (
+        f"{int(first['n_groups'])} groups"
+        if "n_groups" in summary and pd.notna(first["n_groups"])
+        else f"{int(first['n_examples'])} examples"
+    )
     fig.suptitle(
-        f"Sparse probing, {model} on {dataset}: features chosen by class mean difference on each training fold "
-        f"(mean, {_CI:.0%} CI over seed x fold runs)",
-        y=1.0,
+        f"Sparse probing, {model} on {dataset}: features ranked on each training fold by standardised mean\n"
+        f"difference |mean1 − mean0| / pooled SD; mean over seeds, {ci:.0%} bootstrap interval over the {unit}",
+        y=1.02,
         fontsize=9,
     )
     fig.tight_layout(rect=(0, 0.04, 1, 1))
@@ -508,7 +573,7 @@ def sparse_probing_figure(sparse: pd.DataFrame, dense: pd.DataFrame) -> Figure:
 
 
 def perturbations_figure(summary: pd.DataFrame, model: str, weights: str, embedded: bool, ci: float = _CI) -> Figure:
-    """How each perturbation moves one model's converging layer and best accuracy, task by task."""
+    """How each perturbation moves one model's half-rise layer and best accuracy, task by task."""
     _style()
     import matplotlib.pyplot as plt
 
@@ -531,7 +596,7 @@ def perturbations_figure(summary: pd.DataFrame, model: str, weights: str, embedd
         )
         label = weights_label(condition_weights, embedded) + ("" if noise == "clean" else f", noise {noise}")
         y = np.arange(len(tasks)) + offsets[c]
-        for ax, column in ((depth_ax, "converging_depth"), (accuracy_ax, "best_accuracy")):
+        for ax, column in ((depth_ax, "half_rise_depth"), (accuracy_ax, "best_accuracy")):
             value, lo, hi = (rows[f"{column}{suffix}"].to_numpy(dtype=float) for suffix in ("", "_lo", "_hi"))
             ax.errorbar(
                 value,
@@ -548,7 +613,7 @@ def perturbations_figure(summary: pd.DataFrame, model: str, weights: str, embedd
     depth_ax.set_yticks(np.arange(len(tasks)), [f"{task} ({levels.loc[task, 'level']})" for task in tasks])
     depth_ax.invert_yaxis()
     depth_ax.set_xlim(-0.03, 1.03)
-    depth_ax.set_xlabel("converging layer / L")
+    depth_ax.set_xlabel("half-rise layer / L (empty: not decodable)")
     depth_ax.set_title("Where the concept becomes decodable")
     accuracy_ax.scatter(
         levels["chance"].reindex(tasks), np.arange(len(tasks)), marker="|", s=120, color="#999999", label="chance"
@@ -556,7 +621,8 @@ def perturbations_figure(summary: pd.DataFrame, model: str, weights: str, embedd
     accuracy_ax.set_xlabel("best probe accuracy")
     accuracy_ax.set_title("How decodable it gets")
     accuracy_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    note = f"{ci:.0%} bootstrap intervals over seed x fold runs" + (f"; {EMBEDDED_NOTE}" if embedded else "")
+    note = INTERVAL_NOTE.format(ci=ci) + "; shifts and their paired intervals: concept_depth_perturbations.csv"
+    note += f"; {EMBEDDED_NOTE}" if embedded else ""
     fig.suptitle(f"{model}: concept depth under perturbation, one at a time", y=1.0)
     fig.text(0.01, -0.03, note, fontsize=7, color="#555555")
     fig.tight_layout()
@@ -564,7 +630,9 @@ def perturbations_figure(summary: pd.DataFrame, model: str, weights: str, embedd
 
 
 def concept_depth_levels_figure(table: pd.DataFrame, ci: float = _CI) -> Figure:
-    """Every model's converging depth per task, grouped by task level: does complexity push convergence deeper?"""
+    """Every model's half-rise depth per task, grouped by task level: do complex concepts become decodable later?
+
+    Level means (open markers, with intervals) are over the decodable tasks of a level only."""
     _style()
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
@@ -580,64 +648,76 @@ def concept_depth_levels_figure(table: pd.DataFrame, ci: float = _CI) -> Figure:
             tasks = rows[rows["level"] == level]
             jitter = np.linspace(-0.06, 0.06, len(tasks)) if len(tasks) > 1 else [0.0]
             for offset, row in zip(jitter, tasks.itertuples()):
-                if pd.isna(row.converging_depth):
+                position = x + spread[m] + offset
+                if not row.decodable:
+                    ax.annotate(
+                        f"{row.dataset}: n.d.",
+                        (position, 0.0),
+                        xytext=(2, 0),
+                        textcoords="offset points",
+                        fontsize=6,
+                        color="#888888",
+                        rotation=90,
+                        va="bottom",
+                    )
                     continue
-                ax.errorbar(
-                    x + spread[m] + offset,
-                    row.converging_depth,
-                    yerr=[
-                        [row.converging_depth - row.converging_depth_lo],
-                        [row.converging_depth_hi - row.converging_depth],
-                    ],
+                _depth_errorbar(
+                    ax,
+                    row.half_rise_depth,
+                    row.half_rise_depth_lo,
+                    row.half_rise_depth_hi,
+                    position,
+                    vertical=True,
                     fmt=MARKERS[m % len(MARKERS)],
                     color=LEVEL_COLOURS.get(level, "#333333"),
-                    ms=5,
-                    capsize=2,
-                    lw=1,
                     alpha=0.9,
                 )
                 ax.annotate(
                     row.dataset,
-                    (x + spread[m] + offset, row.converging_depth),
+                    (position, row.half_rise_depth),
                     xytext=(4, 0),
                     textcoords="offset points",
                     fontsize=6,
                     color="#555555",
                     va="center",
                 )
-            means.append(tasks["converging_depth"].mean())
-        ax.plot(
-            np.arange(len(level_names)) + spread[m],
-            means,
-            "-",
+            first = tasks.iloc[0]
+            means.append([first[f"level_mean_half_rise_depth{suffix}"] for suffix in ("", "_lo", "_hi")])
+        means = np.array(means, dtype=float)
+        positions = np.arange(len(level_names)) + spread[m] + 0.14
+        ax.errorbar(
+            positions,
+            means[:, 0],
+            yerr=[means[:, 0] - means[:, 1], means[:, 2] - means[:, 0]],
+            fmt=MARKERS[m % len(MARKERS)],
             color="#333333",
-            lw=1,
-            alpha=0.6,
-            marker=MARKERS[m % len(MARKERS)],
             mfc="white",
             ms=7,
+            capsize=2,
+            lw=1,
+            alpha=0.8,
         )
     ax.set_xticks(
         np.arange(len(level_names)),
         [f"{level}\n({(table['level'] == level).sum() // len(models)} tasks)" for level in level_names],
     )
     ax.set_ylim(-0.03, 1.03)
-    ax.set_ylabel("converging layer / L")
-    ax.set_title("Converging depth by task level (simple concepts early, complex late?)")
+    ax.set_ylabel("half-rise layer / L")
+    ax.set_title("Half-rise depth by task level (simple concepts early, complex late?)")
     handles = [
         Line2D([], [], marker=MARKERS[m % len(MARKERS)], color="#333333", ls="", label=model)
         for m, model in enumerate(models)
     ]
     handles.append(
         Line2D(
-            [], [], color="#333333", marker="o", mfc="white", lw=1, alpha=0.6, label="model's mean over a level's tasks"
+            [], [], color="#333333", marker="o", mfc="white", ls="", label="model's mean over a level's decodable tasks"
         )
     )
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.text(
         0.01,
         -0.04,
-        f"{ci:.0%} bootstrap intervals over seed x fold runs; each model's own weights, clean inputs",
+        f"{INTERVAL_NOTE.format(ci=ci)}; n.d.: not decodable; each model's own weights, clean inputs",
         fontsize=7,
         color="#555555",
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from probes.io import atomic_path
+from probes.resampling import bootstrap_weights, percentile_interval, resampled_means
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +48,13 @@ CURVE_COLUMNS = [
     "entropy_bits",
 ]
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+DROP_REASONS = ("lens_training", "no_cloze", "empty", "overlap", "source_overlap", "not_sampled")
+LENS_TEXT_ROLES = (
+    "train",
+    "excluded",
+    "heldout",
+)  # a lens concept's sentence, one mentioning a held-out word, or held out
+_LENS_SPLIT_STREAM = 0x1E45  # mixed with the configured seed, apart from the concept sample and the bootstrap
 
 
 # --- token sets ---------------------------------------------------------------------------------------
@@ -130,6 +138,7 @@ class ConceptSelection:
     token_sets: dict[str, list[list[int]]]  # language -> one token set per kept concept
     contrast: str | None  # the language whose token set must not overlap the target's
     dropped: dict[str, int] = field(default_factory=dict)
+    source_checked: bool = False  # whether the source's token set was also kept apart from English's
 
 
 def contrast_language(src: str, tgt: str) -> str | None:
@@ -147,26 +156,37 @@ def select_concepts(
     tgt: str,
     max_concepts: int | None = None,
     seed: int = 0,
+    exclude: Collection[str] = (),
 ) -> ConceptSelection:
     """Keep concepts whose target and contrast token sets are non-empty and disjoint; count the rest.
 
-    With ``max_concepts``, a seeded sample of the usable concepts is kept (in list order) and the
-    others are counted as ``not_sampled``.
+    The source's token set is held to the same rule against English when it is a third language
+    (translation or cloze from neither English nor the target): P(source) and P(English) then never
+    share a token either. ``exclude`` names concepts that may not be used at all (the tuned lens's
+    training concepts), counted as ``lens_training``. With ``max_concepts``, a seeded sample of the
+    usable concepts is kept (in list order) and the others are counted as ``not_sampled``.
     """
     contrast = contrast_language(src, tgt)
-    dropped = {"no_cloze": 0, "empty": 0, "overlap": 0, "not_sampled": 0}
+    source_checked = contrast == "en" and src not in ("en", tgt)
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    excluded = set(exclude)
     kept: list[str] = []
     sets: dict[str, list[list[int]]] = {language: [] for language in word_list.languages}
     for concept, words in word_list.words.iterrows():
+        if concept in excluded:
+            dropped["lens_training"] += 1
+            continue
         if task == "cloze" and not isinstance(word_list.cloze.at[concept, src], str):
             dropped["no_cloze"] += 1
             continue
         row = {language: vocabulary.token_set(word) for language, word in words.items()}
-        checked = [row[tgt]] + ([row[contrast]] if contrast else [])
+        checked = [row[tgt]] + ([row[contrast]] if contrast else []) + ([row[src]] if source_checked else [])
         if not all(checked):
             dropped["empty"] += 1
         elif contrast and set(row[tgt]) & set(row[contrast]):
             dropped["overlap"] += 1
+        elif source_checked and set(row[src]) & set(row["en"]):
+            dropped["source_overlap"] += 1
         else:
             kept.append(str(concept))
             for language in sets:
@@ -176,7 +196,61 @@ def select_concepts(
         dropped["not_sampled"] = len(kept) - max_concepts
         kept = [kept[i] for i in chosen]
         sets = {language: [ids[i] for i in chosen] for language, ids in sets.items()}
-    return ConceptSelection(kept, sets, contrast, dropped)
+    return ConceptSelection(kept, sets, contrast, dropped, source_checked)
+
+
+# --- the tuned lens's text ----------------------------------------------------------------------------
+
+
+def lens_text_split(word_lists: Sequence[WordList], train_concepts: int, seed: int) -> pd.DataFrame:
+    """Which filled-in cloze sentences the tuned lens may train on, decided from the word lists alone.
+
+    A seeded sample of ``train_concepts`` concepts, over all lists, belongs to the lens; every other
+    concept is held out, and only held-out concepts enter the latent-language curves and the held-out KL.
+    A lens concept's sentence is trained on only if it mentions no held-out concept's word in any
+    language (:func:`probes.wordlists.mention_pattern`), so the lens never reads a word the curves
+    ask about; the others are ``excluded``. No model is involved, so every model and every
+    experiment sees the same split. Returns one row per sentence, in a seeded order (the order in which
+    token budgets are filled): ``word_list, concept, language, text, role``.
+    """
+    from probes.wordlists import filled_cloze, mention_pattern
+
+    texts = pd.concat(
+        [filled_cloze(word_list).assign(word_list=word_list.name) for word_list in word_lists], ignore_index=True
+    )
+    keys = sorted({(w.name, str(c)) for w in word_lists for c in w.words.index})
+    if not 1 <= train_concepts < len(keys):
+        raise ValueError(
+            f"tuned_lens.train_concepts={train_concepts} must be at least 1 and fewer than the {len(keys)} concepts "
+            "of the word lists, which must also leave concepts for the curves"
+        )
+    rng = np.random.default_rng([seed, _LENS_SPLIT_STREAM])
+    lens_keys = {keys[i] for i in rng.choice(len(keys), train_concepts, replace=False)}
+    heldout_words = [
+        word
+        for word_list in word_lists
+        for concept, words in word_list.words.iterrows()
+        if (word_list.name, str(concept)) not in lens_keys
+        for word in words
+    ]
+    pattern = mention_pattern(heldout_words)
+    is_lens = np.array([(w, str(c)) in lens_keys for w, c in zip(texts["word_list"], texts["concept"])])
+    mentions = texts["text"].map(lambda text: pattern.search(text) is not None).to_numpy()
+    texts["role"] = np.where(~is_lens, "heldout", np.where(mentions, "excluded", "train"))
+    texts = texts.iloc[rng.permutation(len(texts))].reset_index(drop=True)
+    return texts[["word_list", "concept", "language", "text", "role"]]
+
+
+def lens_concepts(split: pd.DataFrame, word_list: str) -> list[str]:
+    """The concepts of one list that belong to the tuned lens (trained on, or excluded with them)."""
+    mine = split[(split["word_list"] == word_list) & (split["role"] != "heldout")]
+    return sorted(mine["concept"].astype(str).unique())
+
+
+def first_tokens(token_counts: Sequence[int], budget: int) -> int:
+    """How many texts, in order, it takes to reach ``budget`` tokens (all of them if they hold fewer)."""
+    reached = np.cumsum(np.asarray(token_counts, dtype=np.int64)) >= budget
+    return int(np.argmax(reached)) + 1 if reached.any() else len(token_counts)
 
 
 # --- lenses -------------------------------------------------------------------------------------------
@@ -299,8 +373,9 @@ def language_curves(
 
 @dataclass(frozen=True)
 class TunedLensSettings:
+    train_concepts: int = 50
     train_tokens: int = 2048
-    heldout_tokens: int = 64
+    heldout_tokens: int = 1024
     steps: int = 60
     batch_tokens: int = 128
     lr: float = 1e-3
@@ -311,16 +386,22 @@ class TunedLensSettings:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if min(self.train_tokens, self.heldout_tokens, self.steps, self.batch_tokens, self.batch_size) < 1:
-            raise ValueError("train_tokens, heldout_tokens, steps, batch_tokens and batch_size must be >= 1")
+        sizes = (self.train_concepts, self.train_tokens, self.heldout_tokens, self.steps, self.batch_tokens)
+        if min(*sizes, self.batch_size) < 1:
+            raise ValueError(
+                "train_concepts, train_tokens, heldout_tokens, steps, batch_tokens and batch_size must be >= 1"
+            )
         if self.sampled_vocab is not None and self.sampled_vocab < 2:
             raise ValueError("sampled_vocab must be >= 2 or null (the full vocabulary)")
 
 
 def token_residuals(
-    model: HookedTransformer, texts: Sequence[str], batch_size: int, progress: bool = True
-) -> torch.Tensor:
-    """Residual stream at every layer for every token but a prepended BOS: (tokens, L+1, d_model)."""
+    model: HookedTransformer, texts: Sequence[str], batch_size: int, progress: bool = True, with_text: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, np.ndarray]:
+    """Residual stream at every layer for every token but a prepended BOS: (tokens, L+1, d_model).
+
+    Rows follow the texts in order. With ``with_text``, also which text each row comes from.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -329,10 +410,10 @@ def token_residuals(
     hooks = site_hooks("resid", model.cfg.n_layers)
     skip = int(bool(model.cfg.default_prepend_bos))
     token_lists, _ = tokenize(model, texts, model.cfg.n_ctx)
-    chunks = []
+    chunks, owners = [], []
     for start in tqdm(range(0, len(texts), batch_size), desc="lens corpus", unit="batch", disable=not progress):
         tokens, mask = right_padded(model, token_lists[start : start + batch_size])
-        keep = (mask & (torch.arange(tokens.shape[1])[None, :] >= skip)).to(model.cfg.device)
+        keep = mask & (torch.arange(tokens.shape[1])[None, :] >= skip)
         _, cache = model.run_with_cache(
             tokens.to(model.cfg.device),
             attention_mask=mask.long().to(model.cfg.device),
@@ -341,30 +422,11 @@ def token_residuals(
         )
         for layer in sorted(hooks):
             check_finite(model, cache[hooks[layer]], f"{hooks[layer]} (layer {layer})", "resid")
-        chunks.append(torch.stack([cache[hooks[layer]][keep] for layer in sorted(hooks)], dim=1).float().cpu())
-    return torch.cat(chunks)
-
-
-def split_corpus(
-    corpus: pd.DataFrame, token_counts: Sequence[int], settings: TunedLensSettings, seed: int
-) -> tuple[list[str], list[str]]:
-    """Held-out and training texts, split by concept so no held-out concept is seen in training."""
-    rng = np.random.default_rng(seed)
-    counts = corpus.assign(tokens=list(token_counts)).groupby("concept", sort=True)["tokens"].sum()
-    order = counts.index[rng.permutation(len(counts))]
-    heldout, train, used = [], [], 0
-    for concept in order:
-        if used < settings.heldout_tokens:
-            heldout.append(concept)
-        elif used < settings.heldout_tokens + settings.train_tokens:
-            train.append(concept)
-        else:
-            break
-        used += counts[concept]
-    if not train:
-        raise ValueError(f"the corpus has {counts.sum()} tokens, too few for held-out and training sets")
-    texts = corpus.set_index("concept")["text"]
-    return texts.loc[heldout].tolist(), texts.loc[train].tolist()
+        on_device = keep.to(model.cfg.device)
+        chunks.append(torch.stack([cache[hooks[layer]][on_device] for layer in sorted(hooks)], dim=1).float().cpu())
+        owners.append(np.repeat(np.arange(start, start + len(tokens)), keep.sum(1).numpy()))
+    residuals = torch.cat(chunks)
+    return (residuals, np.concatenate(owners)) if with_text else residuals
 
 
 def fit_tuned_lens(
@@ -482,57 +544,195 @@ def fit_tuned_lens(
 
 
 def heldout_kl(
-    model: HookedTransformer, unembed: Unembed, tuned: TunedLens, residuals: torch.Tensor, chunk: int = 128
+    model: HookedTransformer,
+    unembed: Unembed,
+    tuned: TunedLens,
+    residuals: torch.Tensor,
+    texts: Sequence[int] | np.ndarray | None = None,
+    ci: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
+    chunk: int = 128,
 ) -> pd.DataFrame:
-    """KL(final || lens) in bits per held-out token, layer and lens, over the full vocabulary."""
+    """KL(final || lens) in bits per layer and lens, over the full vocabulary, with a bootstrap interval.
+
+    ``texts`` says which text each token row comes from: tokens of one text are not independent, so a
+    resample draws whole texts (without it, single tokens). Every layer and both lenses see the same
+    resamples, so the ratio logit/tuned per layer gets its interval too. KL = sum_v p_v log p_v
+    - sum_v p_v z_v + logsumexp(z), with the middle term through the expected unembedding (W^T p) . norm(h)
+    when the logits are linear in the normed residual, which leaves one matrix product and one
+    logsumexp per token, layer and lens.
+    """
     import torch
 
     n_layers = model.cfg.n_layers
-    residuals = residuals.to(unembed.unembedding.weight)
-    rows = []
+    weight = unembed.unembedding.weight
+    bias = unembed.unembedding.bias
+    linear = (model.cfg.output_logits_soft_cap or 0) <= 0
+    residuals = residuals.to(weight)
+    n = residuals.shape[0]
+    per_token = {name: np.zeros((n_layers + 1, n)) for name in LENSES}  # layer L stays 0: both are the output
     with torch.inference_mode():
-        for part in residuals.split(chunk):
-            final = torch.log_softmax(decode(model, unembed, part[:, n_layers]), -1)
-            probs = final.exp()
+        for start in range(0, n, chunk):
+            part = residuals[start : start + chunk]
+            log_p = torch.log_softmax(decode(model, unembed, part[:, n_layers]), -1)
+            p = log_p.exp()
+            neg_entropy = (p * log_p).sum(-1)
+            if linear:
+                expected_weight = p @ weight
+                expected_bias = p @ bias if bias is not None else torch.zeros(len(part)).to(weight)
             for name, lens in (("logit", None), ("tuned", tuned)):
-                for layer in range(n_layers + 1):
-                    if layer == n_layers:  # both lenses are the model's own output here
-                        kl = torch.zeros(len(part))
+                for layer in range(n_layers):
+                    hidden = part[:, layer] if lens is None else lens.transform_hidden(part[:, layer], layer)
+                    if linear:
+                        normed = unembed.final_norm(hidden)
+                        logits = unembed.unembedding(normed)
+                        cross = (normed * expected_weight).sum(-1) + expected_bias
                     else:
-                        approx = torch.log_softmax(lens_logits(model, unembed, lens, part[:, layer], layer), -1)
-                        kl = (probs * (final - approx)).sum(-1).clamp(min=0) / math.log(2)
-                    rows.append(pd.DataFrame({"layer": layer, "lens": name, "kl_bits": kl.float().cpu().numpy()}))
-    per_token = pd.concat(rows, ignore_index=True)
-    return (
-        per_token.groupby(["lens", "layer"])["kl_bits"]
-        .agg(kl_bits="mean", sd="std", n_tokens="count")
-        .reset_index()
-        .assign(sem=lambda f: f["sd"] / np.sqrt(f["n_tokens"]))
-        .drop(columns="sd")
-    )
+                        logits = decode(model, unembed, hidden)
+                        cross = torch.linalg.vecdot(p, logits)
+                    kl = (neg_entropy - cross + torch.logsumexp(logits, -1)).clamp(min=0) / math.log(2)
+                    per_token[name][layer, start : start + len(part)] = kl.double().cpu().numpy()
+    groups = None if texts is None else np.asarray(texts)
+    weights = bootstrap_weights(n, n_boot, seed, groups)
+    resampled = {name: resampled_means(weights, values) for name, values in per_token.items()}  # (n_boot, L+1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = resampled["logit"] / resampled["tuned"]
+        ratio_point = per_token["logit"].mean(1) / per_token["tuned"].mean(1)
+    ratio[:, n_layers], ratio_point[n_layers] = np.nan, np.nan
+    ratio_lo, ratio_hi = percentile_interval(ratio, ci)
+    n_texts = n if groups is None else len(np.unique(groups))
+    frames = []
+    for name in LENSES:
+        lo, hi = percentile_interval(resampled[name], ci)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "lens": name,
+                    "layer": np.arange(n_layers + 1),
+                    "kl_bits": per_token[name].mean(1),
+                    "kl_lo": lo,
+                    "kl_hi": hi,
+                    "logit_over_tuned": ratio_point,
+                    "logit_over_tuned_lo": ratio_lo,
+                    "logit_over_tuned_hi": ratio_hi,
+                    "n_tokens": n,
+                    "n_texts": n_texts,
+                    "ci": ci,
+                    "n_boot": n_boot,
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
 
 
-def summarise_curves(curves: pd.DataFrame) -> pd.DataFrame:
-    """One row per model, pair and lens: where the target takes over and what dominates before it."""
-    keys = ["model", "word_list", "task", "src", "tgt", "lens"]
+# --- intervals over concepts and the summary ----------------------------------------------------------
+
+RUN_KEYS = ["model", "word_list", "task", "src", "tgt"]
+
+
+def _concept_means(group: pd.DataFrame, n_boot: int, seed: int) -> dict[str, Any]:
+    """Concept-mean P(language) and entropy for one run, as points and as bootstrap resamples over concepts.
+
+    One set of resamples serves every lens, layer and language, so a statistic computed from several of
+    them (a maximum over layers, a leading language) is resampled consistently.
+    """
+    prob = group.set_index(["concept", "lens", "layer", "language"])["prob"].unstack(["lens", "layer", "language"])
+    prob = prob.sort_index(axis=0).sort_index(axis=1)
+    entropy = group.drop_duplicates(["concept", "lens", "layer"]).set_index(["concept", "lens", "layer"])
+    entropy = entropy["entropy_bits"].unstack(["lens", "layer"]).reindex(prob.index).sort_index(axis=1)
+    if prob.isna().any().any() or entropy.isna().any().any():
+        raise ValueError("every concept needs a value at every lens, layer and language to be resampled")
+    weights = bootstrap_weights(len(prob), n_boot, seed)
+    return {
+        "n_concepts": len(prob),
+        "prob_columns": prob.columns,
+        "prob": prob.to_numpy().mean(0),
+        "prob_boot": resampled_means(weights, prob.to_numpy().T),
+        "entropy_columns": entropy.columns,
+        "entropy": entropy.to_numpy().mean(0),
+        "entropy_boot": resampled_means(weights, entropy.to_numpy().T),
+    }
+
+
+def curve_intervals(curves: pd.DataFrame, ci: float = 0.95, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Mean P(language) and entropy over concepts per run, lens, layer and language, with percentile intervals.
+
+    The intervals resample concepts, what varies between prompts of one run (docs/methods.md §3.5).
+    """
+    frames = []
+    for key, group in curves.groupby(RUN_KEYS, sort=True):
+        means = _concept_means(group, n_boot, seed)
+        lo, hi = percentile_interval(means["prob_boot"], ci)
+        frame = means["prob_columns"].to_frame(index=False)
+        frame = frame.assign(prob=means["prob"], prob_lo=lo, prob_hi=hi)
+        lo, hi = percentile_interval(means["entropy_boot"], ci)
+        entropy = means["entropy_columns"].to_frame(index=False)
+        entropy = entropy.assign(entropy_bits=means["entropy"], entropy_lo=lo, entropy_hi=hi)
+        frame = frame.merge(entropy, on=["lens", "layer"])
+        n_layers = int(frame["layer"].max())
+        frame = frame.assign(
+            **dict(zip(RUN_KEYS, key)), depth=frame["layer"] / n_layers, n_concepts=means["n_concepts"]
+        )
+        frames.append(frame)
+    columns = [*RUN_KEYS, "lens", "layer", "depth", "language", "prob", "prob_lo", "prob_hi"]
+    columns += ["entropy_bits", "entropy_lo", "entropy_hi", "n_concepts"]
+    return pd.concat(frames, ignore_index=True)[columns].assign(ci=ci, n_boot=n_boot)
+
+
+def _curve_statistics(mean: np.ndarray, languages: Sequence[str], tgt: str) -> dict[str, np.ndarray]:
+    """Summary statistics of concept-mean curves ``mean`` (..., L+1 layers, languages), NaN where undefined."""
+    n_layers = mean.shape[-2] - 1
+    target = languages.index(tgt)
+    intermediate = mean[..., 1:n_layers, :]
+    leader = mean.argmax(-1)  # ties go to the first language, as everywhere in the summary
+    not_target = leader != target
+    last_not_target = np.where(not_target.any(-1), n_layers + 1 - np.argmax(not_target[..., ::-1], -1), 0)
+    takeover = np.where(leader[..., n_layers] == target, last_not_target, np.nan)
+    out = {"p_target_final": mean[..., n_layers, target], "target_takeover_layer": takeover}
+    if "en" in languages:
+        english = intermediate[..., languages.index("en")]
+        out["p_en_max_intermediate"] = english.max(-1)
+        out["p_en_argmax_layer"] = english.argmax(-1) + 1
+    out["top_intermediate_language"] = intermediate.sum(-2).argmax(-1)
+    return out
+
+
+def summarise_curves(curves: pd.DataFrame, ci: float = 0.95, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per model, pair and lens: where the target takes over and what dominates before it.
+
+    ``p_target_final``, ``p_en_max_intermediate`` and ``target_takeover_layer`` carry percentile
+    intervals from resampling concepts (``_lo``/``_hi``); a resample where the target does not lead at
+    the last layer has no takeover layer and is left out of that interval.
+    """
     rows = []
-    for key, group in curves.groupby(keys, sort=True):
-        mean = group.groupby(["layer", "language"])["prob"].mean().unstack("language")
-        n_layers = int(mean.index.max())
-        tgt = key[keys.index("tgt")]
-        intermediate = mean.loc[1 : n_layers - 1]
-        leader = mean.idxmax(axis=1)
-        not_target = leader.index[leader != tgt]
-        takeover = int(not_target.max()) + 1 if len(not_target) else 0
-        row = dict(zip(keys, key))
-        row |= {
-            "n_concepts": group["concept"].nunique(),
-            "p_target_final": float(mean.loc[n_layers, tgt]),
-            "p_en_max_intermediate": float(intermediate["en"].max()) if "en" in mean else np.nan,
-            "p_en_argmax_layer": int(intermediate["en"].idxmax()) if "en" in mean else None,
-            "top_intermediate_language": str(intermediate.sum().idxmax()),
-            "target_takeover_layer": takeover if takeover <= n_layers else None,
-            "n_layers": n_layers,
-        }
-        rows.append(row)
-    return pd.DataFrame(rows)
+    for key, group in curves.groupby(RUN_KEYS, sort=True):
+        means = _concept_means(group, n_boot, seed)
+        columns = means["prob_columns"]
+        tgt = key[RUN_KEYS.index("tgt")]
+        for lens in columns.get_level_values("lens").unique():
+            in_lens = (columns.get_level_values("lens") == lens).nonzero()[0]
+            layers = columns[in_lens].get_level_values("layer").unique()
+            languages = list(columns[in_lens].get_level_values("language").unique())
+            shape = (len(layers), len(languages))
+            point = _curve_statistics(means["prob"][in_lens].reshape(shape), languages, tgt)
+            boot = _curve_statistics(means["prob_boot"][:, in_lens].reshape(-1, *shape), languages, tgt)
+            takeover = point["target_takeover_layer"]
+            row = dict(zip(RUN_KEYS, key)) | {"lens": lens, "n_concepts": means["n_concepts"]}
+            row["p_target_final"] = float(point["p_target_final"])
+            for name in ("p_en_max_intermediate", "p_target_final", "target_takeover_layer"):
+                if name in point:
+                    lo, hi = percentile_interval(boot[name], ci)
+                    row |= {f"{name}_lo": float(lo), f"{name}_hi": float(hi)}
+            row["p_en_max_intermediate"] = float(point["p_en_max_intermediate"]) if "en" in languages else np.nan
+            row["p_en_argmax_layer"] = int(point["p_en_argmax_layer"]) if "en" in languages else None
+            row["top_intermediate_language"] = languages[int(point["top_intermediate_language"])]
+            row["target_takeover_layer"] = None if np.isnan(takeover) else int(takeover)
+            row |= {"n_layers": len(layers) - 1, "ci": ci, "n_boot": n_boot}
+            rows.append(row)
+    order = [*RUN_KEYS, "lens", "n_concepts", "p_target_final", "p_target_final_lo", "p_target_final_hi"]
+    order += ["p_en_max_intermediate", "p_en_max_intermediate_lo", "p_en_max_intermediate_hi", "p_en_argmax_layer"]
+    order += ["top_intermediate_language", "target_takeover_layer", "target_takeover_layer_lo"]
+    order += ["target_takeover_layer_hi", "n_layers", "ci", "n_boot"]
+    frame = pd.DataFrame(rows)
+    return frame[[column for column in order if column in frame.columns]]

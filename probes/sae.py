@@ -9,9 +9,10 @@ takes raw residual-stream vectors.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -73,10 +74,11 @@ class SAESettings:
 
 @dataclass(frozen=True)
 class SAEEvalSettings:
-    """Held-out evaluation: ``dense_threshold`` is the firing rate above which a latent counts as dense."""
+    """Held-out evaluation: ``dense_threshold`` is the firing rate above which a latent counts as dense;
+    loss recovered runs the first ``loss_documents`` held-out documents, ``batch_size`` at a time."""
 
     dense_threshold: float = 0.1
-    loss_documents: int = 8
+    loss_documents: int = 32
     batch_size: int = 8
     device: str = "cpu"
 
@@ -212,80 +214,194 @@ def reconstruction_metrics(
     }
 
 
-def loss_recovered(
-    model: HookedTransformer, sae: SAE, sequences: Sequence[torch.Tensor], hook_name: str, batch_size: int = 8
-) -> dict:
-    """Next-token loss with the SAE reconstruction spliced in at ``hook_name``, against clean and zero-ablated.
+LOSS_SUMS = ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")
+LOSS_STATISTICS = (*LOSS_SUMS, "loss_recovered")
 
-    Uses ``sae_lens.evals.get_recons_loss`` on right-padded batches; the BOS position keeps its clean
-    activation (the SAE was not trained on it), and losses are averaged over real next-token pairs only.
-    loss_recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean).
+
+def document_losses(
+    model: HookedTransformer, saes: Mapping[str, SAE], sequences: Sequence[torch.Tensor], batch_size: int = 8
+) -> pd.DataFrame:
+    """Per-document next-token losses with each SAE's reconstruction spliced in, and with its hook zero-ablated.
+
+    ``saes`` maps a hook name to the SAE read there. One clean pass per batch serves every SAE; then, per
+    SAE, one pass with the reconstruction and one with zeros, both spliced at exactly the same positions:
+    every real position after the BOS. The BOS keeps its clean activation in both runs (the SAE never saw
+    it) and pads are untouched, so loss recovered compares like with like. The spliced runs start at the
+    hook's block from the clean run's residual there (the same numbers as a full pass, fewer blocks).
+    Losses count the predictions a splice can change: a spliced position predicting the next real token.
+
+    Returns one row per SAE and document (``document``: its index in ``sequences``): ``n_tokens``, and the
+    float64 sums over those predictions of the cross-entropy (``ce_clean``, ``ce_sae``, ``ce_zero``) and of
+    ``KL(P_clean || P_run)`` (``kl_sae``, ``kl_zero``), in nats. :func:`loss_recovered` turns them into means.
     """
     import torch
-    from sae_lens.evals import get_recons_loss
-    from sae_lens.training.activation_scaler import ActivationScaler
 
     from probes.activations import right_padded
 
-    bos = model.tokenizer.bos_token_id if model.cfg.default_prepend_bos else None
-    sums = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "kl_sae": 0.0, "kl_zero": 0.0}
-    n_pairs = n_positions = 0
+    skip_first = int(bool(model.cfg.default_prepend_bos))
     device = model.cfg.device
-    for start in range(0, len(sequences), batch_size):
-        tokens, mask = right_padded(model, sequences[start : start + batch_size])
+    starts = {hook: _start_block(model, hook) for hook in saes}
+    needed = sorted({f"blocks.{block}.hook_resid_pre" for block in starts.values() if block is not None})
+    rows = []
+    for first in range(0, len(sequences), batch_size):
+        tokens, mask = right_padded(model, sequences[first : first + batch_size])
+        tokens, mask = tokens.to(device), mask.to(device)
+        spliced = mask.clone()
+        spliced[:, :skip_first] = False
+        predicts = spliced[:, :-1] & mask[:, 1:]  # position p (spliced) predicting token p + 1 (real)
+        row_of = predicts.nonzero()[:, 0]
+        targets = tokens[:, 1:][predicts][:, None]
+
+        def per_document(values: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(len(tokens), dtype=torch.float64, device=device).index_add_(0, row_of, values.double())
+
         with torch.no_grad():
-            out = get_recons_loss(
-                sae,
-                model,
-                ActivationScaler(),
-                tokens.to(device),
-                compute_kl=True,
-                compute_ce_loss=True,
-                ignore_tokens=[bos] if bos is not None else None,
-                model_kwargs={"attention_mask": mask.long().to(device)},
-                hook_name=hook_name,
-            )
-        pairs = (mask[:, :-1] & mask[:, 1:]).to(device)
-        positions = mask.to(device)
-        for name, key in (
-            ("ce_clean", "ce_loss_without_sae"),
-            ("ce_sae", "ce_loss_with_sae"),
-            ("ce_zero", "ce_loss_with_ablation"),
-        ):
-            sums[name] += float(out[key][pairs].double().sum())
-        sums["kl_sae"] += float(out["kl_div_with_sae"][positions].double().sum())
-        sums["kl_zero"] += float(out["kl_div_with_ablation"][positions].double().sum())
-        n_pairs += int(pairs.sum())
-        n_positions += int(positions.sum())
-    means = {name: total / (n_positions if name.startswith("kl") else n_pairs) for name, total in sums.items()}
-    if not all(math.isfinite(value) for value in means.values()):
+            logits, cache = model.run_with_cache(tokens, attention_mask=mask.long(), names_filter=needed)
+            clean = _predicted_log_probs(logits, predicts)
+            del logits
+            ce_clean = per_document(-clean.gather(1, targets)[:, 0]).cpu()
+            for hook, sae in saes.items():
+                record = {"ce_clean": ce_clean}
+                for name, splice in (("sae", partial(_reconstruction, sae)), ("zero", torch.zeros_like)):
+
+                    def replace(activation: torch.Tensor, hook: Any, splice: Callable = splice) -> torch.Tensor:  # noqa: ARG001
+                        replaced = activation.clone()
+                        replaced[spliced] = splice(activation[spliced]).to(activation.device, activation.dtype)
+                        return replaced
+
+                    block = starts[hook]
+                    if block is None:
+                        logits = model.run_with_hooks(tokens, attention_mask=mask.long(), fwd_hooks=[(hook, replace)])
+                    else:
+                        logits = model.run_with_hooks(
+                            cache[f"blocks.{block}.hook_resid_pre"],
+                            start_at_layer=block,
+                            attention_mask=mask.long(),
+                            fwd_hooks=[(hook, replace)],
+                        )
+                    spliced_log_probs = _predicted_log_probs(logits, predicts)
+                    del logits
+                    kl = torch.nn.functional.kl_div(spliced_log_probs, clean, reduction="none", log_target=True)
+                    record[f"ce_{name}"] = per_document(-spliced_log_probs.gather(1, targets)[:, 0]).cpu()
+                    record[f"kl_{name}"] = per_document(kl.sum(1)).cpu()
+                    del spliced_log_probs, kl
+                n_tokens = predicts.sum(1).cpu()
+                for row in range(len(tokens)):
+                    rows.append(
+                        {"hook_name": hook, "document": first + row, "n_tokens": int(n_tokens[row])}
+                        | {name: float(record[name][row]) for name in LOSS_SUMS}
+                    )
+            del cache, clean
+    frame = pd.DataFrame(rows, columns=["hook_name", "document", "n_tokens", *LOSS_SUMS])
+    frame = frame.sort_values(["hook_name", "document"], kind="stable").reset_index(drop=True)
+    finite = np.isfinite(frame[list(LOSS_SUMS)].to_numpy()).all(1)
+    if not finite.all():
         from probes.activations import NonFiniteActivations
 
         raise NonFiniteActivations(
-            f"{model.cfg.model_name} ({str(model.cfg.dtype).removeprefix('torch.')}): non-finite losses {means} with "
-            f"the SAE at {hook_name}; run the model in bf16 or fp32"
+            f"{model.cfg.model_name} ({str(model.cfg.dtype).removeprefix('torch.')}): non-finite losses with the "
+            f"SAE at {sorted(set(frame.loc[~finite, 'hook_name']))}; run the model in bf16 or fp32"
         )
-    means["loss_recovered"] = (means["ce_zero"] - means["ce_sae"]) / (means["ce_zero"] - means["ce_clean"])
-    return means | {"n_loss_tokens": n_pairs}
+    return frame
+
+
+def _start_block(model: HookedTransformer, hook_name: str) -> int | None:
+    """The block a spliced run can start at (its input is the clean run's), or None for a full pass."""
+    match = re.fullmatch(r"blocks\.(\d+)\.\w+", hook_name)
+    if match is None or model.cfg.positional_embedding_type == "shortformer":
+        return None
+    return int(match.group(1))
+
+
+def _predicted_log_probs(logits: torch.Tensor, predicts: torch.Tensor) -> torch.Tensor:
+    """float32 log-probabilities (n predictions, vocabulary) at the positions that predict a counted token."""
+    return logits[:, :-1][predicts].float().log_softmax(-1)
+
+
+def _reconstruction(sae: SAE, rows: torch.Tensor) -> torch.Tensor:
+    return sae.decode(sae.encode(rows.to(sae.device, sae.dtype)))
+
+
+def loss_recovered(
+    documents: pd.DataFrame, by: Sequence[str] = ("hook_name",), n_boot: int = 0, ci: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
+    """Mean losses and loss recovered per SAE from :func:`document_losses`'s per-document sums.
+
+    Means are per counted prediction (sums over documents / tokens), and
+    ``loss_recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean)``, a ratio of sums. With ``n_boot`` every
+    statistic also gets a percentile interval (``<name>_lo``, ``<name>_hi``) from a bootstrap over
+    documents (:func:`probes.resampling.bootstrap_weights`): each resample draws the documents with
+    replacement and recomputes the ratio of resampled sums. SAEs evaluated on the same documents (every
+    layer of a model) share the resamples. One row per group of ``by``.
+    """
+    from probes.resampling import bootstrap_weights, percentile_interval
+
+    columns = ["n_tokens", *LOSS_SUMS]
+    shared: dict[tuple, np.ndarray] = {}
+    rows = []
+    for key, group in documents.groupby(list(by), sort=True):
+        group = group.sort_values("document", kind="stable")
+        ids = tuple(group["document"].tolist())
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{dict(zip(by, key))}: a document appears more than once; group by more columns")
+        sums = group[columns].to_numpy(np.float64)  # (documents, columns)
+        record = dict(zip(by, key)) | {name: float(value) for name, value in _loss_statistics(sums.sum(0)).items()}
+        record |= {"n_loss_tokens": int(group["n_tokens"].sum()), "n_loss_documents": len(group)}
+        if n_boot:
+            if ids not in shared:
+                shared[ids] = bootstrap_weights(len(ids), n_boot, seed)
+            for name, samples in _loss_statistics((shared[ids] @ sums).T).items():
+                lo, hi = percentile_interval(samples, ci)
+                record[f"{name}_lo"], record[f"{name}_hi"] = float(lo), float(hi)
+        rows.append(record)
+    return pd.DataFrame(rows)
+
+
+def _loss_statistics(totals: np.ndarray) -> dict[str, np.ndarray]:
+    """Means and loss recovered from summed (n_tokens, *LOSS_SUMS), each a scalar or one value per resample."""
+    n_tokens, sums = totals[0], dict(zip(LOSS_SUMS, totals[1:]))
+    with np.errstate(divide="ignore", invalid="ignore"):  # no counted token, or CE_zero == CE_clean: NaN
+        means = {name: sums[name] / n_tokens for name in LOSS_SUMS}
+        recovered = (sums["ce_zero"] - sums["ce_sae"]) / (sums["ce_zero"] - sums["ce_clean"])
+    return means | {"loss_recovered": recovered}
 
 
 # ---------------------------------------------------------------------------------------------------
 # Sparse probing
 
 
-def mean_difference_order(X: np.ndarray, y: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Features by decreasing |mean(class 1) - mean(class 0)| over ``rows``; ties keep feature order."""
+def standardised_difference_order(X: np.ndarray, y: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Features by decreasing standardised mean difference over ``rows``; ties keep feature order.
+
+    ``d_j = |mean(x_j | y=1) − mean(x_j | y=0)| / s_j`` with ``s_j`` the pooled within-class standard
+    deviation (Cohen's d), so a dimension with a huge norm but a weak class signal no longer outranks a
+    small one that separates the classes. A feature constant over ``rows`` scores 0 (last); one constant
+    within each class but not across them separates them perfectly and scores inf (first).
+    """
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
-    difference = X[rows & (y == 1)].mean(0) - X[rows & (y == 0)].mean(0)
-    return np.argsort(-np.abs(difference), kind="stable")
+    ones, zeros = X[rows & (y == 1)], X[rows & (y == 0)]
+    difference = np.abs(ones.mean(0) - zeros.mean(0))
+    squares = ((ones - ones.mean(0)) ** 2).sum(0) + ((zeros - zeros.mean(0)) ** 2).sum(0)
+    pooled = np.sqrt(squares / max(len(ones) + len(zeros) - 2, 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.where(pooled > 0, difference / pooled, np.where(difference > 0, np.inf, 0.0))
+    return np.argsort(-score, kind="stable")
 
 
-def sparse_probe(X: np.ndarray, y: np.ndarray, settings: ProbeSettings, ks: Sequence[int] = SPARSE_KS) -> pd.DataFrame:
-    """Test accuracy of probes on the top-k features of each training fold, for every k.
+def sparse_probe(
+    X: np.ndarray,
+    y: np.ndarray,
+    settings: ProbeSettings,
+    ks: Sequence[int] = SPARSE_KS,
+    groups: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Out-of-fold predictions of probes on the top-k features of each training fold, for every k.
 
-    Folds and seeds are the dense probe's (:func:`probes.probing.cv_splits`); each probe is the dense
-    probe's standardise + L2 logistic regression (same C), fitted by scikit-learn on k columns.
-    Returns a tidy frame (seed, fold, k, accuracy).
+    Folds and seeds are the dense probe's (:func:`probes.probing.cv_splits`, by group when ``groups`` is
+    given); features are ranked on the training rows by :func:`standardised_difference_order`; each probe
+    is the dense probe's standardise + L2 logistic regression (same C), fitted by scikit-learn on k columns.
+    Returns a tidy frame (seed, fold, k, example, correct): for every seed and k, each example once, from
+    the fold where it was a test row, so :func:`sparse_accuracy` can resample examples.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -294,18 +410,44 @@ def sparse_probe(X: np.ndarray, y: np.ndarray, settings: ProbeSettings, ks: Sequ
     from probes.probing import cv_splits
 
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
-    rows = []
-    for seed, fold, train in cv_splits(y, settings):
-        order = mean_difference_order(X, y, train)
+    frames = []
+    for seed, fold, train in cv_splits(y, settings, groups):
+        order = standardised_difference_order(X, y, train)
+        test = np.flatnonzero(~train)
         for k in ks:
             columns = order[: min(k, X.shape[1])]
             probe = make_pipeline(
                 StandardScaler(), LogisticRegression(C=settings.C, tol=settings.tol, max_iter=settings.max_iter)
             )
             probe.fit(X[train][:, columns], y[train])
-            accuracy = float((probe.predict(X[~train][:, columns]) == y[~train]).mean())
-            rows.append({"seed": seed, "fold": fold, "k": k, "accuracy": accuracy})
-    return pd.DataFrame(rows)
+            correct = probe.predict(X[test][:, columns]) == y[test]
+            frames.append(pd.DataFrame({"seed": seed, "fold": fold, "k": k, "example": test, "correct": correct}))
+    return pd.concat(frames, ignore_index=True).sort_values(["seed", "k", "example"], ignore_index=True)
+
+
+def sparse_accuracy(
+    predictions: pd.DataFrame, n_boot: int, ci: float = 0.95, seed: int = 0, groups: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Accuracy and a bootstrap interval over examples for every (features, layer, k) point of one task.
+
+    ``predictions`` is :func:`sparse_probe`'s frame with ``features`` and ``layer`` columns. A point's
+    accuracy is the mean over seeds of its out-of-fold accuracy, i.e. the mean over examples of each
+    example's correctness averaged over seeds. The interval is a percentile bootstrap that resamples the
+    examples (whole groups when ``groups``, one label per example, is given), the same resamples for
+    every point, so points of one task compare under the same draws.
+    """
+    from probes.resampling import bootstrap_weights, percentile_interval, resampled_means
+
+    points = ["features", "layer", "k"]
+    correct = predictions.pivot_table(index=points, columns="example", values="correct", aggfunc="mean")
+    n = correct.shape[1]
+    if correct.isna().any().any() or not np.array_equal(correct.columns, np.arange(n)):
+        raise ValueError("every point needs an out-of-fold prediction for every example 0..n-1")
+    values = correct.to_numpy(np.float64)
+    samples = resampled_means(bootstrap_weights(n, n_boot, seed, groups), values)
+    lo, hi = percentile_interval(samples, ci)
+    summary = correct.index.to_frame(index=False)
+    return summary.assign(accuracy=values.mean(1), accuracy_lo=lo, accuracy_hi=hi, n_examples=n)
 
 
 def encode(sae: SAE, vectors: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
@@ -335,7 +477,7 @@ def top_latents(
     latents, y = np.asarray(latents, dtype=np.float64), np.asarray(y)
     everything = np.ones(len(y), dtype=bool)
     rows = []
-    for latent in mean_difference_order(latents, y, everything)[:n_top]:
+    for latent in standardised_difference_order(latents, y, everything)[:n_top]:
         values = latents[:, latent]
         means = [values[y == c].mean() for c in (0, 1)]
         task = [
@@ -367,21 +509,62 @@ def top_latents(
 # Summaries
 
 
-def metrics_frame(records: Sequence[dict]) -> pd.DataFrame:
-    """One row per SAE from its held-out metrics, with its relative depth, ordered by model and layer."""
+def metrics_frame(
+    records: Sequence[dict],
+    documents: pd.DataFrame | None = None,
+    n_boot: int = 0,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per SAE from its held-out metrics, with its relative depth, ordered by model and layer.
+
+    With ``documents`` (:func:`document_losses`'s rows with ``model`` and ``layer`` columns) and ``n_boot``,
+    every loss statistic gets its bootstrap interval over documents (:func:`loss_recovered`) beside it.
+    """
     frame = pd.DataFrame(list(records))
     frame.insert(2, "relative_depth", frame["layer"] / frame["n_layers"])
+    if documents is not None and n_boot:
+        intervals = loss_recovered(documents, ("model", "layer"), n_boot, ci, seed)
+        bounds = [f"{name}_{end}" for name in LOSS_STATISTICS for end in ("lo", "hi")]
+        frame = frame.merge(intervals[["model", "layer", *bounds]], on=["model", "layer"], how="left")
+        order = [column for column in frame.columns if column not in bounds]
+        for name in reversed(LOSS_STATISTICS):
+            at = order.index(name) + 1
+            order[at:at] = [f"{name}_lo", f"{name}_hi"]
+        frame = frame[order]
     return frame.sort_values(["model", "layer"]).reset_index(drop=True)
 
 
-def sparse_summary(sparse: pd.DataFrame, dense: pd.DataFrame) -> pd.DataFrame:
-    """Mean top-k accuracy per model, task, SAE layer and k for both feature sets, beside the dense probe's."""
-    dense = dense[dense["metric"] == "accuracy"].groupby(["model", "dataset", "layer"], as_index=False)["value"].mean()
-    keys = ["model", "dataset", "level", "layer", "n_layers"]
-    summary = sparse.groupby([*keys, "features", "k"], as_index=False)["accuracy"].mean()
-    summary = summary.pivot_table(index=[*keys, "k"], columns="features", values="accuracy").reset_index()
-    summary.columns.name = None
-    summary = summary.rename(columns={name: f"{name}_topk_accuracy" for name in FEATURE_SETS})
-    return summary.merge(
-        dense.rename(columns={"value": "dense_accuracy"}), on=["model", "dataset", "layer"], how="left"
-    )
+def sparse_summary(
+    sparse: pd.DataFrame, dense: pd.DataFrame, n_boot: int = 1000, ci: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
+    """Top-k accuracy per model, task, SAE layer and k for both feature sets, beside the dense probe's.
+
+    ``sparse`` holds :func:`sparse_probe`'s out-of-fold rows with the task's keys, ``features``, ``layer``
+    and ``group`` (the example's group code, missing when the task declares none). Every accuracy has a
+    bootstrap interval over the task's examples, or its groups (:func:`sparse_accuracy`). The dense
+    probe's accuracy is its mean over runs, with ``dense_accuracy_lo/hi`` where its table carries
+    ``accuracy_lo/hi``.
+    """
+    keys = ["model", "dataset", "level", "n_layers"]
+    parts = []
+    for key, task in sparse.groupby(keys, sort=True):
+        groups = task.groupby("example")["group"].first().sort_index() if "group" in task else None
+        groups = None if groups is None or groups.isna().all() else groups.to_numpy()
+        accuracy = sparse_accuracy(task, n_boot, ci, seed, groups)
+        n_groups = np.nan if groups is None else len(np.unique(groups))
+        parts.append(accuracy.assign(**dict(zip(keys, key)), n_groups=n_groups))
+    points = pd.concat(parts, ignore_index=True)
+    statistics = ["accuracy", "accuracy_lo", "accuracy_hi"]
+    summary = points.pivot_table(index=[*keys, "layer", "k"], columns="features", values=statistics)
+    summary.columns = [f"{features}_topk_{statistic}" for statistic, features in summary.columns]
+    ordered = [f"{features}_topk_{statistic}" for features in FEATURE_SETS for statistic in statistics]
+    summary = summary[[column for column in ordered if column in summary.columns]].reset_index()
+    sizes = points.groupby(keys, as_index=False)[["n_examples", "n_groups"]].first()
+    summary = summary.merge(sizes, on=keys, how="left")
+    accuracy = dense[dense["metric"] == "accuracy"] if "metric" in dense else dense
+    grouped = accuracy.groupby(["model", "dataset", "layer"])
+    dense_summary = grouped["value"].mean().rename("dense_accuracy").to_frame()
+    if {"accuracy_lo", "accuracy_hi"} <= set(accuracy.columns):
+        dense_summary = dense_summary.join(grouped[["accuracy_lo", "accuracy_hi"]].first().add_prefix("dense_"))
+    return summary.merge(dense_summary.reset_index(), on=["model", "dataset", "layer"], how="left")

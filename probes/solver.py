@@ -239,6 +239,7 @@ def _lbfgs(batch: _Problems, tol: float, max_iter: int, first_layer: int, out: P
     threshold = tol * C * n_train
     layer_ids = torch.arange(first_layer, first_layer + n_layers)
     tiny = torch.finfo(Xt.dtype).tiny
+    curvature_floor = torch.finfo(Xt.dtype).eps ** 0.5  # of the intercept's preconditioner, see below
 
     prior = torch.linalg.vecdot(batch.mask, batch.targets) / n_train
     w = Xt.new_zeros(n_layers, n_problems, d)
@@ -285,7 +286,9 @@ def _lbfgs(batch: _Problems, tol: float, max_iter: int, first_layer: int, out: P
         # Two-loop recursion around the curvature-scaled principal-direction preconditioner H0.
         scale = (C * curvature * n_train / n)[..., None] * batch.spectrum[:, None, :]
         shrink = scale / (1 + scale)  # H0 = I - V diag(shrink) V^T on w
-        intercept_scale = 1 / (C * curvature * n_train)
+        # Floored: once a separable fold's margins are large its curvature is ~0, and 1 / curvature would
+        # blow the float32 rounding noise of the intercept gradient up into steps that end in NaN.
+        intercept_scale = 1 / (C * n_train * curvature.clamp_min(curvature_floor))
         q_w, q_b, q_p = grad_w.clone(), grad_b.clone(), grad_p.clone()
         history = [i % _HISTORY for i in range(stored - 1, max(stored - _HISTORY, 0) - 1, -1)]  # newest first
         alphas = []

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from probes.io import sha256_file
 
 TASKS = ("translation", "repetition", "cloze")
 BLANK = "___"
+# Kana and CJK ideographs: scripts written without spaces, where a word is found anywhere in the text.
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+INFLECTION_LETTERS = 2  # a spaced word also counts with up to this many letters after it (dogs, Hunde, perros)
 
 
 @dataclass(frozen=True)
@@ -164,3 +168,17 @@ def filled_cloze(word_list: WordList) -> pd.DataFrame:
         for concept, language, sentence in long[["concept", "language", "sentence"]].itertuples(index=False)
     ]
     return long[["concept", "language", "text"]]
+
+
+def mention_pattern(words: Iterable[str]) -> re.Pattern[str]:
+    """A pattern that finds any of ``words`` in a text, ignoring case (docs/methods.md §3.6).
+
+    A word with kana or CJK ideographs (zh, ja) is found anywhere, those scripts having no spaces; any
+    other word is found at a word start, whole or followed by at most ``INFLECTION_LETTERS`` letters, so
+    plurals and case endings (dogs, Hunde, perros) count as the word too.
+    """
+    words = sorted(set(words), key=lambda word: (-len(word), word))  # longest first: alternation is ordered
+    unspaced = [re.escape(word) for word in words if _UNSPACED.search(word)]
+    spaced = [re.escape(word) for word in words if not _UNSPACED.search(word)]
+    parts = unspaced + ([rf"(?<!\w)(?:{'|'.join(spaced)})\w{{0,{INFLECTION_LETTERS}}}(?!\w)"] if spaced else [])
+    return re.compile("|".join(parts) if parts else r"(?!)", flags=re.IGNORECASE)

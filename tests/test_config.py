@@ -13,6 +13,7 @@ from probes import (
     activations,
     config,
     datasets,
+    depth,
     figures,
     lens,
     models,
@@ -115,7 +116,7 @@ def test_schema_defaults_equal_the_settings_defaults(section, cls, elsewhere, to
     ("section", "function", "renamed"),
     [
         ("concept_depth", concept_depth_stages.summarise_concept_depth, {}),
-        ("concept_depth", probing.summarise_concept_depth, {}),
+        ("concept_depth", depth.summarise_concept_depth, {}),
         ("sae.sparse_probing", sae_stages.sparse_probing, {"top_latents": "n_top", "examples": "n_examples"}),
         ("sae.sparse_probing", sae.top_latents, {"top_latents": "n_top", "examples": "n_examples", "ks": None}),
         ("latent_language", latent_language_stages.latent_language, {"shots": None, "languages": None}),
@@ -179,5 +180,11 @@ def test_check_inputs_names_what_is_wrong():
         config.check_inputs(validated(perturbations={"models": [], "datasets": ["nope"]}), str(REPO))
     with pytest.raises(ValueError, match="sae.models: model 'other' is not in `models`"):
         config.check_inputs(validated(sae={"models": ["other"]}), str(REPO))
+    with pytest.raises(ValueError, match=r"probe.control 'type': datasets \['coinflip'\] declare no type_column"):
+        cities = {"path": "data/concepts/cities.csv", "level": "factual", "type_column": "country"}
+        coinflip = {"path": "data/concepts/coinflip.csv", "level": "inferential"}
+        config.check_inputs(
+            validated(probe={"control": "type"}, datasets={"cities": cities, "coinflip": coinflip}), str(REPO)
+        )
     with pytest.raises(datasets.DatasetError, match="missing.csv: dataset file not found"):
         config.check_inputs(validated(datasets={"x": {"path": "missing.csv", "level": "other"}}), str(REPO))

@@ -12,16 +12,8 @@ from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-from probes.probing import (
-    METRICS,
-    ProbeSettings,
-    control_labels,
-    mdl_boundaries,
-    online_codelength,
-    probe_layers,
-    summarise_concept_depth,
-    summarise_curve,
-)
+from probes.depth import summarise_concept_depth
+from probes.probing import METRICS, ProbeSettings, control_labels, cv_splits, null_labels, probe_layers
 from probes.solver import fit_probes
 
 TIGHT = ProbeSettings(C=0.5, tol=1e-10, max_iter=5000, dtype="float64")
@@ -76,10 +68,13 @@ def test_fit_matches_sklearn(n: int, d: int, dtype: str) -> None:
 def test_probe_layers_reproduces_the_sklearn_protocol() -> None:
     """Same folds, control labels and metrics as a plain scikit-learn loop (converged to the same optimum)."""
     X, y = activations(90, 2, 15, signal=0.15)
-    settings = ProbeSettings(folds=3, seeds=(0, 4), C=0.5, tol=1e-10, max_iter=5000, dtype="float64")
-    tidy = probe_layers(X, y, settings)
-    assert len(tidy) == 2 * 2 * 3 * len(METRICS)
-    got = tidy.set_index(["layer", "seed", "fold", "metric"])["value"]
+    settings = ProbeSettings(
+        folds=3, seeds=(0, 4), C=0.5, tol=1e-10, max_iter=5000, dtype="float64", control="permuted"
+    )
+    result = probe_layers(X, y, settings)
+    assert len(result.metrics) == 2 * 2 * 3 * len(METRICS)
+    got = result.metrics.set_index(["layer", "seed", "fold", "metric"])["value"]
+    oof = result.predictions.set_index(["layer", "seed", "example"])
     for seed in settings.seeds:
         splits = StratifiedKFold(3, shuffle=True, random_state=seed).split(np.zeros((len(y), 1)), y)
         for fold, (train, test) in enumerate(splits):
@@ -94,7 +89,12 @@ def test_probe_layers_reproduces_the_sklearn_protocol() -> None:
                         "roc_auc": roc_auc_score(target[test], scores),
                     }
                     for metric, value in expected.items():
+                        if prefix and metric != "accuracy":
+                            continue
                         assert got[(layer, seed, fold, prefix + metric)] == pytest.approx(value, abs=1e-12)
+                    column = "control_decision" if prefix else "decision"
+                    kept = oof.loc[[(layer, seed, i) for i in test], column].to_numpy()
+                    np.testing.assert_allclose(kept, scores, atol=1e-5)  # the out-of-fold predictions
             selectivity = got[(layer, seed, fold, "accuracy")] - got[(layer, seed, fold, "control_accuracy")]
             assert got[(layer, seed, fold, "selectivity")] == pytest.approx(selectivity)
 
@@ -102,7 +102,7 @@ def test_probe_layers_reproduces_the_sklearn_protocol() -> None:
 def test_accuracy_tracks_signal_and_control_stays_near_chance() -> None:
     X, y = activations(200, 3, 30, signal=0.0)
     X[:, 2, 0] += 6.0 * (2 * y - 1)  # layer 2 separable, layers 0-1 carry no signal
-    tidy = probe_layers(X, y, ProbeSettings(), progress=True)
+    tidy = probe_layers(X, y, ProbeSettings(), progress=True).metrics
     means = tidy.groupby(["metric", "layer"])["value"].mean()
     assert means[("accuracy", 2)] > 0.97
     assert means[("roc_auc", 2)] > 0.99
@@ -114,7 +114,7 @@ def test_accuracy_tracks_signal_and_control_stays_near_chance() -> None:
 def test_random_labels_give_chance_accuracy() -> None:
     X, _ = activations(200, 2, 30, signal=0.0)
     y = np.random.default_rng(5).permutation(np.arange(200) % 2)
-    tidy = probe_layers(X, y, ProbeSettings(seeds=(0,)))
+    tidy = probe_layers(X, y, ProbeSettings(seeds=(0,))).metrics
     accuracy = tidy[tidy["metric"] == "accuracy"]["value"].mean()
     assert abs(accuracy - 0.5) < 0.1
 
@@ -136,9 +136,11 @@ def test_deterministic() -> None:
     X, y = activations(80, 2, 20, signal=0.2)
     settings = ProbeSettings(folds=4, seeds=(0, 1))
     first, second = probe_layers(X, y, settings), probe_layers(X, y, settings)
-    pd.testing.assert_frame_equal(first, second, check_exact=True)
-    assert list(first.columns) == ["layer", "seed", "fold", "metric", "value"]
-    assert set(first["metric"]) == set(METRICS)
+    for name in ("metrics", "predictions", "null"):
+        pd.testing.assert_frame_equal(getattr(first, name), getattr(second, name), check_exact=True)
+    assert list(first.metrics.columns) == ["layer", "seed", "fold", "metric", "value"]
+    assert set(first.metrics["metric"]) == set(METRICS)
+    assert len(first.predictions) == 2 * 2 * 80 and len(first.null) == 2 * settings.null_permutations
 
 
 @pytest.mark.parametrize(
@@ -164,73 +166,17 @@ def test_settings_are_validated() -> None:
         ProbeSettings(folds=1)
     with pytest.raises(ValueError, match="C must be"):
         ProbeSettings(C=0.0)
+    with pytest.raises(ValueError, match="null_permutations"):
+        ProbeSettings(null_permutations=-1)
+    X, y = activations(40, 1, 4, signal=0.3)
+    with pytest.raises(ValueError, match="needs a dataset type column"):
+        probe_layers(X, y, ProbeSettings(control="type"))
 
 
 def test_unconverged_fits_warn() -> None:
     X, y = activations(60, 1, 10, signal=0.3)
     with pytest.warns(RuntimeWarning, match="did not reach tol"):
         probe_layers(X, y, ProbeSettings(max_iter=1))
-
-
-def test_summarise_curve_on_known_shapes() -> None:
-    acc = np.array([0.50, 0.52, 0.55, 0.70, 0.792, 0.80, 0.795, 0.80])
-    summary = summarise_curve(acc, chance=0.5)
-    assert summary["best_accuracy"] == pytest.approx(0.80)
-    assert summary["best_layer"] == 5
-    assert summary["half_rise_layer"] == 3  # threshold 0.65
-    assert summary["jump_layer"] == 3 and summary["jump_size"] == pytest.approx(0.15)
-    assert summary["converging_layer"] == 4  # first >= 0.79
-
-    flat = summarise_curve(np.linspace(0.5, 0.56, 7), chance=0.5)  # steps of 0.01 < jump_min
-    assert flat["jump_layer"] is None
-    assert flat["jump_size"] == pytest.approx(0.01)
-    assert flat["converging_layer"] == 5
-    assert summarise_curve(np.array([0.4, 0.45]), chance=0.5)["half_rise_layer"] is None  # never above chance
-
-
-def tidy_from_runs(acc: np.ndarray, control: float = 0.5) -> pd.DataFrame:
-    """A probe_layers-shaped frame from a (run, layer) accuracy matrix; runs are 2 seeds x 5 folds."""
-    rows = []
-    for run, curve in enumerate(acc):
-        for layer, value in enumerate(curve):
-            seed, fold = divmod(run, 5)
-            rows += [
-                (layer, seed, fold, "accuracy", value),
-                (layer, seed, fold, "control_accuracy", control),
-                (layer, seed, fold, "selectivity", value - control),
-            ]
-    return pd.DataFrame(rows, columns=["layer", "seed", "fold", "metric", "value"])
-
-
-def test_concept_depth_bootstrap_is_seeded_and_covers_the_point_estimate() -> None:
-    rng = np.random.default_rng(0)
-    base = 0.5 + 0.4 / (1 + np.exp(-(np.arange(13) - 6.0)))
-    tidy = tidy_from_runs(base + 0.02 * rng.standard_normal((10, 13)))
-    summary = summarise_concept_depth(tidy, chance=0.5, depth=12, n_boot=200, seed=3)
-    assert summary == summarise_concept_depth(tidy, chance=0.5, depth=12, n_boot=200, seed=3)
-    for key in ("best_accuracy", "half_rise_layer", "jump_layer", "converging_layer"):
-        assert summary[f"{key}_lo"] <= summary[key] <= summary[f"{key}_hi"], key
-    for key in ("half_rise", "jump", "converging"):
-        assert summary[f"{key}_depth"] == pytest.approx(summary[f"{key}_layer"] / 12)
-        assert summary[f"{key}_depth_lo"] <= summary[f"{key}_depth"] <= summary[f"{key}_depth_hi"]
-    assert summary["mean_control_accuracy"] == pytest.approx(0.5)
-    assert summary["max_selectivity"] == pytest.approx(summary["best_accuracy"] - 0.5)
-    assert summary["n_runs"] == 10
-
-
-def test_concept_depth_rejects_incomplete_tables() -> None:
-    tidy = tidy_from_runs(np.full((10, 4), 0.7))
-    with pytest.raises(ValueError, match="same layers in every seed x fold run"):
-        summarise_concept_depth(tidy.drop(index=tidy.index[-1]), chance=0.5, depth=3)
-
-
-def test_concept_depth_reports_layers_of_sites_inside_blocks() -> None:
-    """Sites such as mlp_out are numbered 1..L; summaries must speak in those numbers, not positions."""
-    curve = np.array([0.5, 0.5, 0.9, 0.9])
-    tidy = tidy_from_runs(np.tile(curve, (10, 1)))
-    summary = summarise_concept_depth(tidy.assign(layer=tidy["layer"] + 1), chance=0.5, depth=4, n_boot=50)
-    assert summary["converging_layer"] == summary["jump_layer"] == 3
-    assert summary["converging_depth"] == pytest.approx(3 / 4)
 
 
 def test_no_warnings_on_a_normal_run() -> None:
@@ -240,51 +186,61 @@ def test_no_warnings_on_a_normal_run() -> None:
         probe_layers(X, y, ProbeSettings(seeds=(0,)))
 
 
-def test_mdl_compresses_a_separable_concept_and_not_random_labels() -> None:
-    """Online code on known answers: ~1 bit per label when the layer carries nothing, far less when it separates."""
-    X, y = activations(400, 2, 20, signal=0.0)
-    X[:, 1, 0] += 8.0 * (2 * y - 1)  # layer 1 separates the classes, layer 0 carries nothing
-    settings = ProbeSettings(seeds=(0, 1))
-    mdl = online_codelength(X, y, settings).pivot_table(index="layer", columns="metric", values="value")
-    assert mdl.loc[1, "mdl_compression"] > 5 and mdl.loc[1, "mdl_codelength"] < 400 / 5
-    assert 0.8 < mdl.loc[0, "mdl_compression"] < 1.05  # no signal: no better than the uniform code
-    random_labels = np.random.default_rng(3).permutation(y)
-    noise = online_codelength(X, random_labels, settings)
-    assert noise.loc[noise["metric"] == "mdl_compression", "value"].max() < 1.05
+def memorisable_types(n: int = 240, n_types: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's type written into its activations (one direction per type), labels independent of the types."""
+    rng = np.random.default_rng(seed)
+    types = np.arange(n) % n_types
+    y = rng.permutation(np.arange(n) % 2)
+    X = rng.standard_normal((n, 2, n_types)).astype(np.float32)
+    X[:, 1] += 8.0 * np.eye(n_types, dtype=np.float32)[types]  # layer 1 spells out the type; layer 0 does not
+    return X, y, types
 
 
-def test_mdl_codelength_adds_up_block_by_block() -> None:
-    """The first block is sent uniformly; every other label costs -log2 p under a probe fitted on what came before."""
-    X, y = activations(400, 1, 6, signal=1.0)
-    settings = ProbeSettings(seeds=(7,))
-    got = online_codelength(X, y, settings).set_index("metric")["value"]
-    order = np.random.default_rng([7, 0x3D1]).permutation(len(y))
-    # Voita & Titov's fractions 0.1%, 0.2%, 0.4%, 0.8%, 1.6%, 3.2%, 6.25%, 12.5%, 25%, 50%, 100% of n = 400 are
-    # 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25, 50, 100, 200, 400 examples: rounded 0, 1, 2, 3, 6, 13, 25, ..., at least 1,
-    # and the repeated 1 dropped
-    ends = [1, 2, 3, 6, 13, 25, 50, 100, 200, 400]
-    assert mdl_boundaries(400).tolist() == ends
-    assert mdl_boundaries(120).tolist() == [1, 2, 4, 8, 15, 30, 60, 120]  # 7.5 -> 8, 0.12 .. 0.96 -> 1
-    expected, uniform_blocks = 0.0, 0
-    for start, end in zip([0, *ends[:-1]], ends):
-        seen, block = order[:start], order[start:end]
-        if np.unique(y[seen]).size < 2:
-            expected += end - start  # log2(2) = 1 bit per label
-            uniform_blocks += 1
-            continue
-        scaler, model = sklearn_fit(X[seen, 0], y[seen], settings.C)
-        p = model.predict_proba(scaler.transform(X[block, 0].astype(np.float64)))[np.arange(len(block)), y[block]]
-        expected += -np.log2(p).sum()
-    assert 1 <= uniform_blocks < 5  # both codes are exercised: the first blocks uniform, the rest by probes
-    assert got["mdl_codelength"] == pytest.approx(expected, rel=1e-3)
-    assert got["mdl_compression"] == pytest.approx(len(y) / expected, rel=1e-3)
+def test_the_type_control_rises_where_types_can_be_memorised() -> None:
+    """Hewitt & Liang: a probe that can read the type scores above chance on held-out rows of seen types, so the
+    control can fail; the permuted control stays at chance whatever the probe can read."""
+    X, y, types = memorisable_types()
+    typed = probe_layers(X, y, ProbeSettings(seeds=(0,), null_permutations=0), types=types)
+    permuted = probe_layers(X, y, ProbeSettings(seeds=(0,), null_permutations=0, control="permuted"), types=types)
+    assert typed.control == "type" and permuted.control == "permuted"
+
+    def mean(result, metric, layer):
+        rows = result.metrics
+        return rows[(rows["metric"] == metric) & (rows["layer"] == layer)]["value"].mean()
+
+    assert mean(typed, "control_accuracy", 1) > 0.9  # memorised types generalise to held-out rows
+    assert abs(mean(typed, "control_accuracy", 0) - 0.5) < 0.12  # nothing to memorise at layer 0
+    assert mean(typed, "control_train_accuracy", 1) > 0.95
+    assert abs(mean(permuted, "control_accuracy", 1) - 0.5) < 0.12
+    assert mean(typed, "selectivity", 1) < mean(permuted, "selectivity", 1) - 0.3
+    with pytest.warns(RuntimeWarning, match="every type sits in a single group"):
+        probe_layers(X, y, ProbeSettings(seeds=(0,), null_permutations=0), groups=types, types=types)
+    labels = control_labels(y, 0, types)
+    assert all(np.unique(labels[types == t]).size == 1 for t in range(24))  # one label per type
+    assert labels.mean() == 0.5  # half the (equal-sized) types each class
 
 
-def test_mdl_rows_join_the_tidy_table_when_asked() -> None:
-    X, y = activations(100, 2, 8, signal=1.0)
-    tidy = probe_layers(X, y, ProbeSettings(seeds=(0,), mdl=True))
-    mdl = tidy[tidy["metric"].str.startswith("mdl_")]
-    assert set(mdl["metric"]) == {"mdl_codelength", "mdl_compression"} and (mdl["fold"] == -1).all()
-    assert (
-        len(mdl) == 2 * 2 and not probe_layers(X, y, ProbeSettings(seeds=(0,)))["metric"].str.startswith("mdl_").any()
-    )
+def test_grouped_folds_keep_groups_together_and_the_null_keeps_each_groups_label_mix() -> None:
+    y = np.tile([0, 1], 30)  # 30 minimal pairs: one of each label
+    groups = np.repeat(np.arange(30), 2)
+    for _, _, train in cv_splits(y, ProbeSettings(seeds=(0, 1)), groups):
+        assert not set(groups[train]) & set(groups[~train])
+    permuted = null_labels(y, 3, 0, groups)
+    assert (np.bincount(groups, weights=permuted) == 1).all() and not np.array_equal(permuted, y)
+    constant = np.repeat(np.arange(30) % 2, 2)  # a label constant within each group stays constant
+    moved = null_labels(constant, 3, 0, groups)
+    assert all(np.unique(moved[groups == g]).size == 1 for g in range(30))
+    with pytest.raises(ValueError, match="3 groups cannot fill 5"):
+        cv_splits(y[:6], ProbeSettings(), groups[:6])
+
+
+def test_the_permutation_null_calls_signal_decodable_and_noise_not() -> None:
+    X, y = activations(160, 4, 12, signal=0.0)
+    flat = probe_layers(X, y, ProbeSettings(seeds=(0,)))
+    X[:, 3, 0] += 3.0 * (2 * y - 1)
+    signal = probe_layers(X, y, ProbeSettings(seeds=(0,)))
+    chance = 0.5
+    verdicts = [summarise_concept_depth(r.predictions, r.null, chance, depth=3, n_boot=100).row for r in (flat, signal)]
+    assert not verdicts[0]["decodable"] and verdicts[0]["half_rise_layer"] is None
+    assert verdicts[0]["undecodable_reason"].startswith("best accuracy")
+    assert verdicts[1]["decodable"] and verdicts[1]["null_p_value"] == pytest.approx(1 / 20)

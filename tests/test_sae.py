@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from probes.activations import site_hooks
 from probes.html import top_latents_page
 from probes.probing import ProbeSettings, cv_splits
+from probes.resampling import bootstrap_weights, percentile_interval
 from probes.sae import (
     SAESettings,
+    document_losses,
     loss_recovered,
-    mean_difference_order,
+    metrics_frame,
     reconstruction_metrics,
     sae_trainer,
     select_layers,
+    sparse_accuracy,
     sparse_probe,
+    sparse_summary,
+    standardised_difference_order,
     top_latents,
     train_sae,
     training_sae,
@@ -251,36 +258,277 @@ def test_reconstruction_metrics_on_a_known_sae():
     assert metrics["dense_fraction"] == pytest.approx(2 / 6)
 
 
-def test_loss_recovered_is_one_for_an_exact_sae_and_matches_the_models_loss(tiny_model):
-    sequences = [tiny_model.to_tokens(text, truncate=False)[0] for text in corpus(6, seed=5)]
-    out = loss_recovered(tiny_model, exact_sae(32), sequences, "blocks.1.hook_resid_post", batch_size=4)
-    assert out["ce_sae"] == pytest.approx(out["ce_clean"], abs=1e-4)
-    assert out["loss_recovered"] == pytest.approx(1.0, abs=1e-3)
-    assert out["kl_sae"] == pytest.approx(0.0, abs=1e-4)
-    assert out["ce_zero"] != pytest.approx(out["ce_clean"], abs=1e-2)  # a random model: ablation changes the loss
+def zero_sae(d: int):
+    """A standard SAE whose decoder is zero: its reconstruction is the zero ablation."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=2 * d, apply_b_dec_to_input=False))
     with torch.no_grad():
-        per_token = torch.cat([tiny_model(seq[None], return_type="loss", loss_per_token=True)[0] for seq in sequences])
-    assert out["ce_clean"] == pytest.approx(float(per_token.mean()), rel=1e-4)
-    assert out["n_loss_tokens"] == len(per_token)
+        sae.W_dec.zero_()
+        sae.b_dec.zero_()
+    return sae
 
 
-def test_sparse_probe_picks_the_informative_feature_with_the_dense_probes_folds():
+def test_loss_recovered_is_exactly_one_for_an_exact_sae_and_zero_for_a_zero_sae(tiny_model):
+    """The SAE and zero runs splice the same positions (all real ones but the BOS), so both ends hold exactly."""
+    sequences = [tiny_model.to_tokens(text, truncate=False)[0] for text in corpus(7, seed=5)]
+    assert len({len(sequence) for sequence in sequences}) > 1  # batches are padded
+    saes = {
+        "blocks.1.hook_resid_post": exact_sae(32),
+        "blocks.2.hook_mlp_out": exact_sae(32),
+        "blocks.0.hook_resid_pre": zero_sae(32),
+    }
+    documents = document_losses(tiny_model, saes, sequences, batch_size=3)
+    assert len(documents) == 3 * len(sequences)
+    summary = loss_recovered(documents).set_index("hook_name")
+    for hook in ("blocks.1.hook_resid_post", "blocks.2.hook_mlp_out"):
+        rows = documents[documents["hook_name"] == hook]
+        assert (rows["ce_sae"] == rows["ce_clean"]).all() and (rows["kl_sae"] == 0).all()
+        assert summary.loc[hook, "loss_recovered"] == 1.0
+    zero = documents[documents["hook_name"] == "blocks.0.hook_resid_pre"]
+    assert (zero["ce_sae"] == zero["ce_zero"]).all() and (zero["kl_sae"] == zero["kl_zero"]).all()
+    assert summary.loc["blocks.0.hook_resid_pre", "loss_recovered"] == 0.0
+    assert ((summary["ce_zero"] - summary["ce_clean"]).abs() > 1e-3).all()  # a random model: ablation changes it
+
+    # counted predictions: a spliced position (after the BOS) predicting the next real token
+    for _, rows in documents.groupby("hook_name"):
+        assert rows["n_tokens"].tolist() == [len(sequence) - 2 for sequence in sequences]
+    with torch.no_grad():
+        per_token = [tiny_model(seq[None], return_type="loss", loss_per_token=True)[0, 1:] for seq in sequences]
+    clean = documents[documents["hook_name"] == "blocks.1.hook_resid_post"]["ce_clean"].to_numpy()
+    np.testing.assert_allclose(clean, [float(t.double().sum()) for t in per_token], rtol=1e-5)
+
+    # the zero run, rebuilt one document at a time from the tokens with the BOS kept clean; ablating the BOS
+    # too (what the SAE run never does) gives another loss, so the two runs could not be compared
+    def zero_loss(sequence: torch.Tensor, hook: str, keep_bos: bool) -> float:
+        def ablate(activation, hook):  # noqa: ARG001
+            activation = activation.clone()
+            activation[:, int(keep_bos) :] = 0
+            return activation
+
+        with torch.no_grad():
+            loss = tiny_model.run_with_hooks(
+                sequence[None], return_type="loss", loss_per_token=True, fwd_hooks=[(hook, ablate)]
+            )
+        return float(loss[0, 1:].double().sum())
+
+    hook = "blocks.1.hook_resid_post"
+    rows = documents[documents["hook_name"] == hook]
+    rebuilt = [zero_loss(sequence, hook, keep_bos=True) for sequence in sequences]
+    np.testing.assert_allclose(rows["ce_zero"], rebuilt, rtol=1e-5)
+    everywhere = [zero_loss(sequence, hook, keep_bos=False) for sequence in sequences]
+    assert abs(sum(everywhere) - sum(rebuilt)) > 0.01 * sum(rebuilt)
+
+
+@pytest.mark.slow
+def test_evaluate_sae_scores_every_layer_of_smollm2_on_the_same_documents(smollm2, smollm2_manifest, tmp_path):
+    """The stage: one job for every SAE layer of a model, per-document sums beside the metrics, a clear error
+    when the held-out split is too small for loss_documents."""
+    from probes.io import read_json, write_json
+    from probes.stages.sae import evaluate_sae
+
+    settings = TokenCacheSettings(context=32, heldout_fraction=0.25, batch_size=8)
+    cache_token_activations(smollm2, corpus(24, seed=1), [5, 15], "resid", tmp_path / "cache", settings, progress=False)
+    exact_sae(576).save_model(tmp_path / "sae_5")
+    write_json(tmp_path / "training_5.json", {"architecture": "standard", "training_tokens": 0})
+    trained = SAESettings(expansion=2, k=8, training_tokens=64 * 4, batch_size=64)
+    train_sae_stage(tmp_path / "cache", tmp_path / "sae_15", tmp_path / "training_15.json", "s", 15, trained.__dict__)
+    arguments = {
+        "manifest": smollm2_manifest,
+        "cache": tmp_path / "cache",
+        "saes": [tmp_path / "sae_5", tmp_path / "sae_15"],
+        "sae_metas": [tmp_path / "training_5.json", tmp_path / "training_15.json"],
+        "metrics": tmp_path / "metrics.json",
+        "documents": tmp_path / "documents.parquet",
+        "model": "smollm2-135m",
+        "layers": [5, 15],
+    }
+    details = evaluate_sae(**arguments, settings={"loss_documents": 6, "batch_size": 4})
+    records = {record["layer"]: record for record in read_json(tmp_path / "metrics.json")}
+    assert records[5]["loss_recovered"] == 1.0 and records[5]["ce_sae"] == records[5]["ce_clean"]
+    assert records[5]["hook_name"] == "blocks.4.hook_resid_post" and records[5]["fvu"] < 1e-10
+    assert records[15]["ce_clean"] == records[5]["ce_clean"] < records[15]["ce_zero"]
+    assert records[15]["ce_sae"] > records[15]["ce_clean"] and math.isfinite(records[15]["loss_recovered"])
+    documents = pd.read_parquet(tmp_path / "documents.parquet")
+    heldout = TokenCache(tmp_path / "cache").heldout_tokens()["sequence_documents"].tolist()
+    assert details["n_loss_documents"] == 6 and len(heldout) == 6
+    for _, rows in documents.groupby("layer"):
+        assert rows["document"].tolist() == heldout and (rows["model"] == "smollm2-135m").all()
+    frame = metrics_frame(list(records.values()), documents, n_boot=200, ci=0.9, seed=0)
+    assert (frame["loss_recovered_lo"] <= frame["loss_recovered"]).all()
+    assert (frame["loss_recovered"] <= frame["loss_recovered_hi"]).all()
+    with pytest.raises(ValueError, match="6 held-out documents, fewer than sae.eval.loss_documents = 7"):
+        evaluate_sae(**arguments, settings={"loss_documents": 7})
+
+
+def synthetic_documents(n: int, seed: int = 0, layers: tuple[int, ...] = (1, 2)):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for layer in layers:
+        n_tokens = rng.integers(20, 120, size=n)
+        clean = n_tokens * rng.normal(2.0, 0.3, size=n)
+        rows.append(
+            pd.DataFrame(
+                {
+                    "model": "m",
+                    "layer": layer,
+                    "document": np.arange(n) * 3,
+                    "n_tokens": n_tokens,
+                    "ce_clean": clean,
+                    "ce_sae": clean + n_tokens * rng.normal(0.5, 0.3, size=n),
+                    "ce_zero": clean + n_tokens * rng.normal(5.0, 1.0, size=n),
+                    "kl_sae": n_tokens * rng.gamma(2.0, 0.2, size=n),
+                    "kl_zero": n_tokens * rng.gamma(2.0, 2.0, size=n),
+                }
+            )
+        )
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_document_bootstrap_interval_contains_the_estimate_and_narrows_with_more_documents():
+    widths = []
+    for n in (8, 32, 128):
+        documents = synthetic_documents(n)
+        summary = loss_recovered(documents, by=("model", "layer"), n_boot=500, ci=0.9, seed=0)
+        for row in summary.itertuples():
+            for name in ("loss_recovered", "ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero"):
+                assert getattr(row, f"{name}_lo") <= getattr(row, name) <= getattr(row, f"{name}_hi")
+        first = summary.iloc[0]
+        widths.append(first["loss_recovered_hi"] - first["loss_recovered_lo"])
+        # a ratio of sums over documents, resampled by document: recomputed from the same weights
+        rows = documents[documents["layer"] == 1]
+        sums = rows[["ce_clean", "ce_sae", "ce_zero"]].to_numpy()
+        assert first["loss_recovered"] == pytest.approx(
+            (sums[:, 2] - sums[:, 1]).sum() / (sums[:, 2] - sums[:, 0]).sum()
+        )
+        weights = bootstrap_weights(n, 500, 0)
+        totals = weights @ sums
+        lo, hi = percentile_interval((totals[:, 2] - totals[:, 1]) / (totals[:, 2] - totals[:, 0]), 0.9)
+        assert (first["loss_recovered_lo"], first["loss_recovered_hi"]) == pytest.approx((lo, hi))
+        assert first["n_loss_documents"] == n and first["n_loss_tokens"] == rows["n_tokens"].sum()
+    assert widths[0] > widths[1] > widths[2] > 0
+    assert widths[0] / widths[2] > 2.5  # about sqrt(128 / 8) = 4
+
+
+def test_metrics_table_carries_the_document_intervals_beside_each_statistic():
+    documents = synthetic_documents(16)
+    means = loss_recovered(documents, by=("model", "layer"))
+    records = [
+        {"model": "m", "layer": int(row.layer), "n_layers": 4, "fvu": 0.1}
+        | {
+            name: getattr(row, name)
+            for name in ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero", "loss_recovered")
+        }
+        for row in means.itertuples()
+    ]
+    frame = metrics_frame(records, documents, n_boot=200, ci=0.95, seed=1)
+    columns = list(frame.columns)
+    assert columns[columns.index("loss_recovered") + 1 : columns.index("loss_recovered") + 3] == [
+        "loss_recovered_lo",
+        "loss_recovered_hi",
+    ]
+    assert (frame["loss_recovered_lo"] <= frame["loss_recovered"]).all()
+    assert (frame["loss_recovered"] <= frame["loss_recovered_hi"]).all()
+    assert "loss_recovered_lo" not in metrics_frame(records)
+
+
+def test_standardised_ranking_prefers_a_small_informative_dimension_to_a_huge_weak_one():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 100)
+    X = rng.normal(size=(200, 6))
+    X[:, 2] = 0.1 * rng.normal(size=200) + 0.3 * y  # small norm, classes 3 SD apart
+    X[:, 4] = 100.0 * rng.normal(size=200) + 30.0 * y  # huge norm, classes 0.3 SD apart
+    X[:, 5] = 7.0  # constant: last
+    rows = np.ones(200, dtype=bool)
+    raw = np.abs(X[y == 1].mean(0) - X[y == 0].mean(0))
+    assert np.argmax(raw) == 4  # the raw mean difference picks the huge-norm dimension
+    order = standardised_difference_order(X, y, rows)
+    assert order[0] == 2 and order[-1] == 5
+    # Cohen's d with the pooled within-class SD
+    pooled = np.sqrt((X[y == 1].var(0, ddof=1) + X[y == 0].var(0, ddof=1)) / 2)
+    expected = np.argsort(-np.where(pooled > 0, raw / np.where(pooled > 0, pooled, 1), 0), kind="stable")
+    assert order.tolist() == expected.tolist()
+    separating = np.column_stack([np.full(200, 1.0), y.astype(float), X[:, 2]])  # constant within each class
+    assert standardised_difference_order(separating, y, rows).tolist() == [1, 2, 0]
+
+
+def test_sparse_probe_predicts_every_example_out_of_fold_with_the_dense_probes_folds():
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 60)
     X = rng.normal(size=(120, 20))
     X[:, 7] += 3.0 * y
     settings = ProbeSettings(folds=4, seeds=(0, 1))
-    for _, _, train in cv_splits(y, settings):
-        assert mean_difference_order(X, y, train)[0] == 7
+    splits = cv_splits(y, settings)
+    for _, _, train in splits:
+        assert standardised_difference_order(X, y, train)[0] == 7
     scores = sparse_probe(X, y, settings, ks=(1, 20))
-    assert len(scores) == 2 * 4 * 2
-    assert list(scores[["seed", "fold"]].drop_duplicates().itertuples(index=False, name=None)) == [
-        (seed, fold) for seed, fold, _ in cv_splits(y, settings)
-    ]
-    means = scores.groupby("k")["accuracy"].mean()
+    assert list(scores.columns) == ["seed", "fold", "k", "example", "correct"]
+    assert len(scores) == 2 * 2 * 120  # seeds x ks x examples
+    for (seed, _), rows in scores.groupby(["seed", "k"]):
+        assert rows["example"].tolist() == list(range(120))  # every example once per seed and k
+        for split_seed, fold, train in splits:
+            if split_seed == seed:
+                assert set(rows.loc[rows["fold"] == fold, "example"]) == set(np.flatnonzero(~train))
+    means = scores.groupby("k")["correct"].mean()
     assert means[1] > 0.85
     noise = sparse_probe(rng.normal(size=(120, 20)), y, settings, ks=(1,))
-    assert abs(noise["accuracy"].mean() - 0.5) < 0.15
+    assert abs(noise["correct"].mean() - 0.5) < 0.15
+
+
+def test_sparse_probing_intervals_resample_examples_or_their_groups():
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 100)
+    groups = np.repeat(np.arange(20), 10)  # ten groups per class
+    X = rng.normal(size=(200, 8))
+    X[:, 0] += 1.0 * y + rng.normal(size=20)[groups]  # a group effect: rows of a group err together
+    settings = ProbeSettings(folds=4, seeds=(0, 1, 2))
+    frames = []
+    for layer in (3, 6):
+        frame = sparse_probe(X[:, : layer + 2], y, settings, ks=(1, 4), groups=groups)
+        frames += [frame.assign(layer=layer, features=features) for features in ("sae", "residual")]
+    predictions = pd.concat(frames, ignore_index=True)
+    points = sparse_accuracy(predictions, n_boot=400, ci=0.95, seed=0)
+    assert len(points) == 2 * 2 * 2 and (points["n_examples"] == 200).all()
+    assert (points["accuracy_lo"] <= points["accuracy"]).all() and (points["accuracy"] <= points["accuracy_hi"]).all()
+    # the point: mean over seeds of the out-of-fold accuracy; the interval: examples resampled, same draws everywhere
+    one = predictions[(predictions["layer"] == 3) & (predictions["features"] == "sae") & (predictions["k"] == 1)]
+    point = points.set_index(["features", "layer", "k"]).loc[("sae", 3, 1)]
+    assert point["accuracy"] == pytest.approx(one.groupby("seed")["correct"].mean().mean())
+    per_example = one.groupby("example")["correct"].mean().to_numpy()
+    weights = bootstrap_weights(200, 400, 0)
+    lo, hi = percentile_interval(weights @ per_example / weights.sum(1), 0.95)
+    assert (point["accuracy_lo"], point["accuracy_hi"]) == pytest.approx((lo, hi))
+    by_group = sparse_accuracy(predictions, n_boot=400, ci=0.95, seed=0, groups=groups)
+    width = lambda frame: (frame["accuracy_hi"] - frame["accuracy_lo"]).mean()  # noqa: E731
+    assert width(by_group) > 1.2 * width(points)  # rows of a group are not independent draws
+
+    # the summary table: per task, both feature sets with their intervals, the dense probe beside them
+    keys = {"model": "m", "dataset": "d", "level": "factual", "pooling": "last", "n_layers": 8}
+    sparse = predictions.assign(**keys, group=pd.array(groups[predictions["example"].to_numpy()], dtype="Int64"))
+    dense = pd.DataFrame(
+        [
+            {"model": "m", "dataset": "d", "layer": layer, "metric": "accuracy", "seed": 0, "fold": fold, "value": v}
+            for layer in range(9)
+            for fold, v in enumerate((0.8, 0.9))
+        ]
+    )
+    summary = sparse_summary(sparse, dense, n_boot=400, ci=0.95, seed=0)
+    assert len(summary) == 2 * 2
+    for features in ("sae", "residual"):
+        assert (summary[f"{features}_topk_accuracy_lo"] <= summary[f"{features}_topk_accuracy"]).all()
+        assert (summary[f"{features}_topk_accuracy"] <= summary[f"{features}_topk_accuracy_hi"]).all()
+    assert (summary["n_groups"] == 20).all() and summary["dense_accuracy"].tolist() == pytest.approx([0.85] * 4)
+    assert "dense_accuracy_lo" not in summary
+    grouped = by_group.set_index(["features", "layer", "k"])
+    for row in summary.itertuples():
+        assert row.sae_topk_accuracy_hi == pytest.approx(grouped.loc[("sae", row.layer, row.k), "accuracy_hi"])
+    with_band = dense.assign(accuracy_lo=0.7, accuracy_hi=0.95)
+    assert (sparse_summary(sparse, with_band, n_boot=50)["dense_accuracy_lo"] == 0.7).all()
+    ungrouped = sparse_summary(sparse.assign(group=pd.array([None] * len(sparse), dtype="Int64")), dense, 400)
+    assert ungrouped["n_groups"].isna().all()
+    assert ungrouped["sae_topk_accuracy_hi"].tolist() == pytest.approx(
+        points[points["features"] == "sae"].sort_values(["layer", "k"])["accuracy_hi"].tolist()
+    )
 
 
 def test_top_latents_lists_separating_latents_with_examples():

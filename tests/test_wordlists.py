@@ -9,7 +9,15 @@ import pytest
 
 from helpers import REPO
 from probes.datasets import DatasetError
-from probes.wordlists import BLANK, build_prompts, check_task, filled_cloze, load_languages, load_word_list
+from probes.wordlists import (
+    BLANK,
+    build_prompts,
+    check_task,
+    filled_cloze,
+    load_languages,
+    load_word_list,
+    mention_pattern,
+)
 
 DATA = REPO / "data" / "latent_language"
 LANGUAGES = DATA / "languages.csv"
@@ -126,3 +134,17 @@ def test_languages_file_is_checked(tmp_path):
     (tmp_path / "languages.csv").write_text("code,name\nen,English\nen,Anglais\n")
     with pytest.raises(DatasetError, match=r"languages\.csv: language code\(s\) \['en'\]"):
         load_languages(tmp_path / "languages.csv")
+
+
+def test_mention_pattern_finds_words_as_the_lens_split_needs(everyday):
+    pattern = mention_pattern(["dog", "Hund", "狗", "eau"])
+    for text in ["Two dogs ran.", "DOG!", "Die Hunde bellen.", "我的狗很可爱。", "Je bois de l'eau."]:
+        assert pattern.search(text), text
+    # a word inside another word, or with more than two letters after it, is a different word
+    for text in ["A hotdog stand.", "Dogmatic views.", "Der Hundeführer.", "Le bureau."]:
+        assert not pattern.search(text), text
+    assert not mention_pattern([]).search("anything at all")
+    # every filled-in sentence mentions its own word, so a held-out word cannot slip past the split
+    filled = filled_cloze(everyday)
+    for concept, language, text in filled.itertuples(index=False):
+        assert mention_pattern([everyday.words.at[concept, language]]).search(text), (concept, language)

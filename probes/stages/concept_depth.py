@@ -15,12 +15,19 @@ WEIGHTS_NOTE = (
     "weights: the format the model ran in (int8: weight-only, per output channel). The embedded models' originals "
     "are 4-bit GGUF files, so their fp32 is float32 arithmetic on weights dequantised from 4 bits."
 )
+INTERVAL_NOTE = (
+    "Intervals: {ci:.0%} percentile intervals of {n_boot} bootstrap resamples of the examples (of the groups, "
+    "where the dataset declares them), the same rows at every layer. Undecodable tasks (best accuracy within the "
+    "permutation null) get no depth."
+)
 
 
 def probe_layers(
     tensors: str | os.PathLike,
     activations_meta: str | os.PathLike,
     metrics: str | os.PathLike,
+    predictions: str | os.PathLike,
+    null: str | os.PathLike,
     metrics_meta: str | os.PathLike,
     model: str,
     dataset: str,
@@ -29,16 +36,22 @@ def probe_layers(
     settings: dict,
     weights: str,
     noise: str,
-) -> None:
-    """The ``probe_layers`` rule: probe every stored layer of one model x perturbation x dataset into a tidy table."""
+) -> dict:
+    """The ``probe_layers`` rule: probe every stored layer of one model x perturbation x dataset.
+
+    Writes the per-fold scores, every example's out-of-fold predictions (what all intervals are drawn
+    from) and the permutation null's accuracy curves, all in the model's layer numbers.
+    """
     from probes import probing
     from probes.stages.models import load_activations
 
-    vectors, labels = load_activations(tensors, pooling)
+    stored = load_activations(tensors, pooling)
     extraction = read_json(activations_meta)
-    y = labels.numpy()
-    tidy = probing.probe_layers(vectors.numpy(), y, probing.ProbeSettings(**settings), progress=True)
-    tidy["layer"] = np.asarray(extraction["layers"])[tidy["layer"].to_numpy()]
+    y = stored.labels
+    result = probing.probe_layers(
+        stored.vectors, y, probing.ProbeSettings(**settings), stored.groups, stored.types, progress=True
+    )
+    layers = np.asarray(extraction["layers"])
     keys = {
         "model": model,
         "weights": weights,
@@ -48,7 +61,9 @@ def probe_layers(
         "site": extraction["site"],
         "pooling": pooling,
     }
-    write_parquet(metrics, pd.concat([pd.DataFrame(keys, index=tidy.index), tidy], axis=1))
+    for path, table in ((metrics, result.metrics), (predictions, result.predictions), (null, result.null)):
+        table = table.assign(layer=layers[table["layer"].to_numpy()])
+        write_parquet(path, pd.concat([pd.DataFrame(keys, index=table.index), table], axis=1))
     write_json(
         metrics_meta,
         keys
@@ -56,38 +71,52 @@ def probe_layers(
             "n_layers": extraction["n_layers"],
             "chance": float(np.bincount(y).max() / len(y)),
             "n_examples": int(len(y)),
+            "control": result.control,
         },
     )
+    return {"control": result.control}
+
+
+SUMMARY_KEYS = ("model", "weights", "noise", "dataset", "level", "site", "pooling", "n_layers", "control")
 
 
 def summarise_concept_depth(
     metrics: Sequence[str | os.PathLike],
+    predictions: Sequence[str | os.PathLike],
+    null: Sequence[str | os.PathLike],
     metrics_meta: Sequence[str | os.PathLike],
     summary_csv: str | os.PathLike,
     summary_html: str | os.PathLike,
     summary: str | os.PathLike,
     metrics_table: str | os.PathLike,
+    curves: str | os.PathLike,
     perturbations_csv: str | os.PathLike,
     perturbations_html: str | os.PathLike,
     levels_csv: str | os.PathLike,
     levels_html: str | os.PathLike,
     weights: str,
-    delta: float = 0.01,
+    delta: float | str = "auto",
     jump_min: float = 0.03,
     n_boot: int = 1000,
     ci: float = 0.95,
+    alpha: float = 0.05,
     seed: int = 0,
-) -> None:
-    """The ``summarise_concept_depth`` rule: one summary row per model x perturbation x dataset, all metrics in
-    one table, the perturbations' effects, and the converging depths grouped by task level across models."""
-    from probes.probing import depth_by_level, perturbation_effects
-    from probes.probing import summarise_concept_depth as summarise
+) -> dict:
+    """The ``summarise_concept_depth`` rule: one summary row and per-layer curves (with bootstrap intervals) per
+    model x perturbation x dataset, all fold scores in one table, the perturbations' paired shifts, and the
+    depths grouped by task level across models."""
+    from probes.depth import depth_by_level, perturbation_effects
+    from probes.depth import summarise_concept_depth as summarise
 
-    rows, tables = [], []
-    for metrics_path, meta_path in zip(metrics, metrics_meta, strict=True):
+    rows, tables, curve_tables, replicates = [], [], [], {}
+    for metrics_path, predictions_path, null_path, meta_path in zip(
+        metrics, predictions, null, metrics_meta, strict=True
+    ):
         tidy, meta = pd.read_parquet(metrics_path), read_json(meta_path)
-        depth_summary = summarise(
-            tidy,
+        control_train = tidy[tidy["metric"] == "control_train_accuracy"].groupby("layer")["value"].mean()
+        result = summarise(
+            pd.read_parquet(predictions_path),
+            pd.read_parquet(null_path),
             chance=meta["chance"],
             depth=meta["n_layers"],
             delta=delta,
@@ -95,9 +124,13 @@ def summarise_concept_depth(
             n_boot=n_boot,
             seed=seed,
             ci=ci,
+            alpha=alpha,
+            control_train=control_train,
         )
-        keys = ("model", "weights", "noise", "dataset", "level", "site", "pooling", "n_layers", "chance", "n_examples")
-        rows.append({key: meta[key] for key in keys} | depth_summary)
+        keys = {key: meta[key] for key in SUMMARY_KEYS}
+        rows.append(keys | result.row)
+        curve_tables.append(pd.concat([pd.DataFrame(keys, index=result.curves.index), result.curves], axis=1))
+        replicates[(meta["model"], meta["weights"], meta["noise"], meta["dataset"])] = result.replicates
         tables.append(tidy)
     summary_table = pd.DataFrame(rows)
     write_table(
@@ -105,28 +138,30 @@ def summarise_concept_depth(
         summary_csv,
         summary_html,
         "Concept-depth summary: one row per model, perturbation and task",
-        WEIGHTS_NOTE,
+        f"{WEIGHTS_NOTE} {INTERVAL_NOTE.format(ci=ci, n_boot=n_boot)}",
     )
     write_table(
-        perturbation_effects(summary_table, weights),
+        perturbation_effects(summary_table, replicates, weights, ci),
         perturbations_csv,
         perturbations_html,
         "Concept depth under perturbation: each perturbed run against the unperturbed one",
-        WEIGHTS_NOTE,
+        f"{WEIGHTS_NOTE} Shifts: paired bootstrap, the same resampled rows in both runs.",
     )
     write_table(
-        depth_by_level(summary_table, weights),
+        depth_by_level(summary_table, replicates, weights, ci),
         levels_csv,
         levels_html,
-        "Converging depth by task level, every model (own weights, clean inputs)",
-        WEIGHTS_NOTE,
+        "Half-rise and converging depth by task level, every model (own weights, clean inputs)",
+        f"{WEIGHTS_NOTE} Level means are over decodable tasks only.",
     )
     write_parquet(summary, summary_table)
     write_parquet(metrics_table, pd.concat(tables, ignore_index=True))
+    write_parquet(curves, pd.concat(curve_tables, ignore_index=True))
+    return {"decodable": {f"{r['model']}/{r['weights']}/{r['noise']}/{r['dataset']}": r["decodable"] for r in rows}}
 
 
 def plot_concept_depth(
-    metrics_table: str | os.PathLike,
+    curves: str | os.PathLike,
     summary: str | os.PathLike,
     figures: Sequence[str | os.PathLike],
     model: str,
@@ -138,12 +173,12 @@ def plot_concept_depth(
     """The ``plot_concept_depth`` rule."""
     from probes.figures import concept_depth_figure
 
-    fig = concept_depth_figure(pd.read_parquet(metrics_table), pd.read_parquet(summary), model, weights, embedded, ci)
+    fig = concept_depth_figure(pd.read_parquet(curves), pd.read_parquet(summary), model, weights, embedded, ci)
     save_figure(fig, figures, dpi)
 
 
 def plot_concept_depth_relative(
-    metrics_table: str | os.PathLike,
+    curves: str | os.PathLike,
     summary: str | os.PathLike,
     figures: Sequence[str | os.PathLike],
     weights: str,
@@ -153,7 +188,7 @@ def plot_concept_depth_relative(
     """The ``plot_concept_depth_relative`` rule."""
     from probes.figures import concept_depth_relative_figure
 
-    fig = concept_depth_relative_figure(pd.read_parquet(metrics_table), pd.read_parquet(summary), weights, ci)
+    fig = concept_depth_relative_figure(pd.read_parquet(curves), pd.read_parquet(summary), weights, ci)
     save_figure(fig, figures, dpi)
 
 

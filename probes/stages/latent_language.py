@@ -17,6 +17,14 @@ from probes.stages import save_figure, write_table
 log = logging.getLogger(__name__)
 
 
+def _word_lists(
+    word_lists: Sequence[str], words: Sequence[str | os.PathLike], cloze: Sequence[str | os.PathLike], languages
+) -> list:
+    from probes.wordlists import load_word_list
+
+    return [load_word_list(*paths, languages) for paths in zip(word_lists, words, cloze, strict=True)]
+
+
 def train_tuned_lens(
     manifest: str | os.PathLike,
     languages: str | os.PathLike,
@@ -25,42 +33,69 @@ def train_tuned_lens(
     word_lists: Sequence[str],
     lens: str | os.PathLike,
     kl: str | os.PathLike,
+    text: str | os.PathLike,
     model: str,
     settings: dict,
     seed: int = 0,
+    ci: float = 0.95,
+    n_boot: int = 1000,
 ) -> dict[str, Any]:
-    """The ``train_tuned_lens`` rule: corpus = every word list's cloze sentences, filled in, all languages."""
+    """The ``train_tuned_lens`` rule: the lens concepts' cloze sentences, filled in, all languages.
+
+    The split into lens and held-out concepts comes from the word lists alone (:func:`probes.lens.lens_text_split`);
+    the translators train on the first ``train_tokens`` tokens of the lens sentences (seeded order), the KL is
+    measured on the first ``heldout_tokens`` tokens of held-out sentences, its interval resampling sentences.
+    ``text`` records every sentence's role, token count and whether it was used.
+    """
     import torch
 
     from probes import lens as lenses
     from probes.models import load_model
-    from probes.wordlists import filled_cloze, load_word_list
 
     settings = lenses.TunedLensSettings(**settings)
-    lists = [load_word_list(*paths, languages) for paths in zip(word_lists, words, cloze, strict=True)]
-    corpus = pd.concat([filled_cloze(word_list).assign(list=word_list.name) for word_list in lists])
-    corpus["concept"] = corpus["list"] + ":" + corpus["concept"]
+    split = lenses.lens_text_split(_word_lists(word_lists, words, cloze, languages), settings.train_concepts, seed)
     torch.manual_seed(seed)
     hooked = load_model(manifest, device=settings.device, dtype=settings.dtype)
     skip = int(bool(hooked.cfg.default_prepend_bos))
-    counts = [hooked.to_tokens(text, move_to_device=False).shape[1] - skip for text in corpus["text"]]
-    heldout_texts, train_texts = lenses.split_corpus(corpus, counts, settings, seed)
+    split["n_tokens"] = [hooked.to_tokens(t, move_to_device=False).shape[1] - skip for t in split["text"]]
+    split["used"] = False
+    chosen = {}
+    for role, budget in (("train", settings.train_tokens), ("heldout", settings.heldout_tokens)):
+        rows = split.index[split["role"] == role]
+        chosen[role] = rows[: lenses.first_tokens(split.loc[rows, "n_tokens"], budget)]
+        split.loc[chosen[role], "used"] = True
+        if split.loc[chosen[role], "n_tokens"].sum() < budget:
+            log.warning(
+                "%s sentences hold %d tokens, fewer than the %d asked for (tuned_lens.%s_tokens); using them all",
+                role,
+                split.loc[chosen[role], "n_tokens"].sum(),
+                budget,
+                role,
+            )
     unembed = lenses.unembed_of(hooked)
-    train = lenses.token_residuals(hooked, train_texts, settings.batch_size)
+    train = lenses.token_residuals(hooked, split.loc[chosen["train"], "text"].tolist(), settings.batch_size)
+    train = train[: settings.train_tokens]
     tuned, history = lenses.fit_tuned_lens(hooked, unembed, train, settings, seed)
+    n_train = len(train)
     del train
-    heldout = lenses.token_residuals(hooked, heldout_texts, settings.batch_size)
-    # Whole concepts are held out, then a seeded sample of their tokens keeps the full-vocabulary KL cheap.
-    generator = torch.Generator().manual_seed(seed)
-    heldout = heldout[torch.randperm(len(heldout), generator=generator)[: settings.heldout_tokens].sort().values]
-    table = lenses.heldout_kl(hooked, unembed, tuned, heldout)
+    heldout, owner = lenses.token_residuals(
+        hooked, split.loc[chosen["heldout"], "text"].tolist(), settings.batch_size, with_text=True
+    )
+    heldout, owner = heldout[: settings.heldout_tokens], owner[: settings.heldout_tokens]
+    table = lenses.heldout_kl(hooked, unembed, tuned, heldout, owner, ci, n_boot, seed)
     table.insert(0, "model", model)
     log.info("held-out KL (bits):\n%s", table.pivot(index="layer", columns="lens", values="kl_bits").round(3))
     lenses.save_tuned_lens(tuned, lens)
     write_parquet(kl, table)
+    write_parquet(text, split)
+    counts = split.groupby("role")["concept"].size().to_dict()
     return {
-        "n_train_texts": len(train_texts),
-        "n_heldout_texts": len(heldout_texts),
+        "n_lens_concepts": settings.train_concepts,
+        "n_sentences": {role: int(counts.get(role, 0)) for role in lenses.LENS_TEXT_ROLES},
+        "n_train_texts": len(chosen["train"]),
+        "n_train_tokens": n_train,
+        "n_heldout_texts": int(len(np.unique(owner))),
+        "n_heldout_tokens": len(heldout),
         "loss_first": history[0],
         "loss_last": history[-1],
     }
@@ -69,8 +104,8 @@ def train_tuned_lens(
 def latent_language(
     manifest: str | os.PathLike,
     languages: str | os.PathLike,
-    words: str | os.PathLike,
-    cloze: str | os.PathLike,
+    words: Sequence[str | os.PathLike],
+    cloze: Sequence[str | os.PathLike],
     tuned_lens: str | os.PathLike | None,
     curves: str | os.PathLike,
     prompts: str | os.PathLike,
@@ -83,13 +118,18 @@ def latent_language(
     tgt: str,
     shots: int,
     settings: Mapping[str, Any],
+    word_lists: Sequence[str],
+    train_concepts: int,
     max_concepts: int | None = 40,
     seed: int = 0,
 ) -> dict[str, Any]:
     """The ``latent_language`` rule: prompts and token sets, last-position residuals, then both lenses.
 
     One job per model and pair, so the model is loaded once; the residuals are kept for reuse outside
-    the pipeline, and the tidy curves hold P(language) and entropy per concept, layer and lens.
+    the pipeline, and the tidy curves hold P(language) and entropy per concept, layer and lens. Only
+    concepts held out from the tuned lens are used (queries and solved examples alike), from the same
+    split as ``train_tuned_lens`` (``words``, ``cloze``: every word list, as there), whether or not a tuned
+    lens runs.
     """
     import torch
     from safetensors.torch import save_file
@@ -97,15 +137,19 @@ def latent_language(
     from probes import lens as lenses
     from probes.activations import ExtractionSettings, extract_activations
     from probes.models import load_model
-    from probes.wordlists import build_prompts, check_task, load_word_list
+    from probes.wordlists import build_prompts, check_task
 
     settings = ExtractionSettings(**{**settings, "site": "resid", "poolings": ("last",)})
-    words_table = load_word_list(word_list, words, cloze, languages)
+    lists = {w.name: w for w in _word_lists(word_lists, words, cloze, languages)}
+    words_table = lists[word_list]
     check_task(words_table, task, src, tgt)
+    lens_concepts = lenses.lens_concepts(lenses.lens_text_split(list(lists.values()), train_concepts, seed), word_list)
     torch.manual_seed(seed)
     hooked = load_model(manifest, device=settings.device, dtype=settings.dtype)
     vocabulary = lenses.Vocabulary(hooked.tokenizer)
-    selection = lenses.select_concepts(words_table, vocabulary, task, src, tgt, max_concepts, seed)
+    selection = lenses.select_concepts(
+        words_table, vocabulary, task, src, tgt, max_concepts, seed, exclude=lens_concepts
+    )
     log.info("%s %s->%s: %d concepts kept, dropped %s", task, src, tgt, len(selection.concepts), selection.dropped)
     built = build_prompts(words_table, task, src, tgt, selection.concepts, shots, seed)
     pooled, details = extract_activations(hooked, [p.text for p in built], settings)
@@ -143,8 +187,10 @@ def latent_language(
             "src": src,
             "tgt": tgt,
             "contrast": selection.contrast,
+            "source_checked": selection.source_checked,
             "n_concepts": len(words_table.words),
             "dropped": selection.dropped,
+            "lens_concepts": lens_concepts,
         },
     )
     return details | {"n_kept": len(selection.concepts), "token_scheme": asdict(vocabulary.scheme)}
@@ -155,25 +201,32 @@ def summarise_latent_language(
     metas: Sequence[str | os.PathLike],
     kl: Sequence[str | os.PathLike],
     table: str | os.PathLike,
+    intervals: str | os.PathLike,
     summary_csv: str | os.PathLike,
     summary_html: str | os.PathLike,
     kl_table: str | os.PathLike,
+    ci: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> None:
-    """The ``summarise_latent_language`` rule: one tidy table, a per-pair summary with drop counts, and KL."""
-    from probes.lens import summarise_curves
+    """The ``summarise_latent_language`` rule: the tidy table, concept-mean curves with intervals, a summary
+    per pair (with intervals and drop counts), and every model's held-out KL."""
+    from probes.lens import DROP_REASONS, curve_intervals, summarise_curves
 
     combined = pd.concat([pd.read_parquet(path) for path in curves], ignore_index=True)
-    summary = summarise_curves(combined)
+    summary = summarise_curves(combined, ci, n_boot, seed)
     keys = ["model", "word_list", "task", "src", "tgt"]
     dropped = pd.DataFrame(
         [
             {**{k: record[k] for k in keys}, "contrast": record["contrast"], "n_words": record["n_concepts"]}
-            | {f"dropped_{reason}": n for reason, n in record["dropped"].items()}
+            | {"source_checked": record["source_checked"]}
+            | {f"dropped_{reason}": record["dropped"].get(reason, 0) for reason in DROP_REASONS}
             for record in map(read_json, metas)
         ]
     )
     summary = summary.merge(dropped, on=keys, how="left")
     write_parquet(table, combined)
+    write_parquet(intervals, curve_intervals(combined, ci, n_boot, seed))
     write_table(
         summary,
         summary_csv,
@@ -194,20 +247,25 @@ def plot_latent_language(
     src: str,
     tgt: str,
     dpi: int = 200,
+    ci: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> None:
-    """The ``plot_latent_language`` rule."""
+    """The ``plot_latent_language`` rule: the pair's curves, with the summary's intervals over concepts."""
     from probes.figures import latent_language_figure
+    from probes.lens import curve_intervals
 
-    save_figure(latent_language_figure(pd.read_parquet(curves), model, word_list, task, src, tgt), figures, dpi)
+    intervals = curve_intervals(pd.read_parquet(curves), ci, n_boot, seed)
+    save_figure(latent_language_figure(intervals, model, word_list, task, src, tgt), figures, dpi)
 
 
 def plot_latent_language_relative(
-    table: str | os.PathLike, figures: Sequence[str | os.PathLike], dpi: int = 200
+    intervals: str | os.PathLike, figures: Sequence[str | os.PathLike], dpi: int = 200
 ) -> None:
     """The ``plot_latent_language_relative`` rule."""
     from probes.figures import latent_language_relative_figure
 
-    save_figure(latent_language_relative_figure(pd.read_parquet(table)), figures, dpi)
+    save_figure(latent_language_relative_figure(pd.read_parquet(intervals)), figures, dpi)
 
 
 def plot_tuned_lens_kl(kl_table: str | os.PathLike, figures: Sequence[str | os.PathLike], dpi: int = 200) -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from probes.io import atomic_path, sha256_file, write_json
 
 if TYPE_CHECKING:
-    import torch
     from transformer_lens import HookedTransformer
 
 log = logging.getLogger(__name__)
@@ -86,16 +88,17 @@ def extract_activations(
     tensors: str | os.PathLike,
     meta: str | os.PathLike,
     settings: dict,
-    text_column: str = "text",
-    label_column: str = "label",
+    columns: dict | None = None,
     seed: int = 0,
     weights: str | None = None,
     noise: str = "clean",
 ) -> dict[str, Any]:
     """The ``extract_activations`` rule: validate the data first, then load the model and write both files.
 
-    ``weights`` and ``noise`` name a perturbation (:mod:`probes.perturbations`); the defaults are none. The
-    meta file holds what later stages read: the layers, their hook names, the site and the class names.
+    ``columns`` are :func:`probes.datasets.load_dataset`'s column arguments; ``weights`` and ``noise`` name a
+    perturbation (:mod:`probes.perturbations`); the defaults are none. The tensors file carries the labels
+    and, when the dataset declares them, its groups and types, so the probes need not read the dataset.
+    The meta file holds what later stages read: the layers, their hook names, the site and the class names.
     """
     import torch
     from safetensors.torch import save_file
@@ -106,7 +109,7 @@ def extract_activations(
     from probes.perturbations import InputNoise, format_name
 
     settings = activations.ExtractionSettings(**settings)
-    data = load_dataset(dataset, text_column, label_column)
+    data = load_dataset(dataset, **(columns or {}))
     torch.manual_seed(seed)
     weights = weights or format_name(settings.dtype)
     model = load_model(manifest, device=settings.device, dtype=settings.dtype, weights=weights)
@@ -115,18 +118,34 @@ def extract_activations(
     )
     with atomic_path(tensors) as tmp:
         stored = {p: t.contiguous() for p, t in pooled.items()}
-        save_file(stored | {"labels": torch.tensor(data.labels, dtype=torch.int64)}, str(tmp))
+        for name in ("labels", "groups", "types"):
+            if getattr(data, name) is not None:
+                stored[name] = torch.tensor(getattr(data, name), dtype=torch.int64)
+        save_file(stored, str(tmp))
     kept = ("layers", "hook_names", "n_layers")
     write_json(meta, {key: details[key] for key in kept} | {"site": settings.site, "classes": data.classes})
     return {key: value for key, value in details.items() if key not in kept} | {"n_examples": len(data.texts)}
 
 
-def load_activations(path: str | os.PathLike, pooling: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled vectors (n, layers, d) and labels (n,) as written by :func:`extract_activations`."""
-    from safetensors.torch import load_file
+@dataclass(frozen=True)
+class StoredActivations:
+    """One pooling of :func:`extract_activations`'s file: vectors (n, layers, d) and per-row int arrays."""
+
+    vectors: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray | None
+    types: np.ndarray | None
+
+
+_ROW_ARRAYS = ("labels", "groups", "types")
+
+
+def load_activations(path: str | os.PathLike, pooling: str) -> StoredActivations:
+    """One pooling's vectors with the labels, groups and types (None when the dataset declares none)."""
+    from safetensors.numpy import load_file
 
     tensors = load_file(str(path))
     if pooling not in tensors:
-        poolings = sorted(set(tensors) - {"labels"})
+        poolings = sorted(set(tensors) - set(_ROW_ARRAYS))
         raise KeyError(f"{path} holds poolings {poolings}, not {pooling!r}; add it to activations.poolings")
-    return tensors[pooling], tensors["labels"]
+    return StoredActivations(tensors[pooling], tensors["labels"], tensors.get("groups"), tensors.get("types"))

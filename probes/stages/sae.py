@@ -37,7 +37,7 @@ def cache_token_activations(
     concept_texts = [
         text
         for path, columns in zip(datasets, dataset_columns, strict=True)
-        for text in load_dataset(path, columns["text_column"], columns["label_column"]).texts
+        for text in load_dataset(path, **columns).texts
     ]
     texts = load_corpus(corpus, concept_texts, hf_dataset)
     torch.manual_seed(seed)
@@ -72,44 +72,71 @@ def train_sae(
 def evaluate_sae(
     manifest: str | os.PathLike,
     cache: str | os.PathLike,
-    sae: str | os.PathLike,
-    sae_meta: str | os.PathLike,
+    saes: Sequence[str | os.PathLike],
+    sae_metas: Sequence[str | os.PathLike],
     metrics: str | os.PathLike,
+    documents: str | os.PathLike,
     model: str,
-    layer: int | str,
+    layers: Sequence[int],
     settings: dict,
     dtype: str = "float32",
-) -> None:
-    """The ``evaluate_sae`` rule: held-out reconstruction metrics and loss recovered, one JSON per SAE."""
+) -> dict[str, Any]:
+    """The ``evaluate_sae`` rule: every SAE of one model on held-out text, from one clean pass per batch.
+
+    Writes the held-out reconstruction metrics and mean losses of each SAE (``metrics``, a JSON list, one
+    record per layer) and the per-document loss sums behind them (``documents``), which the summary
+    resamples for the intervals.
+    """
     from sae_lens import SAE
 
-    from probes import sae as saes
+    from probes import sae as sae_lib
     from probes.models import load_model
     from probes.token_cache import TokenCache
 
-    settings = saes.SAEEvalSettings(**settings)
-    layer = int(layer)
+    settings = sae_lib.SAEEvalSettings(**settings)
+    layers = [int(layer) for layer in layers]
     token_cache = TokenCache(cache)
-    loaded = SAE.load_from_disk(sae, device=settings.device)
-    scores = saes.reconstruction_metrics(loaded, token_cache.load(layer, "heldout"), settings.dense_threshold)
+    sequences = token_cache.heldout_sequences()
+    if len(sequences) < settings.loss_documents:
+        raise ValueError(
+            f"{cache} holds {len(sequences)} held-out documents, fewer than sae.eval.loss_documents = "
+            f"{settings.loss_documents}: raise sae.corpus.heldout_fraction, add documents, or lower loss_documents"
+        )
+    sequences = sequences[: settings.loss_documents]
+    document_ids = token_cache.heldout_tokens()["sequence_documents"][: settings.loss_documents].tolist()
+    loaded = {layer: SAE.load_from_disk(path, device=settings.device) for layer, path in zip(layers, saes, strict=True)}
+    hook_names = {layer: token_cache.hook_names[layer] for layer in layers}
     language_model = load_model(manifest, device=settings.device, dtype=dtype)
-    sequences = token_cache.heldout_sequences()[: settings.loss_documents]
-    hook_name = token_cache.hook_names[layer]
-    scores |= saes.loss_recovered(language_model, loaded, sequences, hook_name, settings.batch_size)
-    training = read_json(sae_meta)
-    write_json(
-        metrics,
-        scores
-        | {
-            "model": model,
-            "layer": layer,
-            "n_layers": token_cache.meta["n_layers"],
-            "hook_name": hook_name,
-            "architecture": training["architecture"],
-            "d_sae": loaded.cfg.d_sae,
-            "training_tokens": training["training_tokens"],
-        },
+    losses = sae_lib.document_losses(
+        language_model, {hook_names[layer]: loaded[layer] for layer in layers}, sequences, settings.batch_size
     )
+    layer_of = {hook: layer for layer, hook in hook_names.items()}
+    losses.insert(0, "layer", losses["hook_name"].map(layer_of))
+    losses.insert(0, "model", model)
+    losses["document"] = [document_ids[index] for index in losses["document"]]
+    means = sae_lib.loss_recovered(losses, by=("layer",)).set_index("layer")
+    records = []
+    for layer, meta in zip(layers, sae_metas, strict=True):
+        training = read_json(meta)
+        scores = sae_lib.reconstruction_metrics(
+            loaded[layer], token_cache.load(layer, "heldout"), settings.dense_threshold
+        )
+        records.append(
+            scores
+            | means.loc[layer].to_dict()
+            | {
+                "model": model,
+                "layer": layer,
+                "n_layers": token_cache.meta["n_layers"],
+                "hook_name": hook_names[layer],
+                "architecture": training["architecture"],
+                "d_sae": loaded[layer].cfg.d_sae,
+                "training_tokens": training["training_tokens"],
+            }
+        )
+    write_json(metrics, records)
+    write_parquet(documents, losses)
+    return {"n_loss_documents": len(sequences), "n_loss_tokens": int(losses.groupby("layer")["n_tokens"].sum().iloc[0])}
 
 
 def sparse_probing(
@@ -126,13 +153,13 @@ def sparse_probing(
     layers: Sequence[int],
     pooling: str,
     probe_settings: dict,
-    text_column: str = "text",
-    label_column: str = "label",
+    columns: dict | None = None,
     ks: Sequence[int] = SPARSE_KS,
     n_top: int = 5,
     n_examples: int = 3,
 ) -> None:
     """The ``sparse_probing`` rule: SAE-latent and residual top-k probes at every SAE layer of one task."""
+    import torch
     from sae_lens import SAE
     from tqdm.auto import tqdm
 
@@ -144,10 +171,10 @@ def sparse_probing(
     from probes.token_cache import TokenCache
 
     settings = ProbeSettings(**probe_settings)
-    vectors, labels = load_activations(tensors, pooling)
+    stored = load_activations(tensors, pooling)
+    vectors, y, groups = stored.vectors, stored.labels, stored.groups
     extraction = read_json(activations_meta)
-    data = load_dataset(dataset, text_column, label_column)
-    y = labels.numpy()
+    data = load_dataset(dataset, **(columns or {}))
     token_cache = TokenCache(cache)
     corpus_tokens, corpus_str_tokens = token_cache.heldout_tokens(), token_cache.heldout_str_tokens()
     frames, sections = [], {}
@@ -155,9 +182,9 @@ def sparse_probing(
         layer = int(layer)
         loaded = SAE.load_from_disk(path, device=settings.device)
         residual = vectors[:, extraction["layers"].index(layer)]
-        latents = encode(loaded, residual)
-        for features, X in (("sae", latents.numpy()), ("residual", residual.numpy())):
-            frame = sparse_probe(X, y, settings, ks)
+        latents = encode(loaded, torch.from_numpy(residual))
+        for features, X in (("sae", latents.numpy()), ("residual", residual)):
+            frame = sparse_probe(X, y, settings, ks, groups)
             frames.append(frame.assign(layer=layer, features=features))
         sections[f"Layer {layer} ({token_cache.hook_names[layer]}, d_sae {loaded.cfg.d_sae})"] = top_latents(
             latents.numpy(),
@@ -171,40 +198,61 @@ def sparse_probing(
             n_examples,
         )
     tidy = pd.concat(frames, ignore_index=True)
+    # the example's group code (missing when the task declares none), so the summary can resample groups
+    tidy["group"] = pd.array(
+        groups[tidy["example"].to_numpy()] if groups is not None else [None] * len(tidy), dtype="Int64"
+    )
     keys = {"model": model, "dataset": task, "level": level, "pooling": pooling, "n_layers": extraction["n_layers"]}
     tidy = pd.concat([pd.DataFrame(keys, index=tidy.index), tidy], axis=1)
-    write_parquet(scores, tidy[[*keys, "layer", "features", "k", "seed", "fold", "accuracy"]])
+    write_parquet(scores, tidy[[*keys, "layer", "features", "k", "seed", "fold", "example", "group", "correct"]])
     title = f"Top SAE latents: {model}, {task} ({pooling} token)"
     write_text(top_latents_page, render_top_latents(title, extraction["classes"], sections))
 
 
 def summarise_sae(
     metrics: Sequence[str | os.PathLike],
+    loss_documents: Sequence[str | os.PathLike],
     scores: Sequence[str | os.PathLike],
-    probe_metrics: Sequence[str | os.PathLike],
+    curves: str | os.PathLike,
     metrics_csv: str | os.PathLike,
     metrics_html: str | os.PathLike,
     metrics_table: str | os.PathLike,
     sparse_table: str | os.PathLike,
     sparse_summary_csv: str | os.PathLike,
     sparse_summary_html: str | os.PathLike,
+    sparse_summary_table: str | os.PathLike,
+    weights: str,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
 ) -> None:
-    """The ``summarise_sae`` rule: SAE metrics per layer, and sparse vs dense probe accuracy per layer."""
+    """The ``summarise_sae`` rule: SAE metrics per layer, and sparse vs dense probe accuracy per layer.
+
+    The intervals are percentile bootstraps: of the loss statistics over held-out documents, of the
+    sparse-probing accuracies over each task's examples (or groups).
+    """
     from probes.sae import metrics_frame, sparse_summary
 
-    metrics_rows = metrics_frame([read_json(path) for path in metrics])
+    documents = pd.concat([pd.read_parquet(path) for path in loss_documents], ignore_index=True)
+    records = [record for path in metrics for record in read_json(path)]
+    metrics_rows = metrics_frame(records, documents, n_boot, ci, seed)
     sparse = pd.concat([pd.read_parquet(path) for path in scores], ignore_index=True)
-    dense = pd.concat([pd.read_parquet(path) for path in probe_metrics], ignore_index=True)
-    summary = sparse_summary(sparse, dense)
-    write_table(metrics_rows, metrics_csv, metrics_html, "SAE metrics per model and layer (held-out corpus tokens)")
+    summary = sparse_summary(sparse, dense_accuracy(curves, weights), n_boot, ci, seed)
+    write_table(
+        metrics_rows,
+        metrics_csv,
+        metrics_html,
+        f"SAE metrics per model and layer (held-out corpus tokens; {ci:.0%} bootstrap intervals over documents)",
+    )
     write_table(
         summary,
         sparse_summary_csv,
         sparse_summary_html,
-        "Sparse probing: mean top-k accuracy per model, task, SAE layer and k",
+        f"Sparse probing: top-k accuracy per model, task, SAE layer and k ({ci:.0%} bootstrap intervals over examples)",
     )
     write_parquet(metrics_table, metrics_rows)
     write_parquet(sparse_table, sparse)
+    write_parquet(sparse_summary_table, summary)
 
 
 def plot_sae_metrics(table: str | os.PathLike, figures: Sequence[str | os.PathLike], dpi: int = 200) -> None:
@@ -215,9 +263,30 @@ def plot_sae_metrics(table: str | os.PathLike, figures: Sequence[str | os.PathLi
 
 
 def plot_sparse_probing(
-    scores: str | os.PathLike, probe_metrics: str | os.PathLike, figures: Sequence[str | os.PathLike], dpi: int = 200
+    summary: str | os.PathLike,
+    curves: str | os.PathLike,
+    figures: Sequence[str | os.PathLike],
+    model: str,
+    dataset: str,
+    weights: str,
+    ci: float = 0.95,
+    dpi: int = 200,
 ) -> None:
-    """The ``plot_sparse_probing`` rule."""
+    """The ``plot_sparse_probing`` rule: one task of one model, from the sparse-probing summary table."""
     from probes.figures import sparse_probing_figure
 
-    save_figure(sparse_probing_figure(pd.read_parquet(scores), pd.read_parquet(probe_metrics)), figures, dpi)
+    rows = pd.read_parquet(summary).query("model == @model and dataset == @dataset")
+    dense = dense_accuracy(curves, weights).query("model == @model and dataset == @dataset")
+    save_figure(sparse_probing_figure(rows, dense, ci), figures, dpi)
+
+
+def dense_accuracy(curves: str | os.PathLike, weights: str) -> pd.DataFrame:
+    """The dense probe's accuracy per model, task and layer with its interval (the concept-depth curves table),
+    on the run's own weights and clean inputs, as the sparse-probing summary and figure read it."""
+    from probes.perturbations import unperturbed
+
+    table = pd.read_parquet(curves)
+    table = table[unperturbed(table, weights) & (table["metric"] == "accuracy")]
+    return table[["model", "dataset", "layer", "value", "lo", "hi"]].rename(
+        columns={"lo": "accuracy_lo", "hi": "accuracy_hi"}
+    )

@@ -90,10 +90,11 @@ def generate(seed: int) -> pd.DataFrame:
         flips = [rng.random() < 0.5 for _ in range(n_people)]
         if (sum(flips) % 2 == 0) != bool(label):
             flips[rng.randrange(n_people)] ^= True  # fix the parity: uniform over the flips with this parity
-        return coin_text(rng.sample(NAMES, n_people), flips), label, n_people, sum(flips)
+        pattern = "".join("F" if flip else "N" for flip in flips)  # who flips, in order: the control's type
+        return coin_text(rng.sample(NAMES, n_people), flips), label, n_people, sum(flips), pattern
 
     rows = [
         _unique(draw, seen, label, n_people)
         for label, n_people in zip(_dealt_labels(rng), _spread(range(1, MAX_PEOPLE + 1), rng))
     ]
-    return _frame(rows, ["text", "label", "n_people", "n_flips"], rng)
+    return _frame(rows, ["text", "label", "n_people", "n_flips", "pattern"], rng)

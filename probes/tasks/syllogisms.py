@@ -146,9 +146,10 @@ def generate(seed: int) -> pd.DataFrame:
         premises = " ".join(f"{statement(q, terms[x], terms[y])}." for q, x, y in form[:2])
         q, x, y = form[2]
         text = f"{premises} Does it follow that {statement(q, terms[x], terms[y]).lower()}?"
-        return text, label, "-".join(pattern)
+        shape = "|".join(f"{q}:{x}{y}" for q, x, y in form)  # which term sits where: the control's type
+        return text, label, "-".join(pattern), shape
 
     rows = [
         _unique(draw, seen, label, pattern) for label, pattern in zip(_dealt_labels(rng), _spread(sorted(groups), rng))
     ]
-    return _frame(rows, ["text", "label", "quantifiers"], rng)
+    return _frame(rows, ["text", "label", "quantifiers", "form"], rng)

@@ -11,6 +11,7 @@ from probes.stages import run_stage
 import probes.stages.concept_depth
 import probes.stages.latent_language
 import probes.stages.models
+import probes.stages.result_tables
 import probes.stages.run_info
 import probes.stages.sae
 
@@ -51,6 +52,10 @@ def model_source(model):
 
 def dataset_config(dataset):
     return probes.config.dataset_config(config, dataset)
+
+
+def dataset_columns(dataset):
+    return probes.config.dataset_columns(config, dataset)
 
 
 def repo_path(path):
@@ -175,7 +180,7 @@ def run_info_inputs():
         records += [
             *expand(rules.cache_token_activations.output.provenance, model=SAE_MODELS),
             *(path for model in SAE_MODELS for path in sae_outputs(rules.train_sae.output.provenance, model)),
-            *(path for model in SAE_MODELS for path in sae_outputs(rules.evaluate_sae.output.provenance, model)),
+            *expand(rules.evaluate_sae.output.provenance, model=SAE_MODELS),
             *expand(rules.sparse_probing.output.provenance, model=SAE_MODELS, dataset=DATASETS),
             rules.summarise_sae.output.provenance,
         ]
@@ -198,6 +203,7 @@ def all_targets():
         *latent_language_targets(),
         *sae_targets(),
         "results/tables/run_info.html",
+        "results/tables/markdown/concept_depth.md",
     ]
 
 

@@ -7,6 +7,8 @@ rule probe_layers:
         activations_meta=rules.extract_activations.output.meta,
     output:
         metrics="results/probes/{model}/{weights}/{noise}/{dataset}.parquet",
+        predictions="results/probes/{model}/{weights}/{noise}/{dataset}.predictions.parquet",
+        null="results/probes/{model}/{weights}/{noise}/{dataset}.null.parquet",
         metrics_meta="results/probes/{model}/{weights}/{noise}/{dataset}.meta.json",
         provenance="results/provenance/probe_layers/{model}/{weights}/{noise}/{dataset}.json",
     params:
@@ -27,6 +29,8 @@ rule probe_layers:
 rule summarise_concept_depth:
     input:
         metrics=condition_outputs(rules.probe_layers.output.metrics),
+        predictions=condition_outputs(rules.probe_layers.output.predictions),
+        null=condition_outputs(rules.probe_layers.output.null),
         metrics_meta=condition_outputs(rules.probe_layers.output.metrics_meta),
     output:
         summary_csv="results/tables/concept_depth_summary.csv",
@@ -38,6 +42,7 @@ rule summarise_concept_depth:
         ),
         summary="results/tables/concept_depth_summary.parquet",
         metrics_table="results/tables/probe_metrics.parquet",
+        curves="results/tables/concept_depth_curves.parquet",
         perturbations_csv="results/tables/concept_depth_perturbations.csv",
         perturbations_html=report(
             "results/tables/concept_depth_perturbations.html",
@@ -66,7 +71,7 @@ rule summarise_concept_depth:
 
 rule plot_concept_depth:
     input:
-        metrics_table=rules.summarise_concept_depth.output.metrics_table,
+        curves=rules.summarise_concept_depth.output.curves,
         summary=rules.summarise_concept_depth.output.summary,
     output:
         figures=report(
@@ -90,7 +95,7 @@ rule plot_concept_depth:
 
 rule plot_concept_depth_relative:
     input:
-        metrics_table=rules.summarise_concept_depth.output.metrics_table,
+        curves=rules.summarise_concept_depth.output.curves,
         summary=rules.summarise_concept_depth.output.summary,
     output:
         figures=report(

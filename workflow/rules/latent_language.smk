@@ -10,11 +10,14 @@ rule train_tuned_lens:
     output:
         lens="results/lens/{model}/tuned_lens.safetensors",
         kl="results/lens/{model}/tuned_lens_kl.parquet",
+        text="results/lens/{model}/tuned_lens_text.parquet",
         provenance="results/provenance/train_tuned_lens/{model}.json",
     params:
         word_lists=WORD_LISTS,
         settings=probes.config.tuned_lens_settings(config),
         seed=config["seed"],
+        ci=config["concept_depth"]["ci"],
+        n_boot=config["concept_depth"]["n_boot"],
     log:
         "logs/train_tuned_lens/{model}.log",
     threads: 8
@@ -30,8 +33,8 @@ rule latent_language:
     input:
         manifest=lambda wc: manifest_path(wc.model),
         languages=repo_path(LATENT["languages"]),
-        words=lambda wc: word_list_path(wc.word_list, "words"),
-        cloze=lambda wc: word_list_path(wc.word_list, "cloze"),
+        words=[word_list_path(name, "words") for name in WORD_LISTS],
+        cloze=[word_list_path(name, "cloze") for name in WORD_LISTS],
         tuned_lens=rules.train_tuned_lens.output.lens if LATENT["tuned_lens"] else [],
     output:
         curves="results/latent_language/{model}/{word_list}/{task}_{src}-{tgt}.parquet",
@@ -43,6 +46,8 @@ rule latent_language:
         shots=LATENT["shots"],
         max_concepts=LATENT["max_concepts"],
         settings=probes.config.extraction_settings(config),
+        word_lists=WORD_LISTS,
+        train_concepts=probes.config.tuned_lens_settings(config)["train_concepts"],
         seed=config["seed"],
     log:
         "logs/latent_language/{model}/{word_list}/{task}_{src}-{tgt}.log",
@@ -66,6 +71,7 @@ rule summarise_latent_language:
         ),
     output:
         table="results/tables/latent_language.parquet",
+        intervals="results/tables/latent_language_intervals.parquet",
         summary_csv="results/tables/latent_language_summary.csv",
         summary_html=report(
             "results/tables/latent_language_summary.html",
@@ -75,6 +81,10 @@ rule summarise_latent_language:
         ),
         kl_table="results/tables/tuned_lens_kl.parquet",
         provenance="results/provenance/summarise_latent_language.json",
+    params:
+        ci=config["concept_depth"]["ci"],
+        n_boot=config["concept_depth"]["n_boot"],
+        seed=config["seed"],
     log:
         "logs/summarise_latent_language.log",
     localrule: True
@@ -95,6 +105,9 @@ rule plot_latent_language:
         provenance="results/provenance/plot_latent_language/{model}_{word_list}_{task}_{src}-{tgt}.json",
     params:
         dpi=config["figures"]["dpi"],
+        ci=config["concept_depth"]["ci"],
+        n_boot=config["concept_depth"]["n_boot"],
+        seed=config["seed"],
     log:
         "logs/plot_latent_language/{model}_{word_list}_{task}_{src}-{tgt}.log",
     localrule: True
@@ -104,7 +117,7 @@ rule plot_latent_language:
 
 rule plot_latent_language_relative:
     input:
-        table=rules.summarise_latent_language.output.table,
+        intervals=rules.summarise_latent_language.output.intervals,
     output:
         figures=report(
             figure_paths("latent_language_relative"),

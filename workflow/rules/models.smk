@@ -26,8 +26,7 @@ rule extract_activations:
         provenance="results/provenance/extract_activations/{model}/{weights}/{noise}/{dataset}.json",
     params:
         settings=probes.config.extraction_settings(config),
-        text_column=lambda wc: dataset_config(wc.dataset)["text_column"],
-        label_column=lambda wc: dataset_config(wc.dataset)["label_column"],
+        columns=lambda wc: dataset_columns(wc.dataset),
         seed=config["seed"],
     log:
         "logs/extract_activations/{model}/{weights}/{noise}/{dataset}.log",

@@ -1,4 +1,4 @@
-# Sparse autoencoders: token cache, SAE training and evaluation per layer, sparse probing, summary and figures.
+# Sparse autoencoders: token cache, SAE training per layer, evaluation per model, sparse probing, summary and figures.
 
 
 rule cache_token_activations:
@@ -10,7 +10,7 @@ rule cache_token_activations:
         cache=directory("results/token_activations/{model}"),
         provenance="results/provenance/cache_token_activations/{model}.json",
     params:
-        dataset_columns=[dataset_config(dataset) for dataset in SAE_CONCEPT_DATASETS],
+        dataset_columns=[dataset_columns(dataset) for dataset in SAE_CONCEPT_DATASETS],
         layers=lambda wc: sae_layers(wc.model),
         site=SITE,
         settings=probes.config.token_cache_settings(config),
@@ -52,23 +52,25 @@ rule evaluate_sae:
     input:
         manifest=lambda wc: manifest_path(wc.model),
         cache=rules.cache_token_activations.output.cache,
-        sae=rules.train_sae.output.sae,
-        sae_meta=rules.train_sae.output.meta,
+        saes=lambda wc: sae_outputs(rules.train_sae.output.sae, wc.model),
+        sae_metas=lambda wc: sae_outputs(rules.train_sae.output.meta, wc.model),
     output:
-        metrics="results/sae/{model}/layer_{layer}/metrics.json",
-        provenance="results/provenance/evaluate_sae/{model}/layer_{layer}.json",
+        metrics="results/sae/{model}/metrics.json",
+        documents="results/sae/{model}/loss_documents.parquet",
+        provenance="results/provenance/evaluate_sae/{model}.json",
     params:
+        layers=lambda wc: sae_layers(wc.model),
         settings=probes.config.sae_eval_settings(config),
         dtype=config["dtype"],
     log:
-        "logs/evaluate_sae/{model}/layer_{layer}.log",
+        "logs/evaluate_sae/{model}.log",
     threads: 8
     resources:
         mem_mb=8000,
         runtime=60,
         gpu=GPU,
     run:
-        run_stage(probes.stages.sae.evaluate_sae, input, output, params, log, threads, **wildcards)
+        run_stage(probes.stages.sae.evaluate_sae, input, output, params, log, threads, model=wildcards.model)
 
 
 rule sparse_probing:
@@ -90,8 +92,7 @@ rule sparse_probing:
     params:
         task=lambda wc: wc.dataset,
         level=lambda wc: dataset_config(wc.dataset)["level"],
-        text_column=lambda wc: dataset_config(wc.dataset)["text_column"],
-        label_column=lambda wc: dataset_config(wc.dataset)["label_column"],
+        columns=lambda wc: dataset_columns(wc.dataset),
         layers=lambda wc: sae_layers(wc.model),
         pooling=config["probe"]["pooling"],
         probe_settings=probes.config.probe_settings(config),
@@ -111,11 +112,10 @@ rule sparse_probing:
 
 rule summarise_sae:
     input:
-        metrics=lambda wc: [
-            path for model in SAE_MODELS for path in sae_outputs(rules.evaluate_sae.output.metrics, model)
-        ],
+        metrics=expand(rules.evaluate_sae.output.metrics, model=SAE_MODELS),
+        loss_documents=expand(rules.evaluate_sae.output.documents, model=SAE_MODELS),
         scores=expand(rules.sparse_probing.output.scores, model=SAE_MODELS, dataset=DATASETS),
-        probe_metrics=expand(unperturbed(rules.probe_layers.output.metrics), model=SAE_MODELS, dataset=DATASETS),
+        curves=rules.summarise_concept_depth.output.curves,
     output:
         metrics_csv="results/tables/sae_metrics.csv",
         metrics_html=report(
@@ -133,7 +133,13 @@ rule summarise_sae:
             category="Sparse autoencoders",
             labels={"model": "all", "figure": "sparse probing table"},
         ),
+        sparse_summary_table="results/tables/sparse_probing_summary.parquet",
         provenance="results/provenance/summarise_sae.json",
+    params:
+        weights=BASE_WEIGHTS,
+        n_boot=config["concept_depth"]["n_boot"],
+        ci=config["concept_depth"]["ci"],
+        seed=config["seed"],
     log:
         "logs/summarise_sae.log",
     localrule: True
@@ -163,8 +169,8 @@ rule plot_sae_metrics:
 
 rule plot_sparse_probing:
     input:
-        scores=rules.sparse_probing.output.scores,
-        probe_metrics=unperturbed(rules.probe_layers.output.metrics),
+        summary=rules.summarise_sae.output.sparse_summary_table,
+        curves=rules.summarise_concept_depth.output.curves,
     output:
         figures=report(
             figure_paths("sparse_probing_{model}_{dataset}"),
@@ -174,9 +180,11 @@ rule plot_sparse_probing:
         ),
         provenance="results/provenance/plot_sparse_probing/{model}_{dataset}.json",
     params:
+        weights=BASE_WEIGHTS,
+        ci=config["concept_depth"]["ci"],
         dpi=config["figures"]["dpi"],
     log:
         "logs/plot_sparse_probing/{model}_{dataset}.log",
     localrule: True
     run:
-        run_stage(probes.stages.sae.plot_sparse_probing, input, output, params, log)
+        run_stage(probes.stages.sae.plot_sparse_probing, input, output, params, log, **wildcards)

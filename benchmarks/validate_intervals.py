@@ -1,0 +1,199 @@
+"""Do the concept-depth intervals cover, and do the estimates sit where they should? Replicate datasets with a
+known population curve, through the real summary code (``probes.depth.summarise_concept_depth``).
+
+Two generators, both drawing a new sample of examples for every replicate (which is what a reviewer's
+"another dataset of the same task" is):
+
+- ``oof``: out-of-fold decision values drawn directly. Each example has a latent difficulty that drifts
+  slowly over layers (AR(1), so adjacent layers err on the same examples, as in a residual stream), and
+  each CV seed adds its own split noise; an example is right at layer l with probability exactly p_l.
+  The null's sweeps are drawn from the same generator at p_l = chance.
+- ``probes``: Gaussian activations whose class separation follows the shape, through the real
+  ``probes.probing.probe_layers`` (folds, seeds, the permutation null). The population curve of a probe
+  trained on n(1 - 1/k) examples is not known in closed form, so it is the mean over replicates.
+
+For every shape it prints, per statistic, the truth, the median estimate, the median bias, the coverage of
+the nominal interval and its median width, and how often the task was called decodable. Targets (nominal
+0.95): coverage >= 0.90 for best accuracy, half-rise and converging layer; median bias of the converging
+layer within one layer; a flat-at-chance curve decodable in at most 5% of replicates.
+
+    python benchmarks/validate_intervals.py                         # oof, 200 replicates per shape
+    python benchmarks/validate_intervals.py --generator probes --replicates 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from probes.depth import summarise_concept_depth
+
+N_LAYERS = 25  # layers 0..24, depth L = 24
+CHANCE = 0.5
+STATISTICS = ("best_accuracy", "half_rise_layer", "converging_layer")
+SHAPES = ("ramp", "late_jump", "flat")
+
+
+def shape_curve(shape: str, n_layers: int = N_LAYERS) -> np.ndarray:
+    """Population accuracy per layer: a ramp from layer 3 to a plateau at 12, a late jump at 18, or flat at chance."""
+    layers = np.arange(n_layers)
+    if shape == "ramp":
+        return np.clip(0.5 + 0.25 * (layers - 3) / 9, 0.5, 0.75)
+    if shape == "late_jump":
+        return np.where(layers >= 18, 0.8, 0.55)
+    if shape == "flat":
+        return np.full(n_layers, CHANCE)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def truth(p: np.ndarray, design: np.ndarray) -> dict:
+    """The statistics of population curve ``p`` of a shape ``design``: its plateau (the layers where the design is
+    at its maximum) is flat, so the best accuracy is the plateau's and converging = the plateau's first layer."""
+    plateau = design == design.max()
+    best = float(p[plateau].mean())
+    return {
+        "best_accuracy": best,
+        "half_rise_layer": int(np.argmax(p >= CHANCE + 0.5 * (best - CHANCE) - 1e-12)),
+        "converging_layer": int(np.argmax(plateau)),
+    }
+
+
+def oof_tables(p: np.ndarray, n: int, seeds: int, permutations: int, rng: np.random.Generator) -> tuple:
+    """(predictions, null) tables of one replicate dataset drawn from population curve ``p``."""
+    y = rng.permutation(np.arange(n) % 2)
+    rho, split = 0.9, 0.35  # layer-to-layer correlation of an example's difficulty; share of split noise
+
+    def decisions(curve: np.ndarray) -> np.ndarray:
+        latent = np.empty((len(curve), n))
+        latent[0] = rng.standard_normal(n)
+        for layer in range(1, len(curve)):
+            latent[layer] = rho * latent[layer - 1] + np.sqrt(1 - rho**2) * rng.standard_normal(n)
+        noise = rng.standard_normal((len(curve), seeds, n))
+        u = np.sqrt(1 - split**2) * latent[:, None] + split * noise  # N(0, 1): right iff u < Phi^-1(p)
+        return (norm.ppf(curve)[:, None, None] - u) * (2 * y - 1)
+
+    layer, seed, example = np.meshgrid(np.arange(len(p)), np.arange(seeds), np.arange(n), indexing="ij")
+    predictions = pd.DataFrame(
+        {
+            "layer": layer.ravel(),
+            "seed": seed.ravel(),
+            "example": example.ravel(),
+            "group": example.ravel(),
+            "label": y[example.ravel()],
+            "control_label": rng.permutation(y)[example.ravel()],
+            "decision": decisions(p).ravel(),
+            "control_decision": decisions(np.full(len(p), CHANCE)).ravel(),
+        }
+    )
+    flat = np.full(len(p), CHANCE)
+    null = pd.DataFrame(
+        [
+            {"permutation": k, "layer": layer, "accuracy": float(value)}
+            for k in range(permutations)
+            for layer, value in enumerate(((decisions(flat)[:, 0] > 0) == y).mean(-1))
+        ]
+    )
+    return predictions, null
+
+
+def probe_tables(p: np.ndarray, n: int, seeds: int, permutations: int, rng: np.random.Generator) -> tuple:
+    """(predictions, null) of one replicate through the real probes: d = 16 Gaussian features per layer whose
+    class separation gives Bayes accuracy ``p``, the noise drifting over layers like a residual stream."""
+    from probes.probing import ProbeSettings, probe_layers
+
+    d, rho = 16, 0.9
+    y = rng.permutation(np.arange(n) % 2)
+    noise = np.empty((n, len(p), d))
+    noise[:, 0] = rng.standard_normal((n, d))
+    for layer in range(1, len(p)):
+        noise[:, layer] = rho * noise[:, layer - 1] + np.sqrt(1 - rho**2) * rng.standard_normal((n, d))
+    separation = 2 * norm.ppf(p)  # Bayes accuracy Phi(separation / 2)
+    noise[:, :, 0] += 0.5 * separation[None] * (2 * y - 1)[:, None]
+    settings = ProbeSettings(seeds=tuple(range(seeds)), null_permutations=permutations, control="permuted")
+    result = probe_layers(noise.astype(np.float32), y, settings)
+    return result.predictions, result.null
+
+
+def replicate_rows(generator: str, shape: str, replicates: int, n: int, n_boot: int, seed: int) -> pd.DataFrame:
+    p = shape_curve(shape)
+    rng = np.random.default_rng([seed, SHAPES.index(shape)])
+    draw = oof_tables if generator == "oof" else probe_tables
+    rows = []
+    for r in range(replicates):
+        predictions, null = draw(p, n, 3, 19, rng)
+        accuracy = predictions.assign(right=(predictions["decision"] > 0) == predictions["label"].astype(bool))
+        curve = accuracy.groupby("layer")["right"].mean().to_numpy()
+        summary = summarise_concept_depth(predictions, null, CHANCE, N_LAYERS - 1, n_boot=n_boot, seed=r).row
+        rows.append({"replicate": r, "curve": curve, **{k: summary[k] for k in summary if not k.endswith("_depth")}})
+    return pd.DataFrame(rows)
+
+
+def report(generator: str, shape: str, table: pd.DataFrame) -> pd.DataFrame:
+    design = shape_curve(shape)
+    # The estimand of CV accuracy with real probes: the mean accuracy over replicate datasets.
+    p = design if generator == "oof" else np.mean(np.stack(table["curve"]), axis=0)
+    known = truth(p, design)
+    lines = []
+    decodable = table["decodable"].astype(bool)
+    for statistic in STATISTICS:
+        values = table[statistic].astype(float)
+        lo, hi = table[f"{statistic}_lo"].astype(float), table[f"{statistic}_hi"].astype(float)
+        covered = (lo <= known[statistic] + 1e-9) & (known[statistic] - 1e-9 <= hi)
+        lines.append(
+            {
+                "generator": generator,
+                "shape": shape,
+                "statistic": statistic,
+                "truth": known[statistic],
+                "median_estimate": float(np.nanmedian(values)) if values.notna().any() else np.nan,
+                "median_bias": float(np.nanmedian(values - known[statistic])) if values.notna().any() else np.nan,
+                "coverage": float(covered[decodable].mean()) if decodable.any() else np.nan,
+                "median_width": float(np.nanmedian(hi - lo)) if values.notna().any() else np.nan,
+                "decodable_rate": float(decodable.mean()),
+            }
+        )
+    return pd.DataFrame(lines)
+
+
+def validate(generator: str, replicates: int, n: int, n_boot: int, seed: int = 0) -> pd.DataFrame:
+    return pd.concat(
+        [report(generator, shape, replicate_rows(generator, shape, replicates, n, n_boot, seed)) for shape in SHAPES],
+        ignore_index=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--generator", choices=("oof", "probes"), default="oof")
+    parser.add_argument("--replicates", type=int, default=200)
+    parser.add_argument("--n", type=int, default=400, help="examples per replicate dataset")
+    parser.add_argument("--n-boot", type=int, default=1000)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    table = validate(args.generator, args.replicates, args.n, args.n_boot)
+    pd.set_option("display.width", 160)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    checks = {
+        "coverage >= 0.90 (best accuracy, half-rise, converging; decodable shapes)": bool(
+            (table[table["shape"] != "flat"]["coverage"] >= 0.90).all()
+        ),
+        "|median bias| of the converging layer <= 1": bool(
+            (
+                table[(table["shape"] != "flat") & (table["statistic"] == "converging_layer")]["median_bias"].abs() <= 1
+            ).all()
+        ),
+        "flat curve decodable in <= 5% of replicates": bool(
+            (table[table["shape"] == "flat"]["decodable_rate"] <= 0.05).all()
+        ),
+    }
+    for check, passed in checks.items():
+        print(f"{'PASS' if passed else 'FAIL'}  {check}")
+    print(f"{args.replicates} replicates per shape, n = {args.n}, {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

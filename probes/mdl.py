@@ -1,0 +1,351 @@
+"""Online-code MDL of a task's labels given each layer's activations, with the regularisation of every block
+chosen on the data sent before it (docs/methods.md §2).
+
+The labels are sent in blocks, in a seeded random order (Voita & Titov 2020, after Blier & Ollivier 2018).
+The first block, and any block whose prefix holds a single class, goes with the uniform code (1 bit a
+label). Every other block is coded with an L2 logistic probe fitted on the whole prefix, at an inverse
+regularisation ``C`` picked from a small grid by an inner, seeded k-fold cross-validation *on the prefix*
+(criterion: the held-out code length, i.e. log-loss in bits). Nothing after the prefix is looked at, so the
+result is a code a receiver could decode. Prefixes too small to cross-validate use the smallest ``C`` of the
+grid (the strongest regularisation, which predicts little more than the prefix's class balance).
+
+All fits (layers x seeds x blocks x inner folds, plus the full-prefix fits) run as a few batched
+:func:`probes.solver.fit_probes` calls: one per block and grid value, each on the rows that block needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from probes.solver import fit_probes
+
+if TYPE_CHECKING:
+    from probes.probing import ProbeSettings
+
+MDL_FRACTIONS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.0625, 0.125, 0.25, 0.5, 1.0)
+MDL_METRICS = ("mdl_codelength", "mdl_compression")
+MDL_C_GRID = (0.001, 0.01, 0.1, 1.0)
+MDL_INNER_FOLDS = 3
+# How each block was sent (OnlineCode.selection).
+UNIFORM, EMPTY, SMALLEST, CROSS_VALIDATED = "uniform", "empty", "smallest", "cv"
+
+_MDL_STREAM = 0x3D1  # mixed with the seed for the transmission order, apart from the CV and control streams
+_INNER_STREAM = 0x1F  # mixed with the seed, _MDL_STREAM and the block for the inner folds
+
+
+@dataclass(frozen=True)
+class OnlineCode:
+    """The online code of the labels at every layer, for each seed's transmission order.
+
+    ``bits`` (n_layers, n_seeds, n) is what each example's label costs, indexed by the rows of ``X`` (so
+    bootstrap weights over rows apply directly). ``order`` (n_seeds, n) is the transmission order and
+    ``boundaries`` (n_seeds, n_blocks) the end (exclusive, a position in ``order``) of each block; block 0
+    is ``order[:boundaries[s, 0]]``. ``C`` (n_layers, n_seeds, n_blocks) is the C each block was coded at,
+    NaN for blocks sent uniformly or empty; ``selection`` (n_seeds, n_blocks) says how it was chosen:
+    ``"uniform"`` (first block, or a prefix of one class), ``"empty"`` (a block that group boundaries
+    emptied), ``"smallest"`` (prefix too small for inner CV) or ``"cv"``. ``cv_bits`` (n_layers, n_seeds,
+    n_blocks, n_C) is the inner-CV held-out code length of the prefix at each grid value (NaN where no CV ran).
+    """
+
+    bits: np.ndarray
+    C: np.ndarray
+    cv_bits: np.ndarray
+    selection: np.ndarray
+    boundaries: np.ndarray
+    order: np.ndarray
+    seeds: tuple[int, ...]
+    C_grid: tuple[float, ...]
+    inner_folds: int
+    n_unconverged: int
+
+    @property
+    def codelength(self) -> np.ndarray:
+        """Online codelength in bits, (n_layers, n_seeds)."""
+        return self.bits.sum(-1)
+
+    @property
+    def compression(self) -> np.ndarray:
+        """Uniform codelength (n bits) over online codelength, (n_layers, n_seeds)."""
+        return self.bits.shape[-1] / self.codelength
+
+
+@dataclass(frozen=True)
+class CodeSummary:
+    """Per-layer codelength (bits) and compression averaged over seeds, with their bootstrap samples.
+
+    ``codelength`` is the mean over seeds of the total bits and ``compression = n / codelength``;
+    ``*_boot`` are (n_boot, n_layers), from the same rows resampled at every layer.
+    """
+
+    codelength: np.ndarray
+    compression: np.ndarray
+    codelength_boot: np.ndarray
+    compression_boot: np.ndarray
+
+
+def mdl_boundaries(n: int) -> np.ndarray:
+    """Block ends of the online code: Voita & Titov's fractions of the data (0.1%, 0.2%, ..., 50%, 100%)."""
+    return np.unique(np.clip(np.round(np.asarray(MDL_FRACTIONS) * n).astype(int), 1, n))
+
+
+def online_code(
+    X: np.ndarray,
+    y: np.ndarray,
+    settings: ProbeSettings,
+    C_grid: tuple[float, ...] = MDL_C_GRID,
+    inner_folds: int = MDL_INNER_FOLDS,
+    groups: np.ndarray | None = None,
+) -> OnlineCode:
+    """Online code of binary labels ``y`` given activations ``X`` (n, n_layers, d), per seed of ``settings``.
+
+    The probe protocol (standardisation, solver, ``tol``, ``max_iter``, ``dtype``, ``device``) is that of
+    ``settings``; its ``C`` and ``folds`` are not used: each block's C is chosen from ``C_grid`` by
+    ``inner_folds``-fold CV on the prefix. With ``groups`` (one label per row) whole groups are sent
+    together and block ends move to the next group end, so no block holds part of a group already begun.
+    The same inputs always give the same bits.
+    """
+    X, y = _validate(X, y)
+    grid = tuple(sorted({float(c) for c in C_grid}))
+    if not grid or not all(math.isfinite(c) and c > 0 for c in grid):
+        raise ValueError(f"C_grid must hold positive numbers, got {C_grid!r}")
+    if inner_folds < 2:
+        raise ValueError(f"inner_folds must be >= 2, got {inner_folds}")
+    n, n_layers = X.shape[0], X.shape[1]
+    codes = _group_codes(groups, n)
+    seeds = tuple(settings.seeds)
+    orders, ends = zip(*(_transmission(n, seed, codes) for seed in seeds))
+    order, boundaries = np.array(orders), np.array(ends)
+    n_seeds, n_blocks = boundaries.shape
+
+    bits = np.zeros((n_layers, n_seeds, n))
+    C = np.full((n_layers, n_seeds, n_blocks), np.nan)
+    cv_bits = np.full((n_layers, n_seeds, n_blocks, len(grid)), np.nan)
+    selection = np.full((n_seeds, n_blocks), UNIFORM, dtype=object)
+    # What to fit: (seed index, block, prefix, block rows, held-out rows of each inner fold) per coded block.
+    plan: list[tuple[int, int, np.ndarray, np.ndarray, list[np.ndarray]]] = []
+    for s, seed in enumerate(seeds):
+        bits[:, s, order[s, : boundaries[s, 0]]] = 1.0
+        for j in range(1, n_blocks):
+            prefix, block = order[s, : boundaries[s, j - 1]], order[s, boundaries[s, j - 1] : boundaries[s, j]]
+            if not block.size:
+                selection[s, j] = EMPTY
+            elif np.unique(y[prefix]).size < 2:
+                bits[:, s, block] = 1.0
+            else:
+                folds = _inner_folds(y[prefix], None if codes is None else codes[prefix], inner_folds, seed, j)
+                selection[s, j] = SMALLEST if folds is None else CROSS_VALIDATED
+                held_out = [] if folds is None else [prefix[f] for f in folds]
+                plan.append((s, j, prefix, block, held_out))
+
+    n_unconverged = 0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*probes did not reach tol", RuntimeWarning)
+        for batch in _batches(plan, n):
+            n_unconverged += _code_blocks(X, y, settings, grid, batch, bits, C, cv_bits)
+    if not np.isfinite(bits).all():
+        bad = np.argwhere(~np.isfinite(bits).all(-1))
+        raise FloatingPointError(f"non-finite codelength at (layer, seed index) {bad[:5].tolist()}; see the solver")
+    if n_unconverged:
+        warnings.warn(
+            f"{n_unconverged} online-code fits did not reach tol={settings.tol} within max_iter={settings.max_iter}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return OnlineCode(
+        bits=bits,
+        C=C,
+        cv_bits=cv_bits,
+        selection=selection.astype(str),
+        boundaries=boundaries,
+        order=order,
+        seeds=seeds,
+        C_grid=grid,
+        inner_folds=inner_folds,
+        n_unconverged=n_unconverged,
+    )
+
+
+def summarise_code(code: OnlineCode, weights: np.ndarray) -> CodeSummary:
+    """Seed-averaged codelength and compression per layer, and their values in each bootstrap resample.
+
+    ``weights`` (n_boot, n) are row multiplicities (:func:`probes.resampling.bootstrap_weights`). A
+    resample's codelength is its rows' bits (averaged over seeds) scaled to n rows, and its compression
+    its uniform codelength (the number of rows it draws, one bit each) over its online codelength. The
+    bits of a row are those it cost in the full-sample code: the resample reweights rows, it does not
+    re-run the code.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    n = code.bits.shape[-1]
+    if weights.ndim != 2 or weights.shape[1] != n:
+        raise ValueError(f"weights must be (n_boot, {n}), got shape {weights.shape}")
+    codelength = code.codelength.mean(1)
+    per_row = code.bits.mean(1)  # (layer, n): a row's bits averaged over the seeds' transmission orders
+    drawn = weights.sum(1, keepdims=True)
+    resampled = weights @ per_row.T  # (n_boot, layer)
+    return CodeSummary(
+        codelength=codelength,
+        compression=n / codelength,
+        codelength_boot=resampled * (n / drawn),
+        compression_boot=drawn / resampled,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Internals
+
+
+_SMALL_BLOCKS = 0.25  # blocks ending within this fraction of the rows are fitted together, on the rows they need
+
+
+def _batches(plan: list, n: int) -> list[list]:
+    """Blocks fitted together: the small ones (on the few rows they need) and the rest (on all rows).
+
+    Every fit costs a few dozen L-BFGS iterations whatever its size, so fewer, larger batches are faster;
+    small blocks apart keep their fits on the rows they need and their preconditioner scaled to them.
+    """
+    small = [entry for entry in plan if entry[2].size + entry[3].size <= _SMALL_BLOCKS * n]
+    large = [entry for entry in plan if entry[2].size + entry[3].size > _SMALL_BLOCKS * n]
+    return [batch for batch in (small, large) if batch]
+
+
+def _code_blocks(
+    X: np.ndarray,
+    y: np.ndarray,
+    settings: ProbeSettings,
+    grid: tuple[float, ...],
+    plan: list[tuple[int, int, np.ndarray, np.ndarray, list[np.ndarray]]],
+    bits: np.ndarray,
+    C: np.ndarray,
+    cv_bits: np.ndarray,
+) -> int:
+    """Code the blocks of ``plan`` into ``bits``, ``C`` and ``cv_bits``; returns the number of unconverged fits.
+
+    One :func:`fit_probes` call per grid value, on the rows the blocks need (their prefixes and blocks):
+    for each block the full-prefix fit plus, when its prefix is cross-validated, one fit per inner fold.
+    Blocks whose prefix is too small for inner CV are fitted at the smallest C only.
+    """
+    rows = np.unique(np.concatenate([np.concatenate([prefix, block]) for _, _, prefix, block, _ in plan]))
+    where = np.full(X.shape[0], -1)
+    where[rows] = np.arange(rows.size)
+    problems = []  # (plan index, held-out rows or None for the full prefix, training mask)
+    for p, (_, _, prefix, _, folds) in enumerate(plan):
+        for held_out in [None, *folds]:
+            mask = np.zeros(rows.size, dtype=bool)
+            mask[where[prefix]] = True
+            if held_out is not None:
+                mask[where[held_out]] = False
+            problems.append((p, held_out, mask))
+    y_rows, X_rows = y[rows], X[rows]
+    block_bits = {p: np.zeros((len(grid), X.shape[1], entry[3].size)) for p, entry in enumerate(plan) if entry[4]}
+    n_unconverged = 0
+    for c_index, c in enumerate(grid):
+        chosen = [q for q in problems if c_index == 0 or plan[q[0]][4]]
+        if not chosen:
+            break
+        train = np.array([mask for *_, mask in chosen])
+        fit = fit_probes(X_rows, np.broadcast_to(y_rows, train.shape), train, dataclasses.replace(settings, C=c))
+        n_unconverged += int((~fit.converged).sum())
+        row_bits = _bits(fit.decision, y_rows)  # (layer, problem, row)
+        for k, (p, held_out, _) in enumerate(chosen):
+            s, j, _, block, folds = plan[p]
+            if held_out is not None:
+                previous = np.nan_to_num(cv_bits[:, s, j, c_index])
+                cv_bits[:, s, j, c_index] = previous + row_bits[:, k, where[held_out]].sum(-1)
+            elif folds:
+                block_bits[p][c_index] = row_bits[:, k, where[block]]
+            else:  # too small for inner CV: coded at the smallest C
+                bits[:, s, block] = row_bits[:, k, where[block]]
+                C[:, s, j] = c
+    for p, per_c in block_bits.items():
+        s, j, _, block, _ = plan[p]
+        best = np.argmin(cv_bits[:, s, j], axis=-1)  # (layer,); ties go to the smaller C
+        C[:, s, j] = np.asarray(grid)[best]
+        bits[:, s, block] = np.take_along_axis(per_c, best[None, :, None], 0)[0]
+    return n_unconverged
+
+
+def _bits(decision: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """-log2 p(label) from decision values: log2(1 + e^-z) for label 1, log2(1 + e^z) for label 0."""
+    return np.logaddexp(0.0, np.where(y == 1, -1.0, 1.0) * decision) / math.log(2)
+
+
+def _validate(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X)
+    y = np.asarray(y).ravel()
+    if X.ndim != 3:
+        raise ValueError(f"X must be (n_examples, n_layers, d), got shape {X.shape}")
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} examples but y has {y.shape[0]} labels")
+    if not np.isfinite(X).all():
+        raise ValueError("X contains NaN or infinite activations")
+    classes = np.unique(y)
+    if classes.size != 2 or not set(classes.tolist()) <= {0, 1}:
+        raise ValueError(f"y must hold both binary classes 0 and 1, got classes {classes.tolist()}")
+    return X, y.astype(np.int64)
+
+
+def _group_codes(groups: np.ndarray | None, n: int) -> np.ndarray | None:
+    if groups is None:
+        return None
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise ValueError(f"groups must hold one label per row ({n}), got shape {groups.shape}")
+    return np.unique(groups, return_inverse=True)[1].ravel()
+
+
+def _transmission(n: int, seed: int, codes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """A seed's transmission order and its block ends (positions in the order, exclusive).
+
+    Without groups the order is ``default_rng([seed, 0x3D1]).permutation(n)`` and the ends are
+    :func:`mdl_boundaries`. With groups the same stream permutes the groups, a group's rows follow each
+    other (in row order), and each end moves forward to the end of the group it falls in; ends that then
+    coincide leave empty blocks, so every seed has the same number of blocks.
+    """
+    rng = np.random.default_rng([seed, _MDL_STREAM])
+    nominal = mdl_boundaries(n)
+    if codes is None:
+        return rng.permutation(n), nominal
+    rank = np.empty(int(codes.max()) + 1, dtype=np.int64)
+    rank[rng.permutation(rank.size)] = np.arange(rank.size)
+    order = np.lexsort((np.arange(n), rank[codes]))
+    group_ends = np.flatnonzero(np.diff(rank[codes[order]], append=rank.size)) + 1
+    return order, group_ends[np.searchsorted(group_ends, nominal)]
+
+
+def _inner_folds(y: np.ndarray, codes: np.ndarray | None, k: int, seed: int, block: int) -> list[np.ndarray] | None:
+    """Held-out rows (indices into the prefix) of each inner fold, or None when the prefix is too small.
+
+    Folds are stratified: the prefix's rows (or groups, by their majority label) are shuffled within each
+    class by ``default_rng([seed, 0x3D1, 0x1F, block])`` and dealt round-robin, class after class. Inner
+    CV needs at least 2k rows (and k groups) of each class in the prefix, so every inner training set
+    holds at least half of each class; otherwise the block is coded at the smallest C.
+    """
+    counts = np.bincount(y, minlength=2)
+    if counts.min() < 2 * k:
+        return None
+    rng = np.random.default_rng([seed, _MDL_STREAM, _INNER_STREAM, block])
+    if codes is None:
+        units, unit_of_row = np.arange(y.size), np.arange(y.size)
+        unit_label = y
+    else:
+        units, unit_of_row = np.unique(codes, return_inverse=True)
+        unit_label = (np.bincount(unit_of_row, weights=y) / np.bincount(unit_of_row) >= 0.5).astype(np.int64)
+        if np.bincount(unit_label, minlength=2).min() < k:
+            return None
+    dealt = np.concatenate([rng.permutation(np.flatnonzero(unit_label == c)) for c in (0, 1)])
+    fold_of_unit = np.empty(units.size, dtype=np.int64)
+    fold_of_unit[dealt] = np.arange(dealt.size) % k
+    fold_of_row = fold_of_unit[unit_of_row.ravel()]
+    folds = [np.flatnonzero(fold_of_row == f) for f in range(k)]
+    for held_out in folds:
+        train = np.ones(y.size, dtype=bool)
+        train[held_out] = False
+        if not held_out.size or np.unique(y[train]).size < 2:
+            return None
+    return folds

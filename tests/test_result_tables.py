@@ -1,0 +1,73 @@
+"""The README's result tables are rendered from the summaries and put between markers by one command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from helpers import REPO
+from probes.result_tables import MARKER, concept_depth_table, interval, update_readme
+
+
+def test_interval_formats_a_value_with_its_bounds_and_undefined_as_a_dash():
+    row = {"x": 0.6234, "x_lo": 0.58, "x_hi": 0.661, "y": None, "z": 3.0}
+    assert interval(row, "x") == "0.62 [0.58, 0.66]"
+    assert interval(row, "y") == "–"
+    assert interval(row, "z", 1) == "3.0"  # no bounds: the value alone
+
+
+def test_concept_depth_table_says_which_tasks_are_not_decodable():
+    common = {"model": "m", "weights": "fp32", "noise": "clean", "level": "factual", "control": "type"}
+    values = {"best_accuracy": 0.7, "best_accuracy_lo": 0.65, "best_accuracy_hi": 0.75}
+    values |= {"max_control_accuracy": 0.6, "max_selectivity": 0.1, "max_mdl_compression": 1.2}
+    summary = pd.DataFrame(
+        [
+            common | values | {"dataset": "a", "decodable": True, "null_p_value": 0.05, "half_rise_depth": 0.25},
+            common | values | {"dataset": "b", "decodable": False, "null_p_value": 0.4, "half_rise_depth": None},
+        ]
+    ).assign(half_rise_depth_lo=[0.2, None], half_rise_depth_hi=[0.3, None], converging_depth=[0.5, None])
+    table = concept_depth_table(summary, "fp32")
+    assert "| m | a (factual) | yes | 0.25 [0.20, 0.30] | 0.70 [0.65, 0.75] |" in table
+    assert "| m | b (factual) | no (p = 0.40) | – |" in table
+
+
+def test_update_readme_replaces_only_between_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "intro\n<!-- result-table: one -->\nold numbers\n<!-- /result-table -->\nmiddle\n"
+        "<!-- result-table: two -->\n<!-- /result-table -->\nend\n",
+        encoding="utf-8",
+    )
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / "one.md").write_text("| a |\n|---|\n| 1 |\n", encoding="utf-8")
+    (tables / "two.md").write_text("| b |\n|---|\n| 2 |\n", encoding="utf-8")
+    assert update_readme(readme, tables) == ["one", "two"]
+    first = readme.read_text(encoding="utf-8")
+    assert "old numbers" not in first and "| 1 |" in first and "| 2 |" in first
+    assert first.startswith("intro\n") and "\nmiddle\n" in first and first.endswith("end\n")
+    update_readme(readme, tables)
+    assert readme.read_text(encoding="utf-8") == first  # idempotent
+    (tables / "two.md").unlink()
+    with pytest.raises(FileNotFoundError, match="marker 'two' has no rendered table"):
+        update_readme(readme, tables)
+    assert readme.read_text(encoding="utf-8") == first  # nothing half-written
+
+
+def test_the_readme_has_a_marker_for_every_rendered_table_and_the_command_runs(tmp_path):
+    names = {match["name"] for match in MARKER.finditer((REPO / "README.md").read_text(encoding="utf-8"))}
+    rule = (REPO / "workflow" / "rules" / "result_tables.smk").read_text(encoding="utf-8")
+    assert names and all(f'results/tables/markdown/{name}.md"' in rule for name in names)
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- result-table: x -->\n<!-- /result-table -->\n", encoding="utf-8")
+    (tmp_path / "x.md").write_text("| x |\n", encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "probes.result_tables", "--readme", str(readme), "--tables", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "1 result tables" in done.stdout and "| x |" in readme.read_text(encoding="utf-8")

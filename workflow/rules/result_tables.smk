@@ -1,0 +1,20 @@
+# The README's result tables, rendered from the summary tables (python -m probes.result_tables puts them in).
+
+
+rule result_tables:
+    input:
+        concept_depth=rules.summarise_concept_depth.output.summary,
+        levels=rules.summarise_concept_depth.output.levels_csv,
+        perturbations=rules.summarise_concept_depth.output.perturbations_csv,
+    output:
+        concept_depth_md="results/tables/markdown/concept_depth.md",
+        concept_depth_by_level_md="results/tables/markdown/concept_depth_by_level.md",
+        concept_depth_perturbations_md="results/tables/markdown/concept_depth_perturbations.md",
+        provenance="results/provenance/result_tables.json",
+    params:
+        weights=BASE_WEIGHTS,
+    log:
+        "logs/result_tables.log",
+    localrule: True
+    run:
+        run_stage(probes.stages.result_tables.result_tables, input, output, params, log)
