@@ -130,9 +130,11 @@ def summarise_concept_depth(
     }
     if "mdl_bits" in predictions:
         bits = rows.array("mdl_bits").mean(1)  # (layer, n), mean over the seeds' transmission orders
-        codelength, codelength_boot = bits.sum(1), W @ bits.T
-        curves["mdl_codelength"] = (codelength, codelength_boot)
-        curves["mdl_compression"] = (rows.n / codelength, W.sum(1)[:, None] / codelength_boot)
+        # A resample's online bits, scaled to n rows (a grouped resample draws a varying number of rows); a row
+        # costs the bits it cost in the full-sample code: rows are reweighted, the code is not re-run.
+        resampled, drawn = W @ bits.T, W.sum(1)[:, None]
+        curves["mdl_codelength"] = (bits.sum(1), resampled * rows.n / drawn)
+        curves["mdl_compression"] = (rows.n / bits.sum(1), drawn / resampled)
 
     best = int(np.argmax(acc))
     if delta == DELTA_AUTO:

@@ -6,11 +6,14 @@ The first block, and any block whose prefix holds a single class, goes with the 
 label). Every other block is coded with an L2 logistic probe fitted on the whole prefix, at an inverse
 regularisation ``C`` picked from a small grid by an inner, seeded k-fold cross-validation *on the prefix*
 (criterion: the held-out code length, i.e. log-loss in bits). Nothing after the prefix is looked at, so the
-result is a code a receiver could decode. Prefixes too small to cross-validate use the smallest ``C`` of the
-grid (the strongest regularisation, which predicts little more than the prefix's class balance).
+result is a code a receiver could decode. A prefix too small to cross-validate codes its block with its own
+label frequencies, the C -> 0 limit of the probe (whose intercept is not penalised): a probe standardised on
+a handful of rows blows up every feature that happens to be nearly constant on them, and can then cost
+hundreds of bits on a single later row.
 
-All fits (layers x seeds x blocks x inner folds, plus the full-prefix fits) run as a few batched
-:func:`probes.solver.fit_probes` calls: one per block and grid value, each on the rows that block needs.
+All fits (layers x seeds x blocks x inner folds x grid, plus the full-prefix fit of every grid value) run as
+a few batched :func:`probes.solver.fit_probes` calls: one per grid value for the small blocks, on the rows
+they need, and one per grid value for the large ones.
 """
 
 from __future__ import annotations
@@ -29,11 +32,10 @@ if TYPE_CHECKING:
     from probes.probing import ProbeSettings
 
 MDL_FRACTIONS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.0625, 0.125, 0.25, 0.5, 1.0)
-MDL_METRICS = ("mdl_codelength", "mdl_compression")
 MDL_C_GRID = (0.001, 0.01, 0.1, 1.0)
 MDL_INNER_FOLDS = 3
 # How each block was sent (OnlineCode.selection).
-UNIFORM, EMPTY, SMALLEST, CROSS_VALIDATED = "uniform", "empty", "smallest", "cv"
+UNIFORM, EMPTY, PRIOR, CROSS_VALIDATED = "uniform", "empty", "prior", "cv"
 
 _MDL_STREAM = 0x3D1  # mixed with the seed for the transmission order, apart from the CV and control streams
 _INNER_STREAM = 0x1F  # mixed with the seed, _MDL_STREAM and the block for the inner folds
@@ -46,11 +48,13 @@ class OnlineCode:
     ``bits`` (n_layers, n_seeds, n) is what each example's label costs, indexed by the rows of ``X`` (so
     bootstrap weights over rows apply directly). ``order`` (n_seeds, n) is the transmission order and
     ``boundaries`` (n_seeds, n_blocks) the end (exclusive, a position in ``order``) of each block; block 0
-    is ``order[:boundaries[s, 0]]``. ``C`` (n_layers, n_seeds, n_blocks) is the C each block was coded at,
-    NaN for blocks sent uniformly or empty; ``selection`` (n_seeds, n_blocks) says how it was chosen:
-    ``"uniform"`` (first block, or a prefix of one class), ``"empty"`` (a block that group boundaries
-    emptied), ``"smallest"`` (prefix too small for inner CV) or ``"cv"``. ``cv_bits`` (n_layers, n_seeds,
-    n_blocks, n_C) is the inner-CV held-out code length of the prefix at each grid value (NaN where no CV ran).
+    is ``order[:boundaries[s, 0]]``. ``C`` (n_layers, n_seeds, n_blocks) is the C each block was coded at:
+    NaN for blocks sent uniformly or empty, 0 for blocks coded with the prefix's label frequencies (the
+    C -> 0 limit). ``selection`` (n_seeds, n_blocks) says how each block was sent: ``"uniform"`` (the first
+    block, or a prefix of one class), ``"empty"`` (a block that group boundaries emptied), ``"prior"``
+    (prefix too small for inner CV) or ``"cv"`` (C chosen by inner CV on the prefix). ``cv_bits``
+    (n_layers, n_seeds, n_blocks, n_C) is the inner-CV held-out codelength of the prefix at each grid value
+    (NaN where no CV ran); ``n_unconverged`` counts solver fits that stopped at ``max_iter``.
     """
 
     bits: np.ndarray
@@ -73,20 +77,6 @@ class OnlineCode:
     def compression(self) -> np.ndarray:
         """Uniform codelength (n bits) over online codelength, (n_layers, n_seeds)."""
         return self.bits.shape[-1] / self.codelength
-
-
-@dataclass(frozen=True)
-class CodeSummary:
-    """Per-layer codelength (bits) and compression averaged over seeds, with their bootstrap samples.
-
-    ``codelength`` is the mean over seeds of the total bits and ``compression = n / codelength``;
-    ``*_boot`` are (n_boot, n_layers), from the same rows resampled at every layer.
-    """
-
-    codelength: np.ndarray
-    compression: np.ndarray
-    codelength_boot: np.ndarray
-    compression_boot: np.ndarray
 
 
 def mdl_boundaries(n: int) -> np.ndarray:
@@ -139,9 +129,12 @@ def online_code(
                 bits[:, s, block] = 1.0
             else:
                 folds = _inner_folds(y[prefix], None if codes is None else codes[prefix], inner_folds, seed, j)
-                selection[s, j] = SMALLEST if folds is None else CROSS_VALIDATED
-                held_out = [] if folds is None else [prefix[f] for f in folds]
-                plan.append((s, j, prefix, block, held_out))
+                if folds is None:  # the C -> 0 limit: the prefix's label frequencies
+                    selection[s, j], C[:, s, j] = PRIOR, 0.0
+                    bits[:, s, block] = -np.log2(np.mean(y[prefix][:, None] == y[block][None], axis=0))
+                else:
+                    selection[s, j] = CROSS_VALIDATED
+                    plan.append((s, j, prefix, block, [prefix[f] for f in folds]))
 
     n_unconverged = 0
     with warnings.catch_warnings():
@@ -168,31 +161,6 @@ def online_code(
         C_grid=grid,
         inner_folds=inner_folds,
         n_unconverged=n_unconverged,
-    )
-
-
-def summarise_code(code: OnlineCode, weights: np.ndarray) -> CodeSummary:
-    """Seed-averaged codelength and compression per layer, and their values in each bootstrap resample.
-
-    ``weights`` (n_boot, n) are row multiplicities (:func:`probes.resampling.bootstrap_weights`). A
-    resample's codelength is its rows' bits (averaged over seeds) scaled to n rows, and its compression
-    its uniform codelength (the number of rows it draws, one bit each) over its online codelength. The
-    bits of a row are those it cost in the full-sample code: the resample reweights rows, it does not
-    re-run the code.
-    """
-    weights = np.asarray(weights, dtype=np.float64)
-    n = code.bits.shape[-1]
-    if weights.ndim != 2 or weights.shape[1] != n:
-        raise ValueError(f"weights must be (n_boot, {n}), got shape {weights.shape}")
-    codelength = code.codelength.mean(1)
-    per_row = code.bits.mean(1)  # (layer, n): a row's bits averaged over the seeds' transmission orders
-    drawn = weights.sum(1, keepdims=True)
-    resampled = weights @ per_row.T  # (n_boot, layer)
-    return CodeSummary(
-        codelength=codelength,
-        compression=n / codelength,
-        codelength_boot=resampled * (n / drawn),
-        compression_boot=drawn / resampled,
     )
 
 
@@ -227,8 +195,8 @@ def _code_blocks(
     """Code the blocks of ``plan`` into ``bits``, ``C`` and ``cv_bits``; returns the number of unconverged fits.
 
     One :func:`fit_probes` call per grid value, on the rows the blocks need (their prefixes and blocks):
-    for each block the full-prefix fit plus, when its prefix is cross-validated, one fit per inner fold.
-    Blocks whose prefix is too small for inner CV are fitted at the smallest C only.
+    for each block one fit per inner fold and one on the full prefix, whose bits are kept for the grid value
+    the inner folds choose (per layer).
     """
     rows = np.unique(np.concatenate([np.concatenate([prefix, block]) for _, _, prefix, block, _ in plan]))
     where = np.full(X.shape[0], -1)
@@ -242,27 +210,22 @@ def _code_blocks(
                 mask[where[held_out]] = False
             problems.append((p, held_out, mask))
     y_rows, X_rows = y[rows], X[rows]
-    block_bits = {p: np.zeros((len(grid), X.shape[1], entry[3].size)) for p, entry in enumerate(plan) if entry[4]}
+    block_bits = [np.zeros((len(grid), X.shape[1], entry[3].size)) for entry in plan]
+    train = np.array([mask for *_, mask in problems])
+    labels = np.broadcast_to(y_rows, train.shape)
     n_unconverged = 0
     for c_index, c in enumerate(grid):
-        chosen = [q for q in problems if c_index == 0 or plan[q[0]][4]]
-        if not chosen:
-            break
-        train = np.array([mask for *_, mask in chosen])
-        fit = fit_probes(X_rows, np.broadcast_to(y_rows, train.shape), train, dataclasses.replace(settings, C=c))
+        fit = fit_probes(X_rows, labels, train, dataclasses.replace(settings, C=c))
         n_unconverged += int((~fit.converged).sum())
         row_bits = _bits(fit.decision, y_rows)  # (layer, problem, row)
-        for k, (p, held_out, _) in enumerate(chosen):
-            s, j, _, block, folds = plan[p]
-            if held_out is not None:
+        for k, (p, held_out, _) in enumerate(problems):
+            s, j, _, block, _ = plan[p]
+            if held_out is None:
+                block_bits[p][c_index] = row_bits[:, k, where[block]]
+            else:
                 previous = np.nan_to_num(cv_bits[:, s, j, c_index])
                 cv_bits[:, s, j, c_index] = previous + row_bits[:, k, where[held_out]].sum(-1)
-            elif folds:
-                block_bits[p][c_index] = row_bits[:, k, where[block]]
-            else:  # too small for inner CV: coded at the smallest C
-                bits[:, s, block] = row_bits[:, k, where[block]]
-                C[:, s, j] = c
-    for p, per_c in block_bits.items():
+    for p, per_c in enumerate(block_bits):
         s, j, _, block, _ = plan[p]
         best = np.argmin(cv_bits[:, s, j], axis=-1)  # (layer,); ties go to the smaller C
         C[:, s, j] = np.asarray(grid)[best]
@@ -324,7 +287,7 @@ def _inner_folds(y: np.ndarray, codes: np.ndarray | None, k: int, seed: int, blo
     Folds are stratified: the prefix's rows (or groups, by their majority label) are shuffled within each
     class by ``default_rng([seed, 0x3D1, 0x1F, block])`` and dealt round-robin, class after class. Inner
     CV needs at least 2k rows (and k groups) of each class in the prefix, so every inner training set
-    holds at least half of each class; otherwise the block is coded at the smallest C.
+    holds at least half of each class; otherwise the block is coded with the prefix's label frequencies.
     """
     counts = np.bincount(y, minlength=2)
     if counts.min() < 2 * k:

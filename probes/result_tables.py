@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -119,11 +119,81 @@ def perturbations_table(effects: pd.DataFrame) -> str:
     return markdown(header, body)
 
 
-RENDERERS: dict[str, Callable[..., str]] = {
-    "concept_depth": concept_depth_table,
-    "concept_depth_by_level": levels_table,
-    "concept_depth_perturbations": perturbations_table,
-}
+def latent_language_table(summary: pd.DataFrame, lens: str = "logit") -> str:
+    """Per model and pair, through one lens: P(target) at the output, what dominates before it, English."""
+    rows = summary[summary["lens"] == lens]
+    body = []
+    for _, row in rows.iterrows():
+        pair = row["src"] if row["task"] == "repetition" else f"{row['src']}→{row['tgt']}"
+        takeover = interval(row, "target_takeover_layer", 0)
+        body.append(
+            [
+                row["model"],
+                f"{row['task']} {pair}",
+                int(row["n_concepts"]),
+                interval(row, "p_target_final"),
+                row["top_intermediate_language"],
+                "–" if row["tgt"] == "en" else interval(row, "p_en_max_intermediate"),
+                f"{takeover} of {int(row['n_layers'])}" if takeover != "–" else "never",
+            ]
+        )
+    header = [
+        "model",
+        "task",
+        "concepts",
+        "P(target) at the output",
+        "top language before the takeover",
+        "P(English), highest before the output",
+        "target takes over at layer",
+    ]
+    return markdown(header, body)
+
+
+def sae_metrics_table(metrics: pd.DataFrame) -> str:
+    """Per model and SAE layer: reconstruction, sparsity, dead and dense latents, loss recovered."""
+    body = [
+        [
+            row["model"],
+            int(row["layer"]),
+            f"{row['fvu']:.2f}",
+            f"{row['l0']:.0f}",
+            f"{100 * row['dead_fraction']:.1f}% / {100 * row['dense_fraction']:.1f}%",
+            interval(row, "loss_recovered"),
+        ]
+        for _, row in metrics.iterrows()
+    ]
+    return markdown(["model", "layer", "FVU", "L0", "dead / dense", "loss recovered"], body)
+
+
+def sparse_probing_table(summary: pd.DataFrame) -> str:
+    """Per model, task and SAE layer: one latent, one residual dimension, the largest k of each, the dense probe."""
+    smallest, largest = summary["k"].min(), summary["k"].max()
+    body = []
+    for (model, dataset, layer), rows in summary.groupby(["model", "dataset", "layer"], sort=False):
+        by_k = rows.set_index("k")
+        body.append(
+            [
+                model,
+                dataset,
+                int(layer),
+                interval(by_k.loc[smallest], "sae_topk_accuracy"),
+                interval(by_k.loc[smallest], "residual_topk_accuracy"),
+                interval(by_k.loc[largest], "sae_topk_accuracy"),
+                interval(by_k.loc[largest], "residual_topk_accuracy"),
+                interval(by_k.loc[largest], "dense_accuracy"),
+            ]
+        )
+    header = [
+        "model",
+        "task",
+        "layer",
+        f"SAE top-{smallest}",
+        f"residual top-{smallest}",
+        f"SAE top-{largest}",
+        f"residual top-{largest}",
+        "dense probe",
+    ]
+    return markdown(header, body)
 
 
 def update_readme(readme: str | Path, tables: str | Path) -> list[str]:

@@ -168,3 +168,14 @@ def test_validation_benchmark_meets_its_targets_in_a_small_run() -> None:
     assert (converging["median_bias"].abs() <= 1).all()
     assert (table[table["shape"] == "flat"]["decodable_rate"] <= 0.1).all()
     assert (decodable["decodable_rate"] == 1).all()
+
+
+def test_mdl_curves_resample_the_bits_of_each_example():
+    predictions, null = tables(n=200)
+    uniform = summarise_concept_depth(predictions.assign(mdl_bits=1.0), null, 0.5, depth=24, n_boot=100)
+    curve = uniform.curves[uniform.curves["metric"] == "mdl_compression"]
+    assert np.allclose(curve[["value", "lo", "hi"]], 1.0)  # one bit a label: no compression, in every resample
+    cheap = predictions.assign(mdl_bits=np.where(predictions["example"] < 100, 0.1, 1.9))
+    row = summarise_concept_depth(cheap, null, 0.5, depth=24, n_boot=300).row
+    assert row["max_mdl_compression"] == pytest.approx(1.0)  # 200 bits for 200 labels on average
+    assert row["max_mdl_compression_lo"] < 1 < row["max_mdl_compression_hi"]  # which rows are drawn matters

@@ -13,14 +13,12 @@ from probes.mdl import (
     EMPTY,
     MDL_C_GRID,
     MDL_INNER_FOLDS,
-    SMALLEST,
+    PRIOR,
     UNIFORM,
     mdl_boundaries,
     online_code,
-    summarise_code,
 )
 from probes.probing import ProbeSettings
-from probes.resampling import bootstrap_weights
 from probes.solver import fit_probes
 
 N = 400
@@ -59,7 +57,7 @@ def test_random_labels_compress_to_about_one(random_code):
 
 def test_random_labels_compress_to_about_one_when_d_exceeds_n():
     # d > n is where a probe at the old fixed C = 1 was overconfident on the next block (compression ~0.5).
-    code = online_code(noise(N, 2, 480, seed=1), balanced_labels(N, 1), ONE_SEED)
+    code = online_code(noise(200, 2, 240, seed=1), balanced_labels(200, 1), ONE_SEED)
     assert ((code.compression >= 0.9) & (code.compression <= 1.05)).all(), code.compression
 
 
@@ -81,15 +79,21 @@ def test_nothing_is_nan_and_every_block_records_how_it_was_sent(random_code):
     sent_uniformly = np.isin(code.selection, [UNIFORM, EMPTY])
     assert (code.selection[:, 0] == UNIFORM).all()
     assert np.isnan(code.C[:, sent_uniformly]).all()
-    assert np.isin(code.C[:, ~sent_uniformly], MDL_C_GRID).all()
-    assert (code.C[:, code.selection == SMALLEST] == min(MDL_C_GRID)).all()
+    cv_or_prior = code.selection == CROSS_VALIDATED
+    assert np.isin(code.C[:, cv_or_prior], MDL_C_GRID).all()
+    assert (code.C[:, code.selection == PRIOR] == 0).all()  # too small for CV: the prefix's label frequencies
     assert (code.selection[:, -1] == CROSS_VALIDATED).all()
     cv = code.selection == CROSS_VALIDATED
     assert np.isfinite(code.cv_bits[:, cv]).all() and np.isnan(code.cv_bits[:, ~cv]).all()
-    for s in range(3):  # uniform blocks cost exactly one bit a label
+    assert (code.selection == PRIOR).any()
+    for s in range(3):  # uniform blocks cost one bit a label; small prefixes code with their label frequencies
         starts = np.concatenate([[0], code.boundaries[s, :-1]])
         for j in np.flatnonzero(code.selection[s] == UNIFORM):
             assert (code.bits[:, s, code.order[s, starts[j] : code.boundaries[s, j]]] == 1.0).all()
+        for j in np.flatnonzero(code.selection[s] == PRIOR):
+            prefix, block = code.order[s, : starts[j]], code.order[s, starts[j] : code.boundaries[s, j]]
+            frequency = np.array([np.mean(y[prefix] == label) for label in y[block]])
+            np.testing.assert_allclose(code.bits[:, s, block], np.broadcast_to(-np.log2(frequency), (3, block.size)))
     # The chosen C is the grid value with the smallest held-out codelength on the prefix.
     best = np.asarray(code.C_grid)[np.argmin(code.cv_bits[:, cv], axis=-1)]
     assert (code.C[:, cv] == best).all()
@@ -156,23 +160,6 @@ def test_inner_folds_keep_groups_together():
         assert (np.flatnonzero(inside) == np.sort(held_out)).all()
         assert set(y[held_out].tolist()) == {0, 1}
     assert _inner_folds(y[:9], groups[:9], 3, seed=0, block=1) is None  # too few rows of each class
-
-
-def test_summary_and_its_bootstrap(random_code):
-    y, code = random_code
-    everyone = np.ones((1, N))
-    summary = summarise_code(code, everyone)
-    np.testing.assert_allclose(summary.codelength, code.codelength.mean(1))
-    np.testing.assert_allclose(summary.compression, N / code.codelength.mean(1))
-    np.testing.assert_allclose(summary.codelength_boot[0], summary.codelength)
-    np.testing.assert_allclose(summary.compression_boot[0], summary.compression)
-    boot = summarise_code(code, bootstrap_weights(N, 200, seed=0))
-    assert boot.codelength_boot.shape == boot.compression_boot.shape == (200, 3)
-    assert np.isfinite(boot.compression_boot).all()
-    lo, hi = np.quantile(boot.compression_boot, [0.025, 0.975], axis=0)
-    assert (lo < summary.compression).all() and (summary.compression < hi).all()
-    with pytest.raises(ValueError, match="weights"):
-        summarise_code(code, np.ones((2, N - 1)))
 
 
 def test_bad_arguments_are_refused():

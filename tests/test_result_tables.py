@@ -71,3 +71,26 @@ def test_the_readme_has_a_marker_for_every_rendered_table_and_the_command_runs(t
         check=True,
     )
     assert "1 result tables" in done.stdout and "| x |" in readme.read_text(encoding="utf-8")
+
+
+def test_latent_language_and_sae_tables_carry_their_intervals():
+    from probes.result_tables import latent_language_table, sae_metrics_table, sparse_probing_table
+
+    pair = {"model": "m", "word_list": "w", "task": "translation", "src": "fr", "tgt": "zh", "n_concepts": 40}
+    values = {"p_target_final": 0.2, "p_target_final_lo": 0.1, "p_target_final_hi": 0.3, "n_layers": 18}
+    values |= {"top_intermediate_language": "fr", "p_en_max_intermediate": 0.05, "target_takeover_layer": None}
+    summary = pd.DataFrame([pair | values | {"lens": "logit"}, pair | values | {"lens": "tuned"}])
+    table = latent_language_table(summary)
+    assert table.count("\n") == 3 and "| m | translation fr→zh | 40 | 0.20 [0.10, 0.30] | fr | 0.05 | never |" in table
+    metrics = pd.DataFrame(
+        [{"model": "m", "layer": 5, "fvu": 0.1, "l0": 32.0, "dead_fraction": 0.01, "dense_fraction": 0.0}]
+    ).assign(loss_recovered=0.9, loss_recovered_lo=0.85, loss_recovered_hi=0.93)
+    assert "| m | 5 | 0.10 | 32 | 1.0% / 0.0% | 0.90 [0.85, 0.93] |" in sae_metrics_table(metrics)
+    sparse = pd.DataFrame(
+        [
+            {"model": "m", "dataset": "d", "layer": 5, "k": k, "sae_topk_accuracy": a, "residual_topk_accuracy": a}
+            for k, a in ((1, 0.6), (32, 0.8))
+        ]
+    ).assign(dense_accuracy=0.9, dense_accuracy_lo=0.88, dense_accuracy_hi=0.92)
+    table = sparse_probing_table(sparse)
+    assert "SAE top-1" in table and "| m | d | 5 | 0.60 | 0.60 | 0.80 | 0.80 | 0.90 [0.88, 0.92] |" in table

@@ -34,6 +34,8 @@ def test_full_run_produces_tables_and_figures(run):
     for path in [
         "results/tables/concept_depth_summary.csv",
         "results/tables/concept_depth_summary.html",
+        "results/tables/concept_depth_curves.parquet",
+        "results/tables/markdown/concept_depth.md",
         "results/tables/probe_metrics.parquet",
         "results/figures/concept_depth_smollm2-135m.png",
         "results/figures/concept_depth_relative.png",
@@ -45,21 +47,40 @@ def test_full_run_produces_tables_and_figures(run):
     assert not list(run.rglob("*.pkl")) and not list(run.rglob("*.pickle"))
 
 
-def test_factual_concept_is_decodable_and_control_is_not(run):
-    metrics = pd.read_parquet(run / "results/tables/probe_metrics.parquet").query(
+def test_factual_concept_is_decodable_and_the_controls_tell_memorisation_from_chance(run):
+    curves = pd.read_parquet(run / "results/tables/concept_depth_curves.parquet").query(
         "weights == 'fp32' and noise == 'clean'"
     )
-    assert {"model", "weights", "noise", "dataset", "layer", "seed", "fold", "metric", "value"} <= set(metrics.columns)
-    curves = metrics.groupby(["dataset", "metric", "layer"])["value"].mean()
-    assert curves["cities", "accuracy"].max() > 0.7  # 0.77 seen: SmolLM2-135M, 4-bit, knows many but not all cities
-    assert curves["cities", "accuracy"].loc[0] < 0.6  # layer 0 at the final "." carries no information
-    assert curves["cities", "control_accuracy"].between(0.35, 0.65).all()
-    summary = pd.read_csv(run / "results/tables/concept_depth_summary.csv")
-    assert set(summary["dataset"]) == {"cities", "coinflip"}
-    assert summary["converging_layer"].between(0, 30).all()
-    mdl = metrics[metrics["metric"] == "mdl_compression"].groupby(["dataset", "layer"])["value"].mean()
-    assert mdl["cities"].loc[0] == pytest.approx(1, abs=0.05)  # nothing to compress at layer 0: about 1 bit per label
+    assert {"model", "dataset", "layer", "metric", "value", "lo", "hi"} <= set(curves.columns)
+    curve = curves.set_index(["dataset", "metric", "layer"])
+    assert curve.loc[("cities", "accuracy"), "value"].max() > 0.7  # 0.77 seen: SmolLM2-135M knows many cities
+    assert curve.loc[("cities", "accuracy", 0), "value"] < 0.6  # layer 0 at the final "." carries no information
+    bands = curves[curves["metric"] != "control_train_accuracy"]
+    assert (bands["lo"] <= bands["value"] + 1e-12).all() and (bands["value"] <= bands["hi"] + 1e-12).all()
+    summary = pd.read_csv(run / "results/tables/concept_depth_summary.csv").query(
+        "weights == 'fp32' and noise == 'clean'"
+    )
+    summary = summary.set_index("dataset")
+    assert set(summary.index) == {"cities", "coinflip"} and summary["decodable"].all()
+    # cities declares its country as the type: the last token reads the country, so the type control rises
+    assert summary.loc["cities", "control"] == "type" and summary.loc["cities", "max_control_accuracy"] > 0.7
+    assert summary.loc["coinflip", "control"] == "permuted"  # no type column: the permuted control, at chance
+    assert curve.loc[("coinflip", "control_accuracy"), "value"].between(0.4, 0.6).all()
+    assert curve.loc[("cities", "control_train_accuracy"), "value"].max() > 0.9  # what the probe can memorise
+    for key in ("half_rise_layer", "converging_layer", "best_accuracy"):
+        assert (summary[f"{key}_lo"] <= summary[key]).all() and (summary[key] <= summary[f"{key}_hi"]).all()
+    predictions = pd.read_parquet(run / "results/probes/smollm2-135m/fp32/clean/cities.predictions.parquet")
+    assert (
+        len(predictions) == 31 * 2 * 400 and predictions.groupby(["layer", "seed"])["example"].nunique().eq(400).all()
+    )
+    assert predictions["mdl_bits"].notna().all()  # every layer, seed and example gets a finite code length
+    null = pd.read_parquet(run / "results/probes/smollm2-135m/fp32/clean/cities.null.parquet")
+    assert null["permutation"].nunique() == 19 and null["accuracy"].between(0.3, 0.7).all()
+    compression = curves[curves["metric"] == "mdl_compression"].set_index(["dataset", "layer"])["value"]
+    assert compression.loc[("cities", 0)] == pytest.approx(1, abs=0.1)  # nothing to compress at layer 0
     assert summary["max_mdl_compression"].notna().all()  # MDL is on in the test config
+    tables = run / "results/tables/markdown"
+    assert "| smollm2-135m | cities (factual) | yes |" in (tables / "concept_depth.md").read_text()
 
 
 def test_second_run_does_nothing(run):
@@ -278,6 +299,7 @@ def test_sparse_probing_outputs(run):
     assert summary[["sae_topk_accuracy", "residual_topk_accuracy", "dense_accuracy"]].notna().all().all()
     sparse = pd.read_parquet(run / "results/tables/sparse_probing.parquet")
     probes = pd.read_parquet(run / "results/tables/probe_metrics.parquet").query("metric == 'accuracy'")
+    assert summary[["sae_topk_accuracy_lo", "residual_topk_accuracy_hi", "dense_accuracy_lo"]].notna().all().all()
     runs = lambda frame: set(zip(frame["seed"], frame["fold"]))  # noqa: E731
     assert runs(sparse) == runs(probes)  # the dense probe's splits
     cities = summary[summary["dataset"] == "cities"].set_index(["layer", "k"])
@@ -439,9 +461,8 @@ def test_perturbations_are_wildcards_with_their_own_outputs(run):
         ["factual", "cities"],
         ["inferential", "coinflip"],
     ]  # unperturbed only
-    metrics = pd.read_parquet(run / "results/tables/probe_metrics.parquet")
-    mdl = metrics[metrics["metric"] == "mdl_compression"]
-    assert (mdl["fold"] == -1).all() and len(mdl) == 4 * 31 * 2  # 4 runs x 31 layers x 2 seeds
+    shifts = effects.filter(like="_shift_lo").join(effects.filter(like="_shift_hi"))
+    assert shifts.notna().all().all()  # paired intervals of every shift
 
 
 MODEL_RULES = {

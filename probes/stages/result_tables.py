@@ -17,10 +17,24 @@ def result_tables(
     concept_depth_by_level_md: str | os.PathLike,
     concept_depth_perturbations_md: str | os.PathLike,
     weights: str,
+    latent_language: str | os.PathLike | None = None,
+    sae_metrics: str | os.PathLike | None = None,
+    sparse_probing: str | os.PathLike | None = None,
+    latent_language_md: str | os.PathLike | None = None,
+    sae_metrics_md: str | os.PathLike | None = None,
+    sparse_probing_md: str | os.PathLike | None = None,
 ) -> None:
-    """The ``result_tables`` rule: one markdown table per README marker (``python -m probes.result_tables``)."""
+    """The ``result_tables`` rule: one markdown table per README marker (``python -m probes.result_tables``).
+
+    The latent-language and SAE tables exist when the config runs those experiments.
+    """
     from probes import result_tables as render
 
     write_text(concept_depth_md, render.concept_depth_table(pd.read_parquet(concept_depth), weights))
     write_text(concept_depth_by_level_md, render.levels_table(pd.read_csv(levels)))
     write_text(concept_depth_perturbations_md, render.perturbations_table(pd.read_csv(perturbations)))
+    if latent_language_md:
+        write_text(latent_language_md, render.latent_language_table(pd.read_csv(latent_language)))
+    if sae_metrics_md:
+        write_text(sae_metrics_md, render.sae_metrics_table(pd.read_parquet(sae_metrics)))
+        write_text(sparse_probing_md, render.sparse_probing_table(pd.read_parquet(sparse_probing)))
