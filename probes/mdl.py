@@ -224,10 +224,14 @@ def _code_blocks(
                 block_bits[p][c_index] = row_bits[:, k, where[block]]
             else:
                 previous = np.nan_to_num(cv_bits[:, s, j, c_index])
-                cv_bits[:, s, j, c_index] = previous + row_bits[:, k, where[held_out]].sum(-1)
+                held = row_bits[:, k, where[held_out]].sum(-1)
+                cv_bits[:, s, j, c_index] = previous + np.where(np.isfinite(held), held, np.inf)
     for p, per_c in enumerate(block_bits):
         s, j, _, block, _ = plan[p]
-        best = np.argmin(cv_bits[:, s, j], axis=-1)  # (layer,); ties go to the smaller C
+        # A grid value whose fit diverged (on separable data at a large C, the float32 solver can overflow) is
+        # not a code a receiver could use: it is never chosen; if every value diverged the job stops below.
+        usable = np.where(np.isfinite(per_c).all(-1).T, np.nan_to_num(cv_bits[:, s, j], nan=np.inf), np.inf)
+        best = np.argmin(usable, axis=-1)  # (layer,); ties go to the smaller C
         C[:, s, j] = np.asarray(grid)[best]
         bits[:, s, block] = np.take_along_axis(per_c, best[None, :, None], 0)[0]
     return n_unconverged

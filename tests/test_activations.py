@@ -85,7 +85,12 @@ def test_extract_stage_writes_safetensors_and_provenance(smollm2_manifest, tmp_p
     dataset.write_text("sentence,truth\n" + "".join(f'"{t}",{i % 2}\n' for i, t in enumerate(TEXTS)))
     tensors, meta = tmp_path / "out" / "resid.safetensors", tmp_path / "out" / "resid.meta.json"
     details = extract_stage(
-        smollm2_manifest, dataset, tensors, meta, asdict(ExtractionSettings(batch_size=4)), "sentence", "truth"
+        smollm2_manifest,
+        dataset,
+        tensors,
+        meta,
+        asdict(ExtractionSettings(batch_size=4)),
+        {"text_column": "sentence", "label_column": "truth"},
     )
     stored = load_file(tensors)
     assert set(stored) == {"last", "mean", "labels"}

@@ -209,3 +209,19 @@ def all_targets():
 
 if workflow.is_main_process:  # jobs re-parse the Snakefile in their own process; check once
     probes.config.check_inputs(config, workflow.basedir)
+
+
+def result_table_inputs():
+    """The summaries behind the result tables of the experiments this config runs besides concept depth."""
+    inputs = {}
+    if EXPERIMENTS:
+        inputs["latent_language"] = rules.summarise_latent_language.output.summary_csv
+    if SAE_MODELS:
+        inputs["sae_metrics"] = rules.summarise_sae.output.metrics_table
+        inputs["sparse_probing"] = rules.summarise_sae.output.sparse_summary_table
+    return inputs
+
+
+def result_table_outputs():
+    names = (["latent_language"] if EXPERIMENTS else []) + (["sae_metrics", "sparse_probing"] if SAE_MODELS else [])
+    return {f"{name}_md": f"results/tables/markdown/{name}.md" for name in names}
