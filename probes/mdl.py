@@ -215,7 +215,7 @@ def _code_blocks(
     labels = np.broadcast_to(y_rows, train.shape)
     n_unconverged = 0
     for c_index, c in enumerate(grid):
-        fit = fit_probes(X_rows, labels, train, dataclasses.replace(settings, C=c))
+        fit = _fit(X_rows, labels, train, dataclasses.replace(settings, C=c))
         n_unconverged += int((~fit.converged).sum())
         row_bits = _bits(fit.decision, y_rows)  # (layer, problem, row)
         for k, (p, held_out, _) in enumerate(problems):
@@ -235,6 +235,24 @@ def _code_blocks(
         C[:, s, j] = np.asarray(grid)[best]
         bits[:, s, block] = np.take_along_axis(per_c, best[None, :, None], 0)[0]
     return n_unconverged
+
+
+def _fit(X: np.ndarray, labels: np.ndarray, train: np.ndarray, settings: ProbeSettings):
+    """:func:`fit_probes`, with the problems whose decisions are not finite refitted in float64, where they converge.
+
+    A safety net: the float32 solver has had rare NaN paths on tiny, separable training sets (docs/methods.md
+    §2.8); float64 solved every one of them. Only the affected layers and problems are refitted.
+    """
+    fit = fit_probes(X, labels, train, settings)
+    bad = ~np.isfinite(fit.decision).all(-1)  # (layer, problem)
+    if bad.any() and settings.dtype != "float64":
+        layers, problems = np.flatnonzero(bad.any(1)), np.flatnonzero(bad.any(0))
+        again = fit_probes(
+            X[:, layers], labels[problems], train[problems], dataclasses.replace(settings, dtype="float64")
+        )
+        for field in ("coef", "intercept", "decision", "n_iter", "converged"):
+            getattr(fit, field)[np.ix_(layers, problems)] = getattr(again, field)
+    return fit
 
 
 def _bits(decision: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -304,7 +304,9 @@ def _lbfgs(batch: _Problems, tol: float, max_iter: int, first_layer: int, out: P
             i = history[0]
             yhy = torch.linalg.vecdot(diffs_w[i], diffs_w[i]) - torch.linalg.vecdot(shrink, diffs_p[i] ** 2)
             yhy += intercept_scale * diffs_b[i] ** 2
-            gamma = torch.where(rho[i] > 0, 1 / (rho[i] * yhy).clamp_min(tiny), 1.0)
+            # y'H0y > 0 in exact arithmetic; when float32 cancellation makes it <= 0 it says nothing (and
+            # 1 / tiny would turn the direction into inf, then NaN), so that pair leaves the scale at 1.
+            gamma = torch.where((rho[i] > 0) & (yhy > 0), 1 / (rho[i] * yhy).clamp_min(tiny), 1.0)
             q_w.mul_(gamma[..., None])
             q_b.mul_(gamma)
         for i, a in zip(reversed(history), reversed(alphas)):
