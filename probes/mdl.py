@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from probes.solver import fit_probes
+from probes.solver import fit_probes, probe_inputs
 
 if TYPE_CHECKING:
     from probes.probing import ProbeSettings
@@ -100,7 +100,7 @@ def online_code(
     together and block ends move to the next group end, so no block holds part of a group already begun.
     The same inputs always give the same bits.
     """
-    X, y = _validate(X, y)
+    X, y = probe_inputs(X, y)
     grid = tuple(sorted({float(c) for c in C_grid}))
     if not grid or not all(math.isfinite(c) and c > 0 for c in grid):
         raise ValueError(f"C_grid must hold positive numbers, got {C_grid!r}")
@@ -258,21 +258,6 @@ def _fit(X: np.ndarray, labels: np.ndarray, train: np.ndarray, settings: ProbeSe
 def _bits(decision: np.ndarray, y: np.ndarray) -> np.ndarray:
     """-log2 p(label) from decision values: log2(1 + e^-z) for label 1, log2(1 + e^z) for label 0."""
     return np.logaddexp(0.0, np.where(y == 1, -1.0, 1.0) * decision) / math.log(2)
-
-
-def _validate(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    X = np.asarray(X)
-    y = np.asarray(y).ravel()
-    if X.ndim != 3:
-        raise ValueError(f"X must be (n_examples, n_layers, d), got shape {X.shape}")
-    if X.shape[0] != y.shape[0]:
-        raise ValueError(f"X has {X.shape[0]} examples but y has {y.shape[0]} labels")
-    if not np.isfinite(X).all():
-        raise ValueError("X contains NaN or infinite activations")
-    classes = np.unique(y)
-    if classes.size != 2 or not set(classes.tolist()) <= {0, 1}:
-        raise ValueError(f"y must hold both binary classes 0 and 1, got classes {classes.tolist()}")
-    return X, y.astype(np.int64)
 
 
 def _group_codes(groups: np.ndarray | None, n: int) -> np.ndarray | None:

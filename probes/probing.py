@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from probes.mdl import MDL_C_GRID, MDL_INNER_FOLDS
-from probes.solver import fit_probes
+from probes.solver import fit_probes, probe_inputs
 
 METRICS = (
     "accuracy",
@@ -259,21 +259,12 @@ def cv_splits(
 
 
 def _validate(X: np.ndarray, y: np.ndarray, settings: ProbeSettings) -> tuple[np.ndarray, np.ndarray]:
-    X = np.asarray(X)
-    y = np.asarray(y).ravel()
-    if X.ndim != 3:
-        raise ValueError(f"X must be (n_examples, n_layers, d), got shape {X.shape}")
-    if X.shape[0] != y.shape[0]:
-        raise ValueError(f"X has {X.shape[0]} examples but y has {y.shape[0]} labels")
-    if not np.isfinite(X).all():
-        raise ValueError("X contains NaN or infinite activations")
+    X, y = probe_inputs(X, y)
     classes, counts = np.unique(y, return_counts=True)
-    if classes.size != 2 or not set(classes.tolist()) <= {0, 1}:
-        raise ValueError(f"y must hold both binary classes 0 and 1, got classes {classes.tolist()}")
     if counts.min() < settings.folds:
         counts_by_class = dict(zip(classes.tolist(), counts.tolist()))
         raise ValueError(f"too few examples per class for {settings.folds}-fold CV: class counts {counts_by_class}")
-    return X, y.astype(np.int64)
+    return X, y
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,22 @@ def fit_probes(
     return out
 
 
+def probe_inputs(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Activations (n, n_layers, d) and binary labels as every probe needs them, or an error saying what is wrong."""
+    X = np.asarray(X)
+    y = np.asarray(y).ravel()
+    if X.ndim != 3:
+        raise ValueError(f"X must be (n_examples, n_layers, d), got shape {X.shape}")
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} examples but y has {y.shape[0]} labels")
+    if not np.isfinite(X).all():
+        raise ValueError("X contains NaN or infinite activations")
+    classes = np.unique(y)
+    if classes.size != 2 or not set(classes.tolist()) <= {0, 1}:
+        raise ValueError(f"y must hold both binary classes 0 and 1, got classes {classes.tolist()}")
+    return X, y.astype(np.int64)
+
+
 def _standardisation(
     X: np.ndarray, train: np.ndarray, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
