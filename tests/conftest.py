@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, embedded_manifest, snakemake, write_config
+from helpers import REPO, byte_level_bpe, embedded_manifest, snakemake, write_config
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -48,21 +48,13 @@ def smollm2(smollm2_manifest):
 def tiny_model(tmp_path_factory):
     """A 3-layer random-weight HookedTransformer with a byte-level BPE tokenizer trained here."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
 
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<bos>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    bpe.train_from_iterator(TOKENIZER_CORPUS * 5, trainer)
     tokenizer_dir = tmp_path_factory.mktemp("tiny_tokenizer")
-    PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>"
-    ).save_pretrained(tokenizer_dir)
+    specials = ["<pad>", "<bos>", "<unk>"]
+    named = {"bos_token": "<bos>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    byte_level_bpe(TOKENIZER_CORPUS * 5, 300, specials, **named).save_pretrained(tokenizer_dir)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     cfg = HookedTransformerConfig(
         n_layers=3,

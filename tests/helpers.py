@@ -70,3 +70,19 @@ def copy_of_run(run: Path, target: Path) -> Path:
     if (run / "logs").is_dir():
         shutil.copytree(run / "logs", target / "logs")
     return target
+
+
+def byte_level_bpe(texts: list[str], vocab_size: int, special_tokens: list[str], **named: str):
+    """A byte-level BPE tokenizer trained here on ``texts``, as a Hugging Face fast tokenizer; ``named`` are its
+    special-token roles (``pad_token="<pad>"``, ...)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, **named)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import REPO
+from helpers import REPO, byte_level_bpe
 from probes.activations import ExtractionSettings, extract_activations
 from probes.lens import (
     LENS_TEXT_ROLES,
@@ -46,17 +46,8 @@ def everyday():
 @pytest.fixture(scope="module")
 def word_list_tokenizer(everyday):
     """A byte-level BPE trained on the word list's own sentences: every word has a non-empty token set."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<unk>", "<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    bpe.train_from_iterator(filled_cloze(everyday)["text"].tolist(), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", pad_token="<pad>")
+    texts = filled_cloze(everyday)["text"].tolist()
+    return byte_level_bpe(texts, 600, ["<unk>", "<pad>"], unk_token="<unk>", pad_token="<pad>")
 
 
 @pytest.fixture(scope="module")
