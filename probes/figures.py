@@ -45,17 +45,6 @@ def _style() -> None:
     )
 
 
-def mean_interval(values: pd.DataFrame, ci: float = _CI) -> pd.DataFrame:
-    """Per-layer mean and Student-t interval over seed x fold runs: small-sample honest, unlike ±2 SE."""
-    from scipy import stats
-
-    grouped = values.groupby("layer")["value"]
-    summary = grouped.agg(["mean", "std", "count"])
-    t = stats.t.ppf(0.5 + ci / 2, np.maximum(summary["count"] - 1, 1))
-    half = t * summary["std"].fillna(0) / np.sqrt(summary["count"])
-    return summary.assign(lo=summary["mean"] - half, hi=summary["mean"] + half)
-
-
 def _relative_axis(ax, n_layers: int) -> None:
     """Second x axis in relative depth, so models of different depth read on one scale."""
     secondary = ax.secondary_xaxis("top", functions=(lambda l: l / n_layers, lambda d: d * n_layers))
