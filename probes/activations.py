@@ -68,10 +68,14 @@ def check_finite(model: HookedTransformer, activation: torch.Tensor, hook_name: 
         )
 
 
+EMBEDDING_HOOK = "blocks.0.hook_resid_pre"
+INPUT_EMBEDDING = "input_embedding_mean"
+
+
 def site_hooks(site: str, n_layers: int) -> dict[int, str]:
     """Map layer index -> TransformerLens hook name, so stored files name what they hold."""
     if site == "resid":
-        return {0: "blocks.0.hook_resid_pre"} | {l: f"blocks.{l - 1}.hook_resid_post" for l in range(1, n_layers + 1)}
+        return {0: EMBEDDING_HOOK} | {l: f"blocks.{l - 1}.hook_resid_post" for l in range(1, n_layers + 1)}
     hook = site if site.startswith("ln") else f"hook_{site}"
     return {l: f"blocks.{l - 1}.{hook}" for l in range(1, n_layers + 1)}
 
@@ -118,7 +122,8 @@ def extract_activations(
     noise: InputNoise | None = None,
     seed: int = 0,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Pooled activations, ``{pooling: float32 tensor (n_texts, n_site_layers, d_model)}``, plus details.
+    """Pooled activations, ``{pooling: float32 tensor (n_texts, n_site_layers, d_model)}`` and the mean input
+    embeddings ``{INPUT_EMBEDDING: (n_texts, d_model)}``, plus details.
 
     Texts are batched in order of length with right padding: under causal attention the real tokens
     never see the pads, so batched vectors equal one-at-a-time vectors. ``noise`` perturbs the inputs
@@ -136,6 +141,8 @@ def extract_activations(
     order = torch.argsort(lengths, stable=True)
     n, n_site_layers = len(texts), len(hooks)
     out = {p: torch.zeros(n, n_site_layers, model.cfg.d_model, dtype=torch.float32) for p in settings.poolings}
+    # The shortcut audit's input-embedding baseline (probes.shortcuts), kept whatever the site: layer 0 mean-pooled.
+    embedding_mean = torch.zeros(n, model.cfg.d_model, dtype=torch.float32)
     columns = {layer: column for column, layer in enumerate(sorted(hooks))}
     stop_at = max(int(name.split(".")[1]) for name in hooks.values()) + 1
 
@@ -159,12 +166,16 @@ def extract_activations(
                 summed = (activation * mean_mask[:, :, None]).sum(1) / mean_mask.sum(1, keepdim=True)
                 out["mean"][batch, column] = summed.cpu()
 
+        def pool_embedding(activation: torch.Tensor, hook: Any) -> None:
+            summed = (activation.float() * mean_mask[:, :, None]).sum(1) / mean_mask.sum(1, keepdim=True)
+            embedding_mean[batch] = summed.cpu()
+
         with torch.inference_mode():
             model.run_with_hooks(
                 tokens.to(settings.device),
                 attention_mask=mask.long(),
                 stop_at_layer=stop_at,
-                fwd_hooks=[(name, pool) for name in hooks.values()],
+                fwd_hooks=[(name, pool) for name in hooks.values()] + [(EMBEDDING_HOOK, pool_embedding)],
             )
     details = {
         "layers": sorted(hooks),
@@ -176,4 +187,4 @@ def extract_activations(
         "bos_prepended": bool(skip_first),
         "noise": noise.name if noise is not None else "clean",
     }
-    return out, details
+    return out | {INPUT_EMBEDDING: embedding_mean}, details

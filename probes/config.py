@@ -77,10 +77,13 @@ def extraction_settings(config: Config) -> dict[str, Any]:
     )
 
 
-def probe_settings(config: Config) -> dict[str, Any]:
+def probe_settings(config: Config, perturbed: bool = False) -> dict[str, Any]:
+    """The probe protocol; a perturbed run skips MDL, which its comparison with the unperturbed run does not use."""
     probe = config["probe"]
     names = {field.name for field in fields(ProbeSettings)} - {"device", "dtype"}
     values = {key: tuple(probe[key]) if isinstance(probe[key], list) else probe[key] for key in names if key in probe}
+    if perturbed:
+        values["mdl"] = False
     return asdict(ProbeSettings(**values, device=config["device"]))
 
 

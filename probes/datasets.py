@@ -17,8 +17,9 @@ import pandas as pd
 
 from probes.io import sha256_file
 
-# The built-in tasks' levels of abstraction (docs/methods.md §2), in the order figures and tables use.
-LEVELS = ("factual", "affective", "inferential")
+# The built-in tasks' levels of abstraction (docs/methods.md §2), in the order figures and tables use;
+# "affective-lexical" marks an affective task that word lookup solves, kept as a baseline for "affective".
+LEVELS = ("factual", "affective", "affective-lexical", "inferential")
 # Every level a configured task may declare: the built-in ones and "other" for tasks that fit none.
 TASK_LEVELS = (*LEVELS, "other")
 # The columns a dataset config can name, in load_dataset's argument order: ``<role>_column``.

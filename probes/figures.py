@@ -20,7 +20,13 @@ if TYPE_CHECKING:
 
 FORMATS = ("png", "pdf", "svg")
 LEVEL_ORDER = TASK_LEVELS
-LEVEL_COLOURS = {"factual": "#1b9e77", "affective": "#d95f02", "inferential": "#7570b3", "other": "#666666"}
+LEVEL_COLOURS = {
+    "factual": "#1b9e77",
+    "affective": "#d95f02",
+    "affective-lexical": "#fdb863",
+    "inferential": "#7570b3",
+    "other": "#666666",
+}
 MARKERS = ("o", "s", "D", "^", "v", "P", "X")
 _CI = 0.95
 
@@ -80,11 +86,23 @@ def _control_name(control: str) -> str:
     return {"type": "type control (random label per type)", "permuted": "permuted-label control"}.get(control, control)
 
 
+# The shortcut audit's reference lines (probes.shortcuts): what words alone and the input embeddings reach.
+SHORTCUT_LINES = {
+    "bag_of_words": {"color": "#a6761d", "ls": (0, (4, 2)), "lw": 0.9},
+    "embedding": {"color": "#e31a1c", "ls": (0, (1, 1.5)), "lw": 1.1},
+}
+SHORTCUT_LABELS = {
+    "bag_of_words": "shortcut: bag of words (same folds)",
+    "embedding": "shortcut: mean input embedding (same folds)",
+}
+
+
 def concept_depth_figure(
     curves: pd.DataFrame, table: pd.DataFrame, model: str, weights: str, embedded: bool, ci: float = _CI
 ) -> Figure:
     """One panel per task: accuracy and control with intervals, half-rise, jump and converging layers marked;
-    a task whose best accuracy stays within the permutation null is drawn grey, without depth marks."""
+    the shortcut audit's bag-of-words and input-embedding accuracies as reference lines; a task whose best
+    accuracy stays within the permutation null is drawn grey, without depth marks."""
     _style()
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
@@ -108,6 +126,10 @@ def concept_depth_figure(
         train = _curve(task, "control_train_accuracy")
         ax.plot(train.index, train["value"], ":", color="#555555", lw=1.0)
         ax.axhline(row.chance, color="#bbbbbb", lw=0.8, zorder=0)
+        for shortcut, style in SHORTCUT_LINES.items():
+            value = getattr(row, f"{shortcut}_accuracy", np.nan)
+            if not pd.isna(value):
+                ax.axhline(value, zorder=0.5, **style)
         if decodable:
             ax.axvline(row.half_rise_layer, color="#1f78b4", ls="-", lw=1.2)
             ax.axvspan(row.half_rise_layer_lo, row.half_rise_layer_hi, color="#1f78b4", alpha=0.1, lw=0)
@@ -136,6 +158,7 @@ def concept_depth_figure(
         Line2D([], [], color="#e7298a", ls=":", lw=1.2, label="jump layer"),
         Line2D([], [], color="#000000", ls="-.", lw=1.0, label="converging layer (band: interval)"),
         Line2D([], [], color=NOT_DECODABLE, lw=1.6, label="not decodable (within the permutation null)"),
+        *(Line2D([], [], label=SHORTCUT_LABELS[name], **style) for name, style in SHORTCUT_LINES.items()),
     ]
     fig.legend(handles=legend, loc="lower center", ncol=4, fontsize=7, bbox_to_anchor=(0.5, -0.04))
     site, pooling = task["site"].iloc[0], task["pooling"].iloc[0]

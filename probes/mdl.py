@@ -291,10 +291,11 @@ def _transmission(n: int, seed: int, codes: np.ndarray | None) -> tuple[np.ndarr
 def _inner_folds(y: np.ndarray, codes: np.ndarray | None, k: int, seed: int, block: int) -> list[np.ndarray] | None:
     """Held-out rows (indices into the prefix) of each inner fold, or None when the prefix is too small.
 
-    Folds are stratified: the prefix's rows (or groups, by their majority label) are shuffled within each
-    class by ``default_rng([seed, 0x3D1, 0x1F, block])`` and dealt round-robin, class after class. Inner
-    CV needs at least 2k rows (and k groups) of each class in the prefix, so every inner training set
-    holds at least half of each class; otherwise the block is coded with the prefix's label frequencies.
+    Folds are stratified: the prefix's rows (or groups, by their share of class 1, so that minimal pairs,
+    which hold both classes, are dealt like any other group) are shuffled within each class (share) by
+    ``default_rng([seed, 0x3D1, 0x1F, block])`` and dealt round-robin, class after class. Inner CV needs at
+    least 2k rows of each class in the prefix (and k groups holding it), so every inner training set holds
+    at least half of each class; otherwise the block is coded with the prefix's label frequencies.
     """
     counts = np.bincount(y, minlength=2)
     if counts.min() < 2 * k:
@@ -302,13 +303,13 @@ def _inner_folds(y: np.ndarray, codes: np.ndarray | None, k: int, seed: int, blo
     rng = np.random.default_rng([seed, _MDL_STREAM, _INNER_STREAM, block])
     if codes is None:
         units, unit_of_row = np.arange(y.size), np.arange(y.size)
-        unit_label = y
+        share = y
     else:
         units, unit_of_row = np.unique(codes, return_inverse=True)
-        unit_label = (np.bincount(unit_of_row, weights=y) / np.bincount(unit_of_row) >= 0.5).astype(np.int64)
-        if np.bincount(unit_label, minlength=2).min() < k:
+        share = np.bincount(unit_of_row, weights=y) / np.bincount(unit_of_row)  # a group's fraction of class 1
+        if min((share > 0).sum(), (share < 1).sum()) < k:  # groups that hold each class
             return None
-    dealt = np.concatenate([rng.permutation(np.flatnonzero(unit_label == c)) for c in (0, 1)])
+    dealt = np.concatenate([rng.permutation(np.flatnonzero(share == level)) for level in np.unique(share)])
     fold_of_unit = np.empty(units.size, dtype=np.int64)
     fold_of_unit[dealt] = np.arange(dealt.size) % k
     fold_of_row = fold_of_unit[unit_of_row.ravel()]

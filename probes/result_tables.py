@@ -77,6 +77,30 @@ def concept_depth_table(summary: pd.DataFrame, weights: str) -> str:
     return markdown(header, body)
 
 
+def shortcut_audit_table(audit: pd.DataFrame, summary: pd.DataFrame, weights: str) -> str:
+    """Per task: what words, length and each model's input embeddings reach under the task's folds, beside the
+    model's best layer probe."""
+    from probes.perturbations import unperturbed
+
+    probes = summary[unperturbed(summary, weights)].set_index(["dataset", "model"])
+    models = list(dict.fromkeys(probes.index.get_level_values("model")))
+    audit = audit.fillna({"model": ""}).set_index(["dataset", "shortcut", "model"])
+    body = []
+    for dataset in dict.fromkeys(audit.index.get_level_values("dataset")):
+        level = probes.loc[dataset, "level"].iloc[0]
+        row = [f"{dataset} ({level})"]
+        row += [interval(audit.loc[(dataset, name, "")], "accuracy") for name in ("bag_of_words", "length")]
+        for model in models:
+            row += [
+                interval(audit.loc[(dataset, "embedding", model)], "accuracy"),
+                interval(probes.loc[(dataset, model)], "best_accuracy"),
+            ]
+        body.append(row)
+    header = ["task", "bag of words", "length"]
+    header += [f"{column} ({model})" for model in models for column in ("input embedding", "best layer")]
+    return markdown(header, body)
+
+
 def levels_table(levels: pd.DataFrame) -> str:
     """Each model's mean half-rise and converging depth over the decodable tasks of each level."""
     body = [

@@ -10,7 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from probes.activations import ExtractionSettings, NonFiniteActivations, extract_activations, site_hooks
+from probes.activations import (
+    INPUT_EMBEDDING,
+    ExtractionSettings,
+    NonFiniteActivations,
+    extract_activations,
+    site_hooks,
+)
 from probes.stages.models import extract_activations as extract_stage
 
 TEXTS = [
@@ -54,6 +60,17 @@ def test_layers_follow_the_residual_convention(tiny_model):
         torch.testing.assert_close(pooled["last"][0, layer], cache[name][0, -1], rtol=1e-5, atol=1e-5)
         bos_free_mean = cache[name][0, 1:].mean(0)
         torch.testing.assert_close(pooled["mean"][0, layer], bos_free_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pooled[INPUT_EMBEDDING], pooled["mean"][:, 0])
+
+
+def test_input_embeddings_are_kept_at_every_site(tiny_model):
+    """The shortcut audit's embedding baseline does not depend on which site the probes read."""
+    resid, _ = extract_activations(tiny_model, TEXTS, ExtractionSettings(), progress=False)
+    inside, _ = extract_activations(tiny_model, TEXTS, ExtractionSettings(site="mlp_out"), progress=False)
+    tokens = tiny_model.to_tokens(TEXTS[1])
+    expected = tiny_model.embed(tokens)[0, 1:].mean(0)  # the tiny model has no position embedding to add
+    torch.testing.assert_close(inside[INPUT_EMBEDDING][1], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(inside[INPUT_EMBEDDING], resid[INPUT_EMBEDDING])
 
 
 def test_site_hooks_inside_blocks_are_indexed_from_one():

@@ -1,9 +1,9 @@
-"""Built-in concept datasets: deterministic, balanced, factually right, no label cues; user datasets: clear errors."""
+"""Built-in concept datasets: deterministic, balanced, grouped; user datasets: clear errors. Each task's own checks
+are in tests/test_task_*.py, the shortcut audit of all of them in tests/test_shortcuts.py."""
 
 from __future__ import annotations
 
 import hashlib
-import re
 import subprocess
 import sys
 
@@ -13,8 +13,6 @@ import pytest
 
 from probes.datasets import LEVELS, DatasetError, load_dataset
 from probes.tasks import BUILTIN_TASKS, generate_dataset, write_builtin_datasets
-from probes.tasks.cities import COUNTRY_CITIES, NAMESAKES
-from probes.tasks.comparisons import QUANTITIES
 from probes.tasks.syllogisms import syllogism_follows
 
 
@@ -54,105 +52,16 @@ def test_another_seed_gives_other_data():
 @pytest.mark.parametrize("name", sorted(BUILTIN_TASKS))
 def test_builtin_tasks_are_balanced_and_unique(concepts, name):
     frame = concepts[name]
-    assert list(frame.columns[:2]) == ["text", "label"]
-    assert len(frame) >= 400
+    assert list(frame.columns[:3]) == ["text", "label", "group"]
+    assert len(frame) == 800  # per-layer SE of accuracy at most 0.018
     assert frame["label"].value_counts().to_dict() == {0: len(frame) // 2, 1: len(frame) // 2}
     assert not frame["text"].duplicated().any()
-    assert frame["text"].str.split().str.len().max() <= 50  # short: a 135M model runs over them on a CPU
+    assert frame["text"].str.split().str.len().max() <= 130  # short: a 135M model runs over them on a CPU
     assert BUILTIN_TASKS[name].level in LEVELS
 
 
-def test_three_levels_are_covered():
+def test_every_level_is_covered():
     assert sorted({task.level for task in BUILTIN_TASKS.values()}) == sorted(LEVELS)
-
-
-@pytest.mark.parametrize("name", sorted(BUILTIN_TASKS))
-def test_length_does_not_give_the_label_away(concepts, name):
-    frame = concepts[name]
-    words = frame["text"].str.split().str.len()
-    assert abs(words[frame["label"] == 1].mean() - words[frame["label"] == 0].mean()) < 1.0
-
-
-@pytest.mark.parametrize("name", ["cities", "comparisons", "syllogisms"])
-def test_words_alone_do_not_give_the_label_away(concepts, name):
-    """A bag-of-words probe stays near chance: the label lies in how the words relate, not in which occur."""
-    from sklearn.feature_extraction.text import CountVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-
-    frame = concepts[name]
-    words = CountVectorizer(token_pattern=r"[A-Za-z'-]+").fit_transform(frame["text"])
-    folds = StratifiedKFold(5, shuffle=True, random_state=0)
-    accuracy = cross_val_score(LogisticRegression(max_iter=2000), words, frame["label"], cv=folds).mean()
-    assert 0.4 < accuracy < 0.6, accuracy
-
-
-def test_city_statements_name_the_right_country(concepts):
-    frame = concepts["cities"]
-    country_of = {city: country for country, cities in COUNTRY_CITIES.items() for city in cities}
-    for city, country in [
-        ("Lyon", "France"),
-        ("Osaka", "Japan"),
-        ("Cusco", "Peru"),
-        ("Toronto", "Canada"),
-        ("Nairobi", "Kenya"),
-        ("Mumbai", "India"),
-        ("Munich", "Germany"),
-        ("Seville", "Spain"),
-    ]:
-        assert country_of[city] == country
-    assert len(country_of) >= 150 and len(COUNTRY_CITIES) >= 40
-    assert not frame["city"].duplicated().any()  # a city in both a true and a false row invites memorising
-    for row in frame.itertuples():
-        assert row.city in row.text and row.text.rstrip(".").endswith(row.country)
-        assert row.label == int(country_of[row.city] == row.country), row.text
-        assert row.country not in NAMESAKES.get(row.city, ()), row.text
-
-
-def test_comparison_truth_matches_the_quantities(concepts):
-    frame = concepts["comparisons"]
-    everest, blanc = QUANTITIES["height_m"].values["Mount Everest"], QUANTITIES["height_m"].values["Mont Blanc"]
-    assert everest > blanc and QUANTITIES["length_km"].values["the Nile"] > QUANTITIES["length_km"].values["the Thames"]
-    assert QUANTITIES["weight_kg"].clearly_greater("an elephant", "a mouse")
-    assert QUANTITIES["area_km2"].clearly_greater("Russia", "Belgium")
-    assert QUANTITIES["year"].clearly_greater("the Eiffel Tower", "the Colosseum")  # newer
-    pairs = set()
-    for row in frame.itertuples():
-        scale = QUANTITIES[row.quantity]
-        relation = scale.more if f" {scale.more} " in row.text else scale.less
-        first, second = row.text[:-1].split(f" {relation} ")
-        lookup = {item.lower(): item for item in scale.values}
-        first, second = lookup[first.lower()], lookup[second.lower()]
-        bigger, smaller = (first, second) if scale.clearly_greater(first, second) else (second, first)
-        assert scale.clearly_greater(bigger, smaller), row.text  # never a close call
-        assert row.label == int((bigger == first) == (relation == scale.more)), row.text
-        pairs.add(frozenset((first, second)))
-    assert len(pairs) == len(frame)
-
-
-def test_coinflip_labels_follow_from_the_text(concepts):
-    frame = concepts["coinflip"]
-    for row in frame.itertuples():
-        steps = re.findall(r"(\w+) (flips|does not flip) the coin\.", row.text)
-        assert row.text.startswith("A coin is heads up. ") and row.text.endswith(" Is the coin still heads up?")
-        assert 1 <= len(steps) == row.n_people <= 5
-        assert len({name for name, _ in steps}) == len(steps)  # distinct people
-        flips = sum(action == "flips" for _, action in steps)
-        assert row.label == int(flips % 2 == 0), row.text
-    assert frame["n_people"].value_counts().to_dict() == dict.fromkeys(range(1, 6), 80)
-
-
-def parse_syllogism(text: str) -> tuple:
-    """The form of a generated syllogism, with its three words renamed to the terms A, B, C."""
-    *premises, conclusion = re.match(r"(.*?)\. (.*?)\. Does it follow that (.*)\?$", text).groups()
-    propositions = []
-    for sentence in (*premises, conclusion):
-        q, x, y = re.fullmatch(r"(all|no|some) (\w+) are (not )?(\w+)", sentence.lower()).group(1, 2, 4)
-        propositions.append(("some_not" if " not " in sentence else q, x, y))
-    terms = dict(zip(propositions[2][1:], "AC"))
-    middle = ({x for _, *pair in propositions[:2] for x in pair} - set(terms)).pop()
-    terms[middle] = "B"
-    return tuple((q, terms[x], terms[y]) for q, x, y in propositions)
 
 
 def test_syllogism_checker_knows_the_classical_forms():
@@ -164,23 +73,6 @@ def test_syllogism_checker_knows_the_classical_forms():
     assert syllogism_follows(barbara) and syllogism_follows(ferio)
     assert not syllogism_follows(undistributed_middle) and not syllogism_follows(converted)
     assert syllogism_follows(barbari) and not syllogism_follows(barbari, existential_import=False)
-
-
-def test_syllogism_labels_are_validity(concepts):
-    frame = concepts["syllogisms"]
-    for row in frame.itertuples():
-        form = parse_syllogism(row.text)
-        assert row.label == syllogism_follows(form) == syllogism_follows(form, existential_import=False), row.text
-    # every quantifier pattern occurs with both answers, so all/no/some/not give nothing away
-    assert (frame.groupby("quantifiers")["label"].nunique() == 2).all()
-
-
-@pytest.mark.parametrize("name", ["sentiment", "reviews"])
-def test_affective_topics_occur_with_both_labels(concepts, name):
-    frame = concepts[name]
-    column = frame.columns[2]
-    counts = pd.crosstab(frame[column], frame["label"])
-    assert (counts >= 5).all().all(), counts
 
 
 @pytest.mark.parametrize(

@@ -162,6 +162,17 @@ def test_inner_folds_keep_groups_together():
     assert _inner_folds(y[:9], groups[:9], 3, seed=0, block=1) is None  # too few rows of each class
 
 
+def test_minimal_pairs_are_coded_by_the_probe_not_the_prior():
+    """Groups that hold both labels (minimal pairs) are cross-validated like any group: a separable layer
+    compresses, where a rule that dealt groups by their majority label found no group of class 0 and coded
+    every block with the label frequencies (compression exactly 1)."""
+    y = np.tile([0, 1], N // 2)
+    pairs = np.repeat(np.arange(N // 2), 2)
+    code = online_code(separable(y, 2, 16), y, ONE_SEED, groups=pairs)
+    assert (code.selection == CROSS_VALIDATED).sum() >= 4
+    assert (code.compression > 3).all(), code.compression
+
+
 def test_bad_arguments_are_refused():
     y = balanced_labels(40)
     X = noise(40, 1, 4)

@@ -39,6 +39,7 @@ TABLES = {
     "coinflip.html",
     "concept_depth_perturbations.html",
     "concept_depth_by_level.html",
+    "shortcut_audit.html",
 }
 CLICK_LINK = (
     "(text => {{ [...document.querySelectorAll('a')].find(a => a.innerText.trim() === text).click(); "

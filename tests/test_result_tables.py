@@ -97,3 +97,21 @@ def test_latent_language_and_sae_tables_carry_their_intervals():
     ).assign(dense_accuracy=0.9, dense_accuracy_lo=0.88, dense_accuracy_hi=0.92)
     table = sparse_probing_table(sparse)
     assert "SAE top-1" in table and "| m | d | 5 | 0.60 | 0.60 | 0.80 | 0.80 | 0.90 [0.88, 0.92] |" in table
+
+
+def test_shortcut_audit_table_sets_each_model_beside_its_input_embedding():
+    from probes.result_tables import shortcut_audit_table
+
+    audit = pd.DataFrame(
+        [
+            {"dataset": "a", "shortcut": "bag_of_words", "model": None, "accuracy": 0.5},
+            {"dataset": "a", "shortcut": "length", "model": None, "accuracy": 0.52},
+            {"dataset": "a", "shortcut": "embedding", "model": "m", "accuracy": 0.55},
+        ]
+    ).assign(accuracy_lo=0.45, accuracy_hi=0.6)
+    summary = pd.DataFrame(
+        [{"model": "m", "dataset": "a", "level": "factual", "weights": "fp32", "noise": "clean"}]
+    ).assign(best_accuracy=0.8, best_accuracy_lo=0.75, best_accuracy_hi=0.85)
+    table = shortcut_audit_table(audit, summary, "fp32")
+    assert "| task | bag of words | length | input embedding (m) | best layer (m) |" in table
+    assert "| a (factual) | 0.50 [0.45, 0.60] | 0.52 [0.45, 0.60] | 0.55 [0.45, 0.60] | 0.80 [0.75, 0.85] |" in table

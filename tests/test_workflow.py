@@ -37,6 +37,8 @@ def test_full_run_produces_tables_and_figures(run):
         "results/tables/concept_depth_curves.parquet",
         "results/tables/markdown/concept_depth.md",
         "results/tables/probe_metrics.parquet",
+        "results/tables/shortcut_audit.csv",
+        "results/shortcuts/cities.parquet",
         "results/figures/concept_depth_smollm2-135m.png",
         "results/figures/concept_depth_relative.png",
         "results/activations/smollm2-135m/fp32/clean/cities/resid.safetensors",
@@ -71,14 +73,23 @@ def test_factual_concept_is_decodable_and_the_controls_tell_memorisation_from_ch
         assert (summary[f"{key}_lo"] <= summary[key]).all() and (summary[key] <= summary[f"{key}_hi"]).all()
     predictions = pd.read_parquet(run / "results/probes/smollm2-135m/fp32/clean/cities.predictions.parquet")
     assert (
-        len(predictions) == 31 * 2 * 400 and predictions.groupby(["layer", "seed"])["example"].nunique().eq(400).all()
+        len(predictions) == 31 * 2 * 800 and predictions.groupby(["layer", "seed"])["example"].nunique().eq(800).all()
     )
+    assert (predictions.groupby(["seed", "group"])["fold"].nunique() == 1).all()  # a minimal pair shares its fold
     assert predictions["mdl_bits"].notna().all()  # every layer, seed and example gets a finite code length
     null = pd.read_parquet(run / "results/probes/smollm2-135m/fp32/clean/cities.null.parquet")
     assert null["permutation"].nunique() == 19 and null["accuracy"].between(0.3, 0.7).all()
     compression = curves[curves["metric"] == "mdl_compression"].set_index(["dataset", "layer"])["value"]
     assert compression.loc[("cities", 0)] == pytest.approx(1, abs=0.1)  # nothing to compress at layer 0
     assert summary["max_mdl_compression"].notna().all()  # MDL is on in the test config
+    # the shortcut audit: the minimal pairs leave words, length and input embeddings at chance, and the model's
+    # contextual layers beat them
+    audit = pd.read_csv(run / "results/tables/shortcut_audit.csv").fillna({"model": ""})
+    audit = audit.set_index(["dataset", "shortcut", "model"])["accuracy"]
+    assert audit.loc[("cities", "bag_of_words", "")] <= 0.6 and audit.loc[("cities", "length", "")] <= 0.6
+    assert audit.loc[("coinflip", "bag_of_words", "")] <= 0.6
+    assert audit.loc[("cities", "embedding", "smollm2-135m")] <= 0.6
+    assert summary.loc["cities", "best_accuracy_lo"] > summary.loc["cities", "embedding_accuracy_hi"]
     tables = run / "results/tables/markdown"
     assert "| smollm2-135m | cities (factual) | yes |" in (tables / "concept_depth.md").read_text()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,11 +16,11 @@ WEIGHTS_NOTE = (
     "weights: the format the model ran in (int8: weight-only, per output channel). The embedded models' originals "
     "are 4-bit GGUF files, so their fp32 is float32 arithmetic on weights dequantised from 4 bits."
 )
-INTERVAL_NOTE = (
+BOOTSTRAP_NOTE = (
     "Intervals: {ci:.0%} percentile intervals of {n_boot} bootstrap resamples of the examples (of the groups, "
-    "where the dataset declares them), the same rows at every layer. Undecodable tasks (best accuracy within the "
-    "permutation null) get no depth."
+    "where the dataset declares them), the same rows at every layer."
 )
+INTERVAL_NOTE = BOOTSTRAP_NOTE + " Undecodable tasks (best accuracy within the permutation null) get no depth."
 
 
 def probe_layers(
@@ -77,6 +78,35 @@ def probe_layers(
     return {"control": result.control}
 
 
+def audit_shortcuts(
+    dataset: str | os.PathLike,
+    tensors: Sequence[str | os.PathLike],
+    predictions: str | os.PathLike,
+    models: Sequence[str],
+    settings: dict,
+    pooling: str,
+    columns: dict | None = None,
+) -> dict:
+    """The ``audit_shortcuts`` rule: out-of-fold correctness of the bag-of-words, length and input-embedding
+    classifiers on one task, under the folds of its layer probes (groups from the dataset)."""
+    from probes.datasets import load_dataset
+    from probes.probing import ProbeSettings
+    from probes.shortcuts import audit_shortcuts as audit
+    from probes.stages.models import load_activations
+
+    data = load_dataset(dataset, **(columns or {}))
+    embeddings = {}
+    for model, path in zip(models, tensors, strict=True):
+        stored = load_activations(path, pooling)
+        if not np.array_equal(stored.labels, data.labels):
+            raise ValueError(f"{path}: labels differ from {dataset}; re-extract the activations")
+        embeddings[model] = stored.input_embeddings
+    table = audit(data.texts, data.labels, embeddings, ProbeSettings(**settings), data.groups)
+    write_parquet(predictions, table)
+    accuracy = table.groupby(["shortcut", "model"])["correct"].mean()
+    return {f"{shortcut}/{model}" if model else shortcut: float(value) for (shortcut, model), value in accuracy.items()}
+
+
 SUMMARY_KEYS = ("model", "weights", "noise", "dataset", "level", "site", "pooling", "n_layers", "control")
 
 
@@ -85,11 +115,14 @@ def summarise_concept_depth(
     predictions: Sequence[str | os.PathLike],
     null: Sequence[str | os.PathLike],
     metrics_meta: Sequence[str | os.PathLike],
+    shortcuts: Sequence[str | os.PathLike],
     summary_csv: str | os.PathLike,
     summary_html: str | os.PathLike,
     summary: str | os.PathLike,
     metrics_table: str | os.PathLike,
     curves: str | os.PathLike,
+    shortcuts_csv: str | os.PathLike,
+    shortcuts_html: str | os.PathLike,
     perturbations_csv: str | os.PathLike,
     perturbations_html: str | os.PathLike,
     levels_csv: str | os.PathLike,
@@ -104,9 +137,11 @@ def summarise_concept_depth(
 ) -> dict:
     """The ``summarise_concept_depth`` rule: one summary row and per-layer curves (with bootstrap intervals) per
     model x perturbation x dataset, all fold scores in one table, the perturbations' paired shifts, and the
-    depths grouped by task level across models."""
+    depths grouped by task level across models, and the shortcut audit of every task (its accuracies are also
+    columns of the summary rows)."""
     from probes.depth import depth_by_level, perturbation_effects
     from probes.depth import summarise_concept_depth as summarise
+    from probes.shortcuts import shortcut_columns, summarise_shortcuts
 
     rows, tables, curve_tables, replicates = [], [], [], {}
     for metrics_path, predictions_path, null_path, meta_path in zip(
@@ -132,7 +167,24 @@ def summarise_concept_depth(
         curve_tables.append(pd.concat([pd.DataFrame(keys, index=result.curves.index), result.curves], axis=1))
         replicates[(meta["model"], meta["weights"], meta["noise"], meta["dataset"])] = result.replicates
         tables.append(tidy)
+    audit = pd.concat(
+        [
+            summarise_shortcuts(pd.read_parquet(path), n_boot, seed, ci).assign(dataset=Path(path).stem)
+            for path in shortcuts
+        ],
+        ignore_index=True,
+    )
     summary_table = pd.DataFrame(rows)
+    summary_table = summary_table.merge(shortcut_columns(audit, summary_table), on=["model", "dataset"], how="left")
+    write_table(
+        audit[["dataset", *audit.columns.drop("dataset")]],
+        shortcuts_csv,
+        shortcuts_html,
+        "Shortcut audit: each task solved without the concept, under its own cross-validation folds",
+        "bag_of_words: logistic regression on word unigrams and bigrams; length: a depth-4 tree on characters and "
+        "words; embedding: the layer probe on the mean input embedding (layer 0) of each model. "
+        + BOOTSTRAP_NOTE.format(ci=ci, n_boot=n_boot),
+    )
     write_table(
         summary_table,
         summary_csv,

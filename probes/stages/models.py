@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from probes.activations import INPUT_EMBEDDING
 from probes.io import atomic_path, sha256_file, write_json
 
 if TYPE_CHECKING:
@@ -129,15 +130,17 @@ def extract_activations(
 
 @dataclass(frozen=True)
 class StoredActivations:
-    """One pooling of :func:`extract_activations`'s file: vectors (n, layers, d) and per-row int arrays."""
+    """One pooling of :func:`extract_activations`'s file: vectors (n, layers, d), per-row int arrays, and the
+    mean input embeddings (n, d) of the shortcut audit."""
 
     vectors: np.ndarray
     labels: np.ndarray
     groups: np.ndarray | None
     types: np.ndarray | None
+    input_embeddings: np.ndarray
 
 
-_ROW_ARRAYS = ("labels", "groups", "types")
+_ROW_ARRAYS = ("labels", "groups", "types", INPUT_EMBEDDING)
 
 
 def load_activations(path: str | os.PathLike, pooling: str) -> StoredActivations:
@@ -148,4 +151,8 @@ def load_activations(path: str | os.PathLike, pooling: str) -> StoredActivations
     if pooling not in tensors:
         poolings = sorted(set(tensors) - set(_ROW_ARRAYS))
         raise KeyError(f"{path} holds poolings {poolings}, not {pooling!r}; add it to activations.poolings")
-    return StoredActivations(tensors[pooling], tensors["labels"], tensors.get("groups"), tensors.get("types"))
+    if INPUT_EMBEDDING not in tensors:
+        raise KeyError(f"{path} predates the shortcut audit (no {INPUT_EMBEDDING}); delete it to re-extract")
+    return StoredActivations(
+        tensors[pooling], tensors["labels"], tensors.get("groups"), tensors.get("types"), tensors[INPUT_EMBEDDING]
+    )

@@ -13,9 +13,11 @@ def result_tables(
     concept_depth: str | os.PathLike,
     levels: str | os.PathLike,
     perturbations: str | os.PathLike,
+    shortcuts: str | os.PathLike,
     concept_depth_md: str | os.PathLike,
     concept_depth_by_level_md: str | os.PathLike,
     concept_depth_perturbations_md: str | os.PathLike,
+    shortcut_audit_md: str | os.PathLike,
     weights: str,
     latent_language: str | os.PathLike | None = None,
     sae_metrics: str | os.PathLike | None = None,
@@ -30,7 +32,9 @@ def result_tables(
     """
     from probes import result_tables as render
 
-    write_text(concept_depth_md, render.concept_depth_table(pd.read_parquet(concept_depth), weights))
+    summary = pd.read_parquet(concept_depth)
+    write_text(concept_depth_md, render.concept_depth_table(summary, weights))
+    write_text(shortcut_audit_md, render.shortcut_audit_table(pd.read_csv(shortcuts), summary, weights))
     write_text(concept_depth_by_level_md, render.levels_table(pd.read_csv(levels)))
     write_text(concept_depth_perturbations_md, render.perturbations_table(pd.read_csv(perturbations)))
     if latent_language_md:

@@ -4,15 +4,13 @@ The tasks span docs/methods.md §2's three levels (factual, affective, inferenti
 function of its seed (``random.Random`` only, lists in fixed order), so ``python -m probes.tasks``
 rewrites ``data/concepts/*.csv`` byte for byte; ``data/README.md`` is their data card.
 
-Every generator follows two rules, because a probe is trained and scored by cross-validation:
-
-- an item that identifies a row (a city, a pair of compared things) appears in one row only;
-- labels are dealt to rows at random (exactly half of each), independently of every surface feature that
-  is not the concept (template, relation word, country named, quantifiers, number of people, frame). Such
-  a feature is spread evenly over all rows, but how its rows split between the labels is left to the
-  shuffle. Splitting every feature exactly half-and-half would be worse than it looks: a held-out row then
-  always leaves its own label in the minority among training rows that share the feature, and a probe
-  that reads the feature scores *below* chance, which would be read as the concept being absent.
+Every generator but the lexical baseline ``reviews`` builds minimal pairs: each row has a twin with the
+same words (or template) and the opposite label, in its own ``group``, and every group is balanced inside
+(each of its words, names, templates and counts as often with either label). The probes' folds keep
+groups together, so a probe is tested on forms it has never seen, and holding a group out leaves the
+training rows balanced: balance over the whole file alone would leave each held-out row's features in
+the minority among the training rows, and a probe that reads them would score *below* chance, which
+would be read as the concept being absent.
 """
 
 from __future__ import annotations
@@ -31,9 +29,13 @@ BUILTIN_TASKS: dict[str, BuiltinTask] = {
     for task in (
         BuiltinTask("cities", "factual", "city-in-country statements, true or false", cities.generate),
         BuiltinTask("comparisons", "factual", "comparisons of known quantities, true or false", comparisons.generate),
-        BuiltinTask("sentiment", "affective", "everyday sentences, positive or negative", sentiment.generate),
-        BuiltinTask("reviews", "affective", "short reviews of films, food, gadgets, hotels, books", reviews.generate),
-        BuiltinTask("coinflip", "inferential", "coin-flip state tracking: still heads up?", coinflip.generate),
+        BuiltinTask(
+            "sentiment", "affective", "good or bad news set by negation, expectation or change", sentiment.generate
+        ),
+        BuiltinTask(
+            "reviews", "affective-lexical", "short reviews of films, food, gadgets, hotels, books", reviews.generate
+        ),
+        BuiltinTask("coinflip", "inferential", "coin-flip state tracking: heads up now?", coinflip.generate),
         BuiltinTask("syllogisms", "inferential", "syllogisms over nonsense words: valid?", syllogisms.generate),
     )
 }

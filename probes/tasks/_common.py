@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-EXAMPLES_PER_TASK = 400
+EXAMPLES_PER_TASK = 800  # per-layer SE of accuracy <= 0.018 at 0.5
 HALF = EXAMPLES_PER_TASK // 2
 
 
@@ -21,10 +21,13 @@ class BuiltinTask:
 
 
 def _frame(rows: list[tuple], columns: Sequence[str], rng: random.Random) -> pd.DataFrame:
-    """Shuffle with the generator's own stream, and refuse to return duplicates or unbalanced labels."""
+    """Shuffle with the generator's own stream, and refuse to return duplicates, unbalanced labels or rows
+    without the ``group`` that keeps a form, pattern or minimal pair in one cross-validation fold."""
     rng.shuffle(rows)
     frame = pd.DataFrame(rows, columns=list(columns))
     counts = frame["label"].value_counts()
+    if "group" not in frame or frame["group"].isna().any():
+        raise RuntimeError("generator broke its invariants: every row needs a group")
     if frame["text"].duplicated().any() or counts.get(0) != counts.get(1):
         duplicates = int(frame["text"].duplicated().sum())
         raise RuntimeError(f"generator broke its invariants: labels {counts.to_dict()}, {duplicates} duplicate texts")

@@ -6,9 +6,9 @@ import random
 
 import pandas as pd
 
-from probes.tasks._common import EXAMPLES_PER_TASK, HALF, _dealt_labels, _frame, _spread
+from probes.tasks._common import HALF, _frame
 
-# Real cities and their countries, from general knowledge.
+# Real cities and their countries, from general knowledge; at least MIN_CITIES (5) for every country.
 COUNTRY_CITIES: dict[str, tuple[str, ...]] = {
     "France": (
         "Lyon",
@@ -92,18 +92,18 @@ COUNTRY_CITIES: dict[str, tuple[str, ...]] = {
     "Austria": ("Vienna", "Salzburg", "Innsbruck", "Graz", "Linz"),
     "Poland": ("Warsaw", "Krakow", "Gdansk", "Wroclaw", "Poznan", "Lodz", "Lublin", "Szczecin", "Torun"),
     "the Czech Republic": ("Prague", "Brno", "Ostrava", "Pilsen", "Olomouc"),
-    "Slovakia": ("Bratislava", "Kosice", "Zilina"),
-    "Hungary": ("Budapest", "Debrecen", "Szeged", "Pecs"),
+    "Slovakia": ("Bratislava", "Kosice", "Zilina", "Presov", "Nitra"),
+    "Hungary": ("Budapest", "Debrecen", "Szeged", "Pecs", "Gyor"),
     "Romania": ("Bucharest", "Cluj-Napoca", "Timisoara", "Iasi", "Constanta"),
-    "Bulgaria": ("Sofia", "Plovdiv", "Varna", "Burgas"),
-    "Serbia": ("Belgrade", "Novi Sad", "Nis"),
-    "Croatia": ("Zagreb", "Split", "Dubrovnik", "Rijeka"),
+    "Bulgaria": ("Sofia", "Plovdiv", "Varna", "Burgas", "Pleven"),
+    "Serbia": ("Belgrade", "Novi Sad", "Nis", "Kragujevac", "Subotica"),
+    "Croatia": ("Zagreb", "Split", "Dubrovnik", "Rijeka", "Zadar"),
     "Greece": ("Athens", "Thessaloniki", "Patras", "Heraklion", "Larissa"),
     "Sweden": ("Stockholm", "Gothenburg", "Malmo", "Uppsala", "Linkoping"),
     "Norway": ("Oslo", "Bergen", "Trondheim", "Stavanger", "Tromso"),
-    "Denmark": ("Copenhagen", "Aarhus", "Odense", "Aalborg"),
-    "Finland": ("Helsinki", "Tampere", "Turku", "Oulu"),
-    "Lithuania": ("Vilnius", "Kaunas", "Klaipeda"),
+    "Denmark": ("Copenhagen", "Aarhus", "Odense", "Aalborg", "Esbjerg"),
+    "Finland": ("Helsinki", "Tampere", "Turku", "Oulu", "Espoo"),
+    "Lithuania": ("Vilnius", "Kaunas", "Klaipeda", "Siauliai", "Panevezys"),
     "Russia": (
         "Moscow",
         "Saint Petersburg",
@@ -118,20 +118,20 @@ COUNTRY_CITIES: dict[str, tuple[str, ...]] = {
     ),
     "Ukraine": ("Kyiv", "Kharkiv", "Odesa", "Lviv", "Dnipro"),
     "Turkey": ("Istanbul", "Ankara", "Izmir", "Antalya", "Bursa", "Konya", "Trabzon", "Gaziantep"),
-    "Israel": ("Tel Aviv", "Haifa", "Eilat"),
-    "Saudi Arabia": ("Riyadh", "Jeddah", "Mecca", "Medina"),
-    "the United Arab Emirates": ("Dubai", "Abu Dhabi", "Sharjah"),
+    "Israel": ("Tel Aviv", "Haifa", "Eilat", "Ashdod", "Netanya"),
+    "Saudi Arabia": ("Riyadh", "Jeddah", "Mecca", "Medina", "Dammam"),
+    "the United Arab Emirates": ("Dubai", "Abu Dhabi", "Sharjah", "Ajman", "Al Ain"),
     "Iran": ("Tehran", "Isfahan", "Shiraz", "Tabriz", "Mashhad"),
-    "Iraq": ("Baghdad", "Basra", "Mosul", "Erbil"),
+    "Iraq": ("Baghdad", "Basra", "Mosul", "Erbil", "Kirkuk"),
     "Egypt": ("Cairo", "Luxor", "Aswan", "Giza", "Port Said"),
     "Morocco": ("Casablanca", "Marrakesh", "Rabat", "Fez", "Tangier", "Agadir"),
-    "Algeria": ("Algiers", "Oran", "Constantine"),
-    "Tunisia": ("Tunis", "Sfax", "Sousse"),
+    "Algeria": ("Algiers", "Oran", "Constantine", "Annaba", "Blida"),
+    "Tunisia": ("Tunis", "Sfax", "Sousse", "Kairouan", "Bizerte"),
     "Nigeria": ("Lagos", "Abuja", "Kano", "Ibadan", "Port Harcourt"),
-    "Ghana": ("Accra", "Kumasi", "Tamale"),
-    "Ethiopia": ("Addis Ababa", "Dire Dawa", "Gondar"),
-    "Kenya": ("Nairobi", "Mombasa", "Kisumu", "Nakuru"),
-    "Tanzania": ("Dar es Salaam", "Dodoma", "Arusha", "Zanzibar City"),
+    "Ghana": ("Accra", "Kumasi", "Tamale", "Cape Coast", "Takoradi"),
+    "Ethiopia": ("Addis Ababa", "Dire Dawa", "Gondar", "Mekelle", "Bahir Dar"),
+    "Kenya": ("Nairobi", "Mombasa", "Kisumu", "Nakuru", "Eldoret"),
+    "Tanzania": ("Dar es Salaam", "Dodoma", "Arusha", "Zanzibar City", "Mwanza"),
     "South Africa": ("Johannesburg", "Cape Town", "Durban", "Pretoria", "Port Elizabeth"),
     "India": (
         "Mumbai",
@@ -149,9 +149,9 @@ COUNTRY_CITIES: dict[str, tuple[str, ...]] = {
         "Kochi",
     ),
     "Pakistan": ("Karachi", "Lahore", "Islamabad", "Peshawar", "Quetta"),
-    "Bangladesh": ("Dhaka", "Chittagong", "Khulna", "Sylhet"),
-    "Sri Lanka": ("Colombo", "Kandy", "Galle"),
-    "Nepal": ("Kathmandu", "Pokhara"),
+    "Bangladesh": ("Dhaka", "Chittagong", "Khulna", "Sylhet", "Rajshahi"),
+    "Sri Lanka": ("Colombo", "Kandy", "Galle", "Jaffna", "Negombo"),
+    "Nepal": ("Kathmandu", "Pokhara", "Biratnagar", "Birgunj", "Bhaktapur"),
     "China": (
         "Shanghai",
         "Beijing",
@@ -184,10 +184,10 @@ COUNTRY_CITIES: dict[str, tuple[str, ...]] = {
     ),
     "South Korea": ("Seoul", "Busan", "Incheon", "Daegu", "Gwangju"),
     "Vietnam": ("Hanoi", "Ho Chi Minh City", "Da Nang", "Hue", "Haiphong"),
-    "Thailand": ("Bangkok", "Chiang Mai", "Phuket", "Pattaya"),
-    "Malaysia": ("Kuala Lumpur", "George Town", "Ipoh", "Kota Kinabalu"),
+    "Thailand": ("Bangkok", "Chiang Mai", "Phuket", "Pattaya", "Khon Kaen"),
+    "Malaysia": ("Kuala Lumpur", "George Town", "Ipoh", "Kota Kinabalu", "Johor Bahru"),
     "Indonesia": ("Jakarta", "Surabaya", "Bandung", "Medan", "Yogyakarta"),
-    "the Philippines": ("Manila", "Cebu City", "Davao City", "Quezon City"),
+    "the Philippines": ("Manila", "Cebu City", "Davao City", "Quezon City", "Iloilo City"),
     "Australia": (
         "Sydney",
         "Melbourne",
@@ -229,7 +229,7 @@ COUNTRY_CITIES: dict[str, tuple[str, ...]] = {
         "Phoenix",
     ),
     "Mexico": ("Guadalajara", "Monterrey", "Puebla", "Cancun", "Tijuana", "Oaxaca", "Acapulco"),
-    "Cuba": ("Havana", "Santiago de Cuba", "Camaguey"),
+    "Cuba": ("Havana", "Santiago de Cuba", "Camaguey", "Holguin", "Cienfuegos"),
     "Brazil": (
         "Rio de Janeiro",
         "Sao Paulo",
@@ -243,12 +243,12 @@ COUNTRY_CITIES: dict[str, tuple[str, ...]] = {
         "Belo Horizonte",
     ),
     "Argentina": ("Buenos Aires", "Rosario", "Mendoza", "La Plata", "Mar del Plata"),
-    "Chile": ("Valparaiso", "Antofagasta", "Punta Arenas", "Vina del Mar"),
-    "Peru": ("Lima", "Cusco", "Arequipa", "Iquitos"),
-    "Colombia": ("Bogota", "Medellin", "Cali", "Barranquilla"),
-    "Venezuela": ("Caracas", "Maracaibo", "Barquisimeto"),
-    "Ecuador": ("Quito", "Guayaquil"),
-    "Bolivia": ("Santa Cruz de la Sierra", "Cochabamba", "Sucre"),
+    "Chile": ("Valparaiso", "Antofagasta", "Punta Arenas", "Vina del Mar", "Temuco"),
+    "Peru": ("Lima", "Cusco", "Arequipa", "Iquitos", "Chiclayo"),
+    "Colombia": ("Bogota", "Medellin", "Cali", "Barranquilla", "Bucaramanga"),
+    "Venezuela": ("Caracas", "Maracaibo", "Barquisimeto", "Maracay", "Maturin"),
+    "Ecuador": ("Quito", "Guayaquil", "Ambato", "Machala", "Portoviejo"),
+    "Bolivia": ("Santa Cruz de la Sierra", "Cochabamba", "Sucre", "Oruro", "Tarija"),
 }
 # Well-known places of the same name in another listed country; never named in a false statement, so
 # that none of them is accidentally true. (Names shared by two large cities, such as Cordoba, Valencia,
@@ -303,47 +303,82 @@ CITY_TEMPLATES = (
     "{city} is located in {country}.",
     "{city} lies in {country}.",
 )
+MIN_CITIES = 5  # drawn per country, so that each country named occurs in at least 5 groups
+COUNTRY_OF: dict[str, str] = {city: country for country, cities in COUNTRY_CITIES.items() for city in cities}
 
 
-def _city_statement(template: str, city: str, country: str) -> str:
-    if city.endswith(" City") and template.startswith("The city of"):
-        template = "{city} is in {country}."  # not "The city of Quebec City"
-    return template.format(city=city, country=country)
+def _fits(city: str, country: str) -> bool:
+    """Whether a false statement may place ``city`` in ``country``: not its own, and no namesake there."""
+    return country != COUNTRY_OF[city] and country not in NAMESAKES.get(city, ())
+
+
+def _swappable(first: str, second: str) -> bool:
+    """Whether each city may be placed in the other's country."""
+    return _fits(first, COUNTRY_OF[second]) and _fits(second, COUNTRY_OF[first])
+
+
+def _draw_cities(rng: random.Random) -> list[str]:
+    """HALF cities: MIN_CITIES of every country, the rest drawn from all the others."""
+    drawn, rest = [], []
+    for cities in COUNTRY_CITIES.values():
+        picked = rng.sample(cities, MIN_CITIES)
+        drawn += picked
+        rest += [city for city in cities if city not in picked]
+    return drawn + rng.sample(rest, HALF - len(drawn))
+
+
+def _pair_cities(cities: list[str], rng: random.Random) -> list[tuple[str, str]]:
+    """Random pairs of cities that may swap countries; a pair that may not is repaired by a swap of partners
+    that leaves both pairs valid (earlier pairs stay valid, so one pass suffices)."""
+    rng.shuffle(cities)
+    firsts, seconds = cities[::2], cities[1::2]
+    n = len(firsts)
+    for i in range(n):
+        if not _swappable(firsts[i], seconds[i]):
+            j = next(
+                j
+                for j in rng.sample(range(n), n)
+                if _swappable(firsts[i], seconds[j]) and _swappable(firsts[j], seconds[i])
+            )
+            seconds[i], seconds[j] = seconds[j], seconds[i]
+    return list(zip(firsts, seconds))
+
+
+def _deal_templates(pairs: list[tuple[str, str]], rng: random.Random) -> list[str]:
+    """Each phrasing for a quarter of the pairs, at random; "The city of X" never meets a name ending in
+    "City" (not "The city of Quebec City"): such a pair swaps phrasings with another pair."""
+    templates = [CITY_TEMPLATES[i % len(CITY_TEMPLATES)] for i in range(len(pairs))]
+    rng.shuffle(templates)
+
+    def clash(template: str, pair: tuple[str, str]) -> bool:
+        return template == CITY_TEMPLATES[0] and any(city.endswith(" City") for city in pair)
+
+    for i, pair in enumerate(pairs):
+        if clash(templates[i], pair):
+            j = next(
+                j for j in range(len(pairs)) if not clash(templates[i], pairs[j]) and not clash(templates[j], pair)
+            )
+            templates[i], templates[j] = templates[j], templates[i]
+    return templates
 
 
 def generate(seed: int) -> pd.DataFrame:
-    """Each of 400 drawn cities appears once, and each row names one of the countries of those cities.
+    """400 cities in 200 groups of two cities X (in country A) and Y (in B) from different countries, four
+    rows each, in one phrasing: X in A (1), X in B (0), Y in B (1), Y in A (0).
 
-    Labels are dealt at random over the named countries, and the cities left after the true statements
-    go to the false ones (never naming their own country). So, country by country, true and false rows
-    split as under a random shuffle of the labels: neither the country named nor the city's real country
-    carries the label. (Exactly equal counts per country would not do: with a few rows per country, each
-    country would then predict the *opposite* label on held-out folds.)
+    So every city, every country named and every phrasing occurs once with each label within every group,
+    and every word and word pair of the texts as often in a true as in a false row of the group. Held-out
+    groups therefore leave the training rows balanced too, and no probe can learn a label from a city, a
+    country or a phrasing alone; only from whether the city lies in the country. (Minimal pairs of one
+    city alone, X in A beside X in B, balance the countries only across the whole file: a held-out pair
+    then leaves its true country in the minority among the training rows, and a bag of words scores 0.29.)
     """
     rng = random.Random(seed)
-    pairs = [(city, country) for country, cities in COUNTRY_CITIES.items() for city in cities]
-    chosen = rng.sample(pairs, EXAMPLES_PER_TASK)
-    named = [country for _, country in chosen]
-    labels = _dealt_labels(rng)
-    unused = {country: [city for city, c in chosen if c == country] for country in COUNTRY_CITIES}
-    cities: list[str] = [unused[country].pop() if label else "" for country, label in zip(named, labels)]
-    left = [city for country in COUNTRY_CITIES for city in unused[country]]
-    country_of = dict(pairs)
-    false_slots = [i for i, label in enumerate(labels) if not label]
-    rng.shuffle(left)
-
-    def fits(city: str, slot: int) -> bool:
-        return named[slot] != country_of[city] and named[slot] not in NAMESAKES.get(city, ())
-
-    for k, slot in enumerate(false_slots):  # repair clashes by swaps that keep both rows valid
-        if not fits(left[k], slot):
-            m = next(m for m in rng.sample(range(HALF), HALF) if fits(left[m], slot) and fits(left[k], false_slots[m]))
-            left[k], left[m] = left[m], left[k]
-    for k, slot in enumerate(false_slots):
-        cities[slot] = left[k]
-    templates = _spread(CITY_TEMPLATES, rng)
-    rows = [
-        (_city_statement(template, city, country), label, city, country)
-        for template, city, country, label in zip(templates, cities, named, labels)
-    ]
-    return _frame(rows, ["text", "label", "city", "country"], rng)
+    pairs = _pair_cities(_draw_cities(rng), rng)
+    rows = []
+    for (x, y), template in zip(pairs, _deal_templates(pairs, rng)):
+        group = "|".join(sorted((x, y)))
+        for city, other in ((x, y), (y, x)):
+            for country, label in ((COUNTRY_OF[city], 1), (COUNTRY_OF[other], 0)):
+                rows.append((template.format(city=city, country=country), label, group, country, city, template))
+    return _frame(rows, ["text", "label", "group", "country", "city", "template"], rng)

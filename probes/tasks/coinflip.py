@@ -1,15 +1,17 @@
-"""Inferential task ``coinflip``: coin-flip state tracking, is the coin still heads up?"""
+"""Inferential task ``coinflip``: coin-flip state tracking, is the coin heads up after everyone's turn?"""
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
 from collections.abc import Sequence
 
 import pandas as pd
 
-from probes.tasks._common import _dealt_labels, _frame, _spread, _unique
+from probes.tasks._common import HALF, _frame
 
-# Sixty names, so that even the one-person examples are distinct for either label.
+# Sixty names, so that each text can give its (up to twelve) people distinct names.
 NAMES = (
     "Alice",
     "Bob",
@@ -72,29 +74,54 @@ NAMES = (
     "James",
     "Lucy",
 )
-MAX_PEOPLE = 5
+PEOPLE = range(6, 13)  # people per text; each flips or leaves the coin, in turn
+# Three phrasings of either move, so that no single word marks a flip; two of those that leave it negate.
+FLIPS = ("flips the coin", "turns the coin over", "flips the coin over")
+KEEPS = ("leaves the coin alone", "does not touch the coin", "does not flip the coin")
+STARTS = ("heads", "tails")
+QUESTION = "Is the coin heads up now?"
 
 
-def coin_text(names: Sequence[str], flips: Sequence[bool]) -> str:
-    steps = " ".join(f"{name} {'flips' if flip else 'does not flip'} the coin." for name, flip in zip(names, flips))
-    return f"A coin is heads up. {steps} Is the coin still heads up?"
+def coin_text(start: str, names: Sequence[str], moves: Sequence[str]) -> str:
+    steps = " ".join(f"{name} {move}." for name, move in zip(names, moves))
+    return f"A coin is {start} up. {steps} {QUESTION}"
+
+
+def heads_up(start: str, n_flips: int) -> bool:
+    return (start == "heads") == (n_flips % 2 == 0)
+
+
+def patterns_per_cell(n_people: int, n_patterns: int) -> dict[int, int]:
+    """How many flip patterns each number of flips (1 .. n_people - 1) gets: as even as the patterns that
+    exist allow, the fewest first. No one flipping, or everyone, has a single pattern, so neither is used."""
+    cells = sorted(range(1, n_people), key=lambda flips: (math.comb(n_people, flips), flips))
+    counts, left = {}, n_patterns
+    for i, flips in enumerate(cells):
+        counts[flips] = min(math.comb(n_people, flips), left // (len(cells) - i))
+        left -= counts[flips]
+    if left:
+        raise ValueError(f"{n_people} people have fewer than {n_patterns} flip patterns")
+    return dict(sorted(counts.items()))
 
 
 def generate(seed: int) -> pd.DataFrame:
-    """1-5 people (80 examples each) flip or not; heads up (label 1) after an even number of flips. The
-    labels are dealt independently of the number of people, so length does not predict the answer."""
+    """400 flip patterns (who flips, in order) of 6-12 people, each told twice with the same names and
+    phrasings: once starting heads up, once tails up. The two texts differ in one word and have opposite
+    answers, so every pattern (the row's ``group``) and every (people, flips) cell has both labels, half
+    each; the answer is the start state XOR the parity of the flips."""
     rng = random.Random(seed)
-    seen: set[str] = set()
-
-    def draw(label: int, n_people: int) -> tuple:
-        flips = [rng.random() < 0.5 for _ in range(n_people)]
-        if (sum(flips) % 2 == 0) != bool(label):
-            flips[rng.randrange(n_people)] ^= True  # fix the parity: uniform over the flips with this parity
-        pattern = "".join("F" if flip else "N" for flip in flips)  # who flips, in order: the control's type
-        return coin_text(rng.sample(NAMES, n_people), flips), label, n_people, sum(flips), pattern
-
-    rows = [
-        _unique(draw, seen, label, n_people)
-        for label, n_people in zip(_dealt_labels(rng), _spread(range(1, MAX_PEOPLE + 1), rng))
-    ]
-    return _frame(rows, ["text", "label", "n_people", "n_flips", "pattern"], rng)
+    # 400 patterns over the seven numbers of people: 57 each, the remainder to the most people
+    per_people = [HALF // len(PEOPLE) + (i >= len(PEOPLE) - HALF % len(PEOPLE)) for i in range(len(PEOPLE))]
+    rows = []
+    for n_people, n_patterns in zip(PEOPLE, per_people):
+        for n_flips, count in patterns_per_cell(n_people, n_patterns).items():
+            for flippers in rng.sample(list(itertools.combinations(range(n_people), n_flips)), count):
+                flips = [person in flippers for person in range(n_people)]
+                names = rng.sample(NAMES, n_people)
+                moves = [rng.choice(FLIPS if flip else KEEPS) for flip in flips]
+                pattern = "".join("F" if flip else "N" for flip in flips)
+                for start in STARTS:
+                    label = int(heads_up(start, n_flips))
+                    text = coin_text(start, names, moves)
+                    rows.append((text, label, pattern, f"{n_people}p{n_flips}f", n_people, n_flips, start))
+    return _frame(rows, ["text", "label", "group", "cell", "n_people", "n_flips", "start"], rng)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from probes.tasks._common import EXAMPLES_PER_TASK, _capitalise, _dealt_labels, _frame
+from probes.tasks._common import HALF, _capitalise, _frame
 
 
 @dataclass(frozen=True)
@@ -226,20 +226,84 @@ def comparison_pairs(scale: Scale) -> list[tuple[str, str]]:
     return [(big, small) for big, small in itertools.permutations(scale.values, 2) if scale.clearly_greater(big, small)]
 
 
+MIN_GROUPS = 5  # groups per quantity at least, so that the type control sees each quantity in training
+ITEMS_PER_GROUP = 5  # about; more items per group give more pairs but fewer groups
+SEARCH_STEPS = 500  # swaps tried per quantity to raise the number of clearly ordered pairs within groups
+
+
+def _clear_pairs(scale: Scale, items: list[str]) -> list[tuple[str, str]]:
+    """(bigger, smaller) for each clearly ordered pair of ``items``, in their order."""
+    pairs = []
+    for a, b in itertools.combinations(items, 2):
+        if scale.clearly_greater(a, b):
+            pairs.append((a, b))
+        elif scale.clearly_greater(b, a):
+            pairs.append((b, a))
+    return pairs
+
+
+def item_groups(scale: Scale, rng: random.Random) -> list[list[str]]:
+    """The items of a quantity split into disjoint groups of about ITEMS_PER_GROUP (at least MIN_GROUPS
+    groups), each holding items from across the whole range: the items are dealt band by band in value
+    order, then random swaps between groups are kept unless they lose clearly ordered pairs."""
+    items = sorted(scale.values, key=scale.values.__getitem__)
+    n = max(MIN_GROUPS, round(len(items) / ITEMS_PER_GROUP))
+    groups: list[list[str]] = [[] for _ in range(n)]
+    for start in range(0, len(items), n):
+        band = items[start : start + n]
+        for item, g in zip(band, rng.sample(range(n), len(band))):
+            groups[g].append(item)
+    for _ in range(SEARCH_STEPS):
+        a, b = rng.sample(range(n), 2)
+        i, j = rng.randrange(len(groups[a])), rng.randrange(len(groups[b]))
+        before = len(_clear_pairs(scale, groups[a])) + len(_clear_pairs(scale, groups[b]))
+        groups[a][i], groups[b][j] = groups[b][j], groups[a][i]
+        if len(_clear_pairs(scale, groups[a])) + len(_clear_pairs(scale, groups[b])) < before:
+            groups[a][i], groups[b][j] = groups[b][j], groups[a][i]
+    return groups
+
+
+def _even_shares(capacity: dict[str, int], total: int) -> dict[str, int]:
+    """``total`` spread over the keys as evenly as their capacities allow (one at a time, in key order)."""
+    if sum(capacity.values()) < total:
+        raise RuntimeError(f"only {sum(capacity.values())} clearly ordered pairs within groups, {total} needed")
+    shares = dict.fromkeys(capacity, 0)
+    while total:
+        for key in capacity:
+            if total and shares[key] < capacity[key]:
+                shares[key] += 1
+                total -= 1
+    return shares
+
+
 def generate(seed: int) -> pd.DataFrame:
-    """Each pair appears once, with a label dealt at random and a relation drawn at random, so neither the
-    relation word nor which item comes first says anything about the label."""
+    """200 clearly ordered pairs, four rows each: both orders under both relation words. "A is longer than
+    B." (1) beside "B is longer than A." (0) is one minimal pair, "A is shorter than B." (0) beside "B is
+    shorter than A." (1) the other.
+
+    So every item, every relation word and which item comes first occur once with each label for every
+    pair, and every word and word pair of a pair's rows as often in a true as in a false row; only the
+    order of the items *under the relation* tells a true row from a false one. The cross-validation
+    group is not the pair but a set of about five items of one quantity (:func:`item_groups`), and pairs
+    are only drawn within a set: every item sits in one group, so no probe can learn from training rows
+    which side of a comparison an item is usually on (with one group per pair, pairs sharing an item
+    across folds let a classifier that knows only the first and second item and the relation score
+    0.82) and every held-out comparison is about items the probe has never been trained on.
+    """
     rng = random.Random(seed)
-    per_kind, extra = divmod(EXAMPLES_PER_TASK, len(QUANTITIES))
-    pairs = [
-        (kind, pair)
-        for k, (kind, scale) in enumerate(QUANTITIES.items())
-        for pair in rng.sample(comparison_pairs(scale), per_kind + (k < extra))
-    ]
+    candidates = {}
+    for kind, scale in QUANTITIES.items():
+        groups = item_groups(scale, rng)
+        candidates[kind] = [(group, pair) for group in groups for pair in _clear_pairs(scale, group)]
+    shares = _even_shares({kind: len(pairs) for kind, pairs in candidates.items()}, HALF // 2)
     rows = []
-    for (kind, (big, small)), truth in zip(pairs, _dealt_labels(rng)):
-        scale = QUANTITIES[kind]
-        relation = rng.choice((scale.more, scale.less))
-        first, second = (big, small) if (relation == scale.more) == bool(truth) else (small, big)
-        rows.append((_capitalise(f"{first} {relation} {second}."), truth, kind))
-    return _frame(rows, ["text", "label", "quantity"], rng)
+    for kind, scale in QUANTITIES.items():
+        for items, (big, small) in rng.sample(candidates[kind], shares[kind]):
+            group = f"{kind}:{'|'.join(sorted(items))}"
+            pair = f"{kind}:{'|'.join(sorted((big, small)))}"
+            for relation in (scale.more, scale.less):
+                for first, second in ((big, small), (small, big)):
+                    label = int((first == big) == (relation == scale.more))
+                    text = _capitalise(f"{first} {relation} {second}.")
+                    rows.append((text, label, group, kind, pair, relation, first, second))
+    return _frame(rows, ["text", "label", "group", "quantity", "pair", "relation", "first", "second"], rng)

@@ -1,4 +1,9 @@
-"""Affective task ``reviews``: short reviews of films, food, gadgets, hotels and books, positive or negative."""
+"""Affective-lexical task ``reviews``: short reviews of films, food, gadgets, hotels and books, positive or
+negative.
+
+Lexical on purpose: the label is carried by evaluative words ("superb" / "dreadful", "Five stars." / "One
+star."), so a bag-of-words classifier solves it. It is the baseline for ``sentiment``, whose label no word
+gives away: it shows what looking up words alone achieves."""
 
 from __future__ import annotations
 
@@ -133,49 +138,53 @@ REVIEW_DOMAINS: dict[str, ReviewDomain] = {
 # Evaluative adjectives that fit any aspect, (positive, negative) in parallel.
 REVIEW_ADJECTIVES = (
     ("superb", "dreadful"),
-    ("excellent", "poor"),
+    ("excellent", "appalling"),
     ("brilliant", "terrible"),
     ("outstanding", "mediocre"),
     ("first-rate", "disappointing"),
-    ("impressive", "dismal"),
+    ("impressive", "lacklustre"),
 )
 REVIEW_OPENERS = ("", "Honestly, ", "Overall, ", "In short, ")
 REVIEW_ADVERBS = ("", "truly ", "simply ", "really ")
-# Frames over an opener o, item, remark, aspects a1/a2 with adjectives j1/j2, adverb d and a verdict v.
+# Frames over an opener o, item, remark, aspects a1/a2 with adjectives j1/j2, adverb d and a verdict v. The
+# subject of each frame (``a1`` or ``item``) names its rows' group.
 REVIEW_FRAMES = (
-    "{o}{a1} is {d}{j1}.",
-    "{o}{a1} is {j1} and {a2} is {j2}.",
-    "{o}{item} {remark}. {v}",
-    "{o}{a1} is {j1}, and {item} {remark}.",
-    "{v} {A1} is {d}{j1}.",
-    "{o}{item} {remark}.",
+    ("{o}{a1} is {d}{j1}.", "a1"),
+    ("{o}{a1} is {j1} and {a2} is {j2}.", "a1"),
+    ("{o}{item} {remark}. {v}", "item"),
+    ("{o}{a1} is {j1}, and {item} {remark}.", "a1"),
+    ("{v} {A1} is {d}{j1}.", "a1"),
+    ("{o}{item} {remark}.", "item"),
 )
 
 
 def generate(seed: int) -> pd.DataFrame:
-    """As for ``sentiment``: both labels draw domain, frame, aspects, opener and adverb from the same lists,
-    so only the evaluative words carry the label."""
+    """Labels, frames and domains are dealt independently; both labels then draw aspects, items, opener and
+    adverb from the same lists, so only the evaluative words carry the label. A group is one frame with one
+    subject (``film/3/the plot``): the rows of a group differ only in their evaluative words and fillers."""
     rng = random.Random(seed)
     seen: set[str] = set()
 
-    def draw(label: int, frame: str) -> tuple:
-        name = rng.choice(list(REVIEW_DOMAINS))
+    def draw(label: int, frame: int, name: str) -> tuple:
         domain, polarity = REVIEW_DOMAINS[name], 1 - label
         a1, a2 = rng.sample(domain.aspects, 2)
         j1, j2 = (adjectives[polarity] for adjectives in rng.sample(REVIEW_ADJECTIVES, 2))
-        text = frame.format(
-            o=rng.choice(REVIEW_OPENERS),
-            d=rng.choice(REVIEW_ADVERBS),
-            item=rng.choice(domain.items),
-            a1=a1,
-            a2=a2,
-            A1=_capitalise(a1),
-            j1=j1,
-            j2=j2,
-            remark=rng.choice(domain.remarks[polarity]),
-            v=rng.choice(domain.verdicts[polarity]),
-        )
-        return _capitalise(text), label, name
+        fill = {
+            "o": rng.choice(REVIEW_OPENERS),
+            "d": rng.choice(REVIEW_ADVERBS),
+            "item": rng.choice(domain.items),
+            "a1": a1,
+            "a2": a2,
+            "A1": _capitalise(a1),
+            "j1": j1,
+            "j2": j2,
+            "remark": rng.choice(domain.remarks[polarity]),
+            "v": rng.choice(domain.verdicts[polarity]),
+        }
+        text, subject = REVIEW_FRAMES[frame]
+        return _capitalise(text.format(**fill)), label, f"{name}/{frame}/{fill[subject]}", name, frame
 
-    rows = [_unique(draw, seen, label, frame) for label, frame in zip(_dealt_labels(rng), _spread(REVIEW_FRAMES, rng))]
-    return _frame(rows, ["text", "label", "domain"], rng)
+    frames = _spread(range(len(REVIEW_FRAMES)), rng)
+    domains = _spread(list(REVIEW_DOMAINS), rng)
+    rows = [_unique(draw, seen, *dealt) for dealt in zip(_dealt_labels(rng), frames, domains)]
+    return _frame(rows, ["text", "label", "group", "domain", "frame"], rng)

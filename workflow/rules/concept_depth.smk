@@ -12,7 +12,9 @@ rule probe_layers:
         metrics_meta="results/probes/{model}/{weights}/{noise}/{dataset}.meta.json",
         provenance="results/provenance/probe_layers/{model}/{weights}/{noise}/{dataset}.json",
     params:
-        settings=probes.config.probe_settings(config),
+        settings=lambda wc: probes.config.probe_settings(
+            config, perturbed=(wc.weights, wc.noise) != (BASE_WEIGHTS, CLEAN)
+        ),
         pooling=config["probe"]["pooling"],
         level=lambda wc: dataset_config(wc.dataset)["level"],
     log:
@@ -26,12 +28,39 @@ rule probe_layers:
         run_stage(probes.stages.concept_depth.probe_layers, input, output, params, log, threads, **wildcards)
 
 
+rule audit_shortcuts:
+    input:
+        dataset=lambda wc: dataset_path(wc.dataset),
+        tensors=lambda wc: expand(
+            unperturbed(rules.extract_activations.output.tensors),
+            model=MODELS,
+            dataset=wc.dataset,
+        ),
+    output:
+        predictions="results/shortcuts/{dataset}.parquet",
+        provenance="results/provenance/audit_shortcuts/{dataset}.json",
+    params:
+        models=MODELS,
+        settings=probes.config.probe_settings(config),
+        pooling=config["probe"]["pooling"],
+        columns=lambda wc: dataset_columns(wc.dataset),
+    log:
+        "logs/audit_shortcuts/{dataset}.log",
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    run:
+        run_stage(probes.stages.concept_depth.audit_shortcuts, input, output, params, log, threads)
+
+
 rule summarise_concept_depth:
     input:
         metrics=condition_outputs(rules.probe_layers.output.metrics),
         predictions=condition_outputs(rules.probe_layers.output.predictions),
         null=condition_outputs(rules.probe_layers.output.null),
         metrics_meta=condition_outputs(rules.probe_layers.output.metrics_meta),
+        shortcuts=expand(rules.audit_shortcuts.output.predictions, dataset=DATASETS),
     output:
         summary_csv="results/tables/concept_depth_summary.csv",
         summary_html=report(
@@ -43,6 +72,13 @@ rule summarise_concept_depth:
         summary="results/tables/concept_depth_summary.parquet",
         metrics_table="results/tables/probe_metrics.parquet",
         curves="results/tables/concept_depth_curves.parquet",
+        shortcuts_csv="results/tables/shortcut_audit.csv",
+        shortcuts_html=report(
+            "results/tables/shortcut_audit.html",
+            caption="../report/shortcut_audit.rst",
+            category="Concept depth",
+            labels={"model": "all", "figure": "shortcut audit"},
+        ),
         perturbations_csv="results/tables/concept_depth_perturbations.csv",
         perturbations_html=report(
             "results/tables/concept_depth_perturbations.html",

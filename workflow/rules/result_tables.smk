@@ -7,11 +7,13 @@ rule result_tables:
         concept_depth=rules.summarise_concept_depth.output.summary,
         levels=rules.summarise_concept_depth.output.levels_csv,
         perturbations=rules.summarise_concept_depth.output.perturbations_csv,
+        shortcuts=rules.summarise_concept_depth.output.shortcuts_csv,
     output:
         **result_table_outputs(),
         concept_depth_md="results/tables/markdown/concept_depth.md",
         concept_depth_by_level_md="results/tables/markdown/concept_depth_by_level.md",
         concept_depth_perturbations_md="results/tables/markdown/concept_depth_perturbations.md",
+        shortcut_audit_md="results/tables/markdown/shortcut_audit.md",
         provenance="results/provenance/result_tables.json",
     params:
         weights=BASE_WEIGHTS,
