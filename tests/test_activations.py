@@ -110,7 +110,8 @@ def test_extract_stage_writes_safetensors_and_provenance(smollm2_manifest, tmp_p
         {"text_column": "sentence", "label_column": "truth"},
     )
     stored = load_file(tensors)
-    assert set(stored) == {"last", "mean", "labels"}
+    assert set(stored) == {"last", "mean", "labels", INPUT_EMBEDDING}
+    torch.testing.assert_close(stored[INPUT_EMBEDDING], stored["mean"][:, 0])
     assert stored["labels"].tolist() == [i % 2 for i in range(len(TEXTS))]
     assert stored["last"].shape == (len(TEXTS), 31, 576) and stored["last"].dtype == torch.float32
     info = json.loads(meta.read_text())

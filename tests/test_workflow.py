@@ -63,14 +63,19 @@ def test_factual_concept_is_decodable_and_the_controls_tell_memorisation_from_ch
         "weights == 'fp32' and noise == 'clean'"
     )
     summary = summary.set_index("dataset")
-    assert set(summary.index) == {"cities", "coinflip"} and summary["decodable"].all()
+    assert set(summary.index) == {"cities", "coinflip"} and summary.loc["cities", "decodable"]
+    assert (summary["decodable"] == (summary["null_p_value"] <= 0.05)).all()
+    # coinflip (start side XOR the parity of 6-12 flips) may be beyond SmolLM2: then it has no depth, and says why
+    undecodable = summary[~summary["decodable"]]
+    assert undecodable["half_rise_layer"].isna().all() and undecodable["undecodable_reason"].notna().all()
     # cities declares its country as the type: the last token reads the country, so the type control rises
     assert summary.loc["cities", "control"] == "type" and summary.loc["cities", "max_control_accuracy"] > 0.7
     assert summary.loc["coinflip", "control"] == "permuted"  # no type column: the permuted control, at chance
     assert curve.loc[("coinflip", "control_accuracy"), "value"].between(0.4, 0.6).all()
     assert curve.loc[("cities", "control_train_accuracy"), "value"].max() > 0.9  # what the probe can memorise
     for key in ("half_rise_layer", "converging_layer", "best_accuracy"):
-        assert (summary[f"{key}_lo"] <= summary[key]).all() and (summary[key] <= summary[f"{key}_hi"]).all()
+        rows = summary.dropna(subset=[key])
+        assert (rows[f"{key}_lo"] <= rows[key]).all() and (rows[key] <= rows[f"{key}_hi"]).all()
     predictions = pd.read_parquet(run / "results/probes/smollm2-135m/fp32/clean/cities.predictions.parquet")
     assert (
         len(predictions) == 31 * 2 * 800 and predictions.groupby(["layer", "seed"])["example"].nunique().eq(800).all()
@@ -407,6 +412,7 @@ def test_every_job_records_its_provenance_and_run_info_gathers_them(run):
     assert info["rule"].value_counts().to_dict() == {
         "extract_activations": 4,
         "probe_layers": 4,
+        "audit_shortcuts": 2,
         "summarise_concept_depth": 1,
         "train_tuned_lens": 1,
         "latent_language": 1,
@@ -428,7 +434,7 @@ def test_every_job_records_its_provenance_and_run_info_gathers_them(run):
     assert (
         record["inputs"]["dataset"] == str(REPO / "data/concepts/cities.csv") and "tensors" not in record["arguments"]
     )
-    assert record["details"]["n_examples"] == 400 and record["details"]["n_truncated"] == 0
+    assert record["details"]["n_examples"] == 800 and record["details"]["n_truncated"] == 0
     summary = read_json(run / "results/provenance/summarise_concept_depth.json")
     assert summary["arguments"]["n_boot"] == 200 and len(summary["inputs_sha256"]["metrics"]) == 4
     plot = read_json(run / "results/provenance/plot_concept_depth/smollm2-135m.json")

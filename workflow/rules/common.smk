@@ -167,6 +167,7 @@ def run_info_inputs():
     records = [
         *condition_outputs(rules.extract_activations.output.provenance),
         *condition_outputs(rules.probe_layers.output.provenance),
+        *expand(rules.audit_shortcuts.output.provenance, dataset=DATASETS),
         rules.summarise_concept_depth.output.provenance,
     ]
     if EXPERIMENTS:
