@@ -163,12 +163,13 @@ def extract_activations(
             if "last" in out:
                 out["last"][batch, column] = activation[torch.arange(len(batch)), last_index].cpu()
             if "mean" in out:
-                summed = (activation * mean_mask[:, :, None]).sum(1) / mean_mask.sum(1, keepdim=True)
-                out["mean"][batch, column] = summed.cpu()
+                out["mean"][batch, column] = mean_pooled(activation)
+
+        def mean_pooled(activation: torch.Tensor) -> torch.Tensor:
+            return ((activation.float() * mean_mask[:, :, None]).sum(1) / mean_mask.sum(1, keepdim=True)).cpu()
 
         def pool_embedding(activation: torch.Tensor, hook: Any) -> None:
-            summed = (activation.float() * mean_mask[:, :, None]).sum(1) / mean_mask.sum(1, keepdim=True)
-            embedding_mean[batch] = summed.cpu()
+            embedding_mean[batch] = mean_pooled(activation)
 
         with torch.inference_mode():
             model.run_with_hooks(
