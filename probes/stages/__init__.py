@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,11 @@ from probes.provenance import package_versions
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
+
+# The default profile runs every job in Snakemake's own process (force-use-threads), which spares each job a
+# Python start, a Snakefile parse and its imports (TransformerLens alone takes 8 s). Stages share that
+# process's global state (torch threads, matplotlib, the log handlers), so they run one at a time.
+_ONE_STAGE_AT_A_TIME = threading.Lock()
 
 
 def run_stage(
@@ -41,7 +47,7 @@ def run_stage(
     """
     inputs, outputs, arguments = dict(input.items()), dict(output.items()), dict(params.items()) | wildcards
     record = outputs.pop("provenance", None)
-    with stage_log(log[0] if log else None):
+    with _ONE_STAGE_AT_A_TIME, stage_log(log[0] if log else None):
         use_threads(threads)
         if record is None:
             return stage(**inputs, **outputs, **arguments)
