@@ -562,7 +562,8 @@ def heldout_kl(
     - sum_v p_v z_v + logsumexp(z), with the middle term through the expected unembedding (W^T p) . norm(h)
     when the logits are linear in the normed residual, which leaves one matrix product and one
     logsumexp per token, layer and lens. ``chunk`` tokens share one product with the unembedding: on a 2-core
-    CPU 512 run it 1.5x faster than 128 (Gemma's 262k-entry vocabulary: 512 MB of logits per chunk).
+    CPU that product runs 1.5x faster at 512 tokens than at 128 (Gemma's 262k-entry vocabulary: 512 MB of
+    logits per chunk).
     """
     import torch
 
