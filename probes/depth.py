@@ -129,7 +129,7 @@ def summarise_concept_depth(
         "roc_auc": (auc, auc_boot),
     }
     if "mdl_bits" in predictions:
-        bits = rows.array("mdl_bits").mean(1)  # (layer, n), mean over the seeds' transmission orders
+        bits = rows.array("mdl_bits").mean(1)  # (layer, n), already the mean over the transmission orders
         # A resample's online bits, scaled to n rows (a grouped resample draws a varying number of rows); a row
         # costs the bits it cost in the full-sample code: rows are reweighted, the code is not re-run.
         resampled, drawn = W @ bits.T, W.sum(1)[:, None]

@@ -375,7 +375,7 @@ def language_curves(
 class TunedLensSettings:
     train_concepts: int = 50
     train_tokens: int = 2048
-    heldout_tokens: int = 512
+    heldout_tokens: int = 1024
     steps: int = 60
     batch_tokens: int = 128
     lr: float = 1e-3

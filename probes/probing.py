@@ -52,9 +52,10 @@ class ProbeSettings:
     first seed's folds (to ``max(tol, NULL_TOL)``), give the null distribution of the best accuracy
     (0 turns the test off).
     ``mdl`` adds online-code MDL (:mod:`probes.mdl`, C chosen per block on the prefix from
-    ``mdl_C_grid`` by ``mdl_inner_folds``-fold CV). ``dtype`` is the solver's float type: float32
-    halves the cost and reaches tolerances down to about 1e-7 on real activations; below that it
-    stalls at its precision until ``max_iter``, so use float64.
+    ``mdl_C_grid`` by ``mdl_inner_folds``-fold CV), averaged over the transmission orders of the first
+    ``mdl_orders`` seeds: the code has no folds, so more orders only smooth its order noise.
+    ``dtype`` is the solver's float type: float32 halves the cost and reaches tolerances down to about
+    1e-7 on real activations; below that it stalls at its precision until ``max_iter``, so use float64.
     """
 
     folds: int = 5
@@ -69,6 +70,7 @@ class ProbeSettings:
     mdl: bool = False
     mdl_C_grid: tuple[float, ...] = MDL_C_GRID
     mdl_inner_folds: int = MDL_INNER_FOLDS
+    mdl_orders: int = 1
 
     def __post_init__(self) -> None:
         if self.folds < 2:
@@ -85,6 +87,8 @@ class ProbeSettings:
             raise ValueError(f"control must be one of {CONTROLS}, got {self.control!r}")
         if self.null_permutations < 0:
             raise ValueError(f"null_permutations must be >= 0, got {self.null_permutations}")
+        if not 1 <= self.mdl_orders <= len(self.seeds):
+            raise ValueError(f"mdl_orders must be between 1 and the number of seeds, got {self.mdl_orders}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
 
@@ -96,8 +100,8 @@ class LayerProbes:
     ``metrics``: per-fold scores (layer, seed, fold, metric, value) of :data:`METRICS`.
     ``predictions``: one row per layer, seed and example: its fold, group, label, control label and
     the out-of-fold decision values of the task and control probes (plus ``mdl_bits``, the bits the
-    online code paid for the example's label, with MDL). ``null``: the accuracy curve of every label
-    permutation (permutation, layer, accuracy). ``control``: the control that was run.
+    online code paid for the example's label, with MDL, the same for every seed). ``null``: the accuracy
+    curve of every label permutation (permutation, layer, accuracy). ``control``: the control that was run.
     """
 
     metrics: pd.DataFrame
@@ -165,8 +169,10 @@ def probe_layers(
     if settings.mdl:
         from probes.mdl import online_code
 
-        code = online_code(X, y, settings, settings.mdl_C_grid, settings.mdl_inner_folds, groups)
-        predictions["mdl_bits"] = code.bits.reshape(-1)  # (layer, seed, example), the predictions' order
+        orders = replace(settings, seeds=settings.seeds[: settings.mdl_orders])
+        code = online_code(X, y, orders, settings.mdl_C_grid, settings.mdl_inner_folds, groups)
+        bits = np.broadcast_to(code.bits.mean(1, keepdims=True), (n_layers, len(settings.seeds), n))
+        predictions["mdl_bits"] = bits.reshape(-1)  # (layer, seed, example), the predictions' order
     n_perm = settings.null_permutations
     null_correct = np.zeros((n_layers, 0))
     if n_perm:
@@ -289,7 +295,7 @@ def _design(y: np.ndarray, settings: ProbeSettings, groups: np.ndarray | None, t
         labels += [y, control]
         train += [mask, mask]
         runs.append((seed, fold))
-    first = replace(settings, seeds=settings.seeds[:1])
+    first = replace(settings, seeds=settings.seeds[:1], mdl_orders=1)
     for permutation in range(settings.null_permutations):
         permuted = null_labels(y, permutation, settings.seeds[0], groups)
         for _, _, mask in cv_splits(permuted, first, groups):

@@ -244,3 +244,17 @@ def test_the_permutation_null_calls_signal_decodable_and_noise_not() -> None:
     assert not verdicts[0]["decodable"] and verdicts[0]["half_rise_layer"] is None
     assert verdicts[0]["undecodable_reason"].startswith("best accuracy")
     assert verdicts[1]["decodable"] and verdicts[1]["null_p_value"] == pytest.approx(1 / 20)
+
+
+@pytest.mark.parametrize("orders", [1, 2])
+def test_mdl_bits_average_the_first_seeds_transmission_orders(orders: int) -> None:
+    from probes.mdl import online_code
+
+    X, y = activations(120, 2, 6, signal=0.4)
+    settings = ProbeSettings(seeds=(3, 4), null_permutations=0, mdl=True, mdl_orders=orders)
+    bits = probe_layers(X, y, settings).predictions.pivot_table("mdl_bits", ["layer", "example"], "seed")
+    assert (bits[3] == bits[4]).all()  # the code has no folds: every seed's rows carry the same averaged bits
+    code = online_code(X, y, ProbeSettings(seeds=(3, 4)[:orders])).bits.mean(1)
+    np.testing.assert_allclose(bits[3].to_numpy().reshape(2, -1), code)
+    with pytest.raises(ValueError, match="mdl_orders"):
+        ProbeSettings(seeds=(0, 1), mdl_orders=3)
