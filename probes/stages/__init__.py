@@ -23,11 +23,16 @@ from probes.provenance import package_versions
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
+    from transformer_lens import HookedTransformer
 
 # The default profile runs every job in Snakemake's own process (force-use-threads), which spares each job a
 # Python start, a Snakefile parse and its imports (TransformerLens alone takes 8 s). Stages share that
 # process's global state (torch threads, matplotlib, the log handlers), so they run one at a time.
 _ONE_STAGE_AT_A_TIME = threading.Lock()
+# In that process a model one job loaded serves the later jobs on the same weights: Gemma's tokenizer alone
+# takes 5 s to load, and a default run loads each model a dozen times. Stages only run forward passes on it.
+_LOADED_MODELS: dict[tuple, HookedTransformer] = {}
+_MODELS_KEPT = 3
 
 
 def run_stage(
@@ -56,6 +61,28 @@ def run_stage(
             result = stage(**inputs, **outputs, **arguments)
             details.update(result or {})
         return result
+
+
+def shared_model(
+    manifest: str | os.PathLike, device: str = "cpu", dtype: str = "float32", weights: str | None = None
+) -> HookedTransformer:
+    """:func:`probes.models.load_model`, reused while the manifest is unchanged; callers must not modify it.
+
+    The last :data:`_MODELS_KEPT` models stay loaded; a rewritten manifest (a new conversion) is loaded anew.
+    """
+    from probes.models import load_model
+    from probes.perturbations import FLOAT_FORMATS
+
+    path = Path(manifest).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size, device, FLOAT_FORMATS.get(weights, dtype), weights == "int8")
+    for old in [k for k in _LOADED_MODELS if k[0] == key[0] and k[1:3] != key[1:3]]:
+        del _LOADED_MODELS[old]  # an earlier conversion of this model
+    model = _LOADED_MODELS.pop(key) if key in _LOADED_MODELS else load_model(manifest, device, dtype, weights)
+    _LOADED_MODELS[key] = model  # the most recently used last
+    for old in list(_LOADED_MODELS)[:-_MODELS_KEPT]:
+        del _LOADED_MODELS[old]
+    return model
 
 
 def _checksums(paths: Mapping[str, str | Sequence[str]]) -> dict[str, str | list[str]]:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from probes.io import atomic_path, read_json, write_json, write_parquet
-from probes.stages import save_figure, write_table
+from probes.stages import save_figure, shared_model, write_table
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,11 @@ def train_tuned_lens(
     import torch
 
     from probes import lens as lenses
-    from probes.models import load_model
 
     settings = lenses.TunedLensSettings(**settings)
     split = lenses.lens_text_split(_word_lists(word_lists, words, cloze, languages), settings.train_concepts, seed)
     torch.manual_seed(seed)
-    hooked = load_model(manifest, device=settings.device, dtype=settings.dtype)
+    hooked = shared_model(manifest, device=settings.device, dtype=settings.dtype)
     skip = int(bool(hooked.cfg.default_prepend_bos))
     split["n_tokens"] = [hooked.to_tokens(t, move_to_device=False).shape[1] - skip for t in split["text"]]
     split["used"] = False
@@ -136,7 +135,6 @@ def latent_language(
 
     from probes import lens as lenses
     from probes.activations import ExtractionSettings, extract_activations
-    from probes.models import load_model
     from probes.wordlists import build_prompts, check_task
 
     settings = ExtractionSettings(**{**settings, "site": "resid", "poolings": ("last",)})
@@ -145,7 +143,7 @@ def latent_language(
     check_task(words_table, task, src, tgt)
     lens_concepts = lenses.lens_concepts(lenses.lens_text_split(list(lists.values()), train_concepts, seed), word_list)
     torch.manual_seed(seed)
-    hooked = load_model(manifest, device=settings.device, dtype=settings.dtype)
+    hooked = shared_model(manifest, device=settings.device, dtype=settings.dtype)
     vocabulary = lenses.Vocabulary(hooked.tokenizer)
     selection = lenses.select_concepts(
         words_table, vocabulary, task, src, tgt, max_concepts, seed, exclude=lens_concepts

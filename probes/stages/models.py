@@ -13,6 +13,7 @@ import numpy as np
 
 from probes.activations import INPUT_EMBEDDING
 from probes.io import atomic_path, sha256_file, write_json
+from probes.stages import shared_model
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -106,14 +107,13 @@ def extract_activations(
 
     from probes import activations
     from probes.datasets import load_dataset
-    from probes.models import load_model
     from probes.perturbations import InputNoise, format_name
 
     settings = activations.ExtractionSettings(**settings)
     data = load_dataset(dataset, **(columns or {}))
     torch.manual_seed(seed)
     weights = weights or format_name(settings.dtype)
-    model = load_model(manifest, device=settings.device, dtype=settings.dtype, weights=weights)
+    model = shared_model(manifest, device=settings.device, dtype=settings.dtype, weights=weights)
     pooled, details = activations.extract_activations(
         model, data.texts, settings, noise=InputNoise.parse(noise), seed=seed
     )

@@ -10,7 +10,7 @@ import pandas as pd
 
 from probes.io import atomic_directory, read_json, write_json, write_parquet
 from probes.sae import SPARSE_KS
-from probes.stages import save_figure, write_table, write_text
+from probes.stages import save_figure, shared_model, write_table, write_text
 
 
 def cache_token_activations(
@@ -30,7 +30,6 @@ def cache_token_activations(
 
     from probes.corpus import load_corpus
     from probes.datasets import load_dataset
-    from probes.models import load_model
     from probes.token_cache import TokenCacheSettings, cache_token_activations
 
     settings = TokenCacheSettings(**settings)
@@ -41,7 +40,7 @@ def cache_token_activations(
     ]
     texts = load_corpus(corpus, concept_texts, hf_dataset)
     torch.manual_seed(seed)
-    model = load_model(manifest, device=settings.device, dtype=settings.dtype)
+    model = shared_model(manifest, device=settings.device, dtype=settings.dtype)
     with atomic_directory(cache) as tmp:
         cache_token_activations(model, texts, layers, site, tmp, settings, seed)
 
@@ -90,7 +89,6 @@ def evaluate_sae(
     from sae_lens import SAE
 
     from probes import sae as sae_lib
-    from probes.models import load_model
     from probes.token_cache import TokenCache
 
     settings = sae_lib.SAEEvalSettings(**settings)
@@ -106,7 +104,7 @@ def evaluate_sae(
     document_ids = token_cache.heldout_tokens()["sequence_documents"][: settings.loss_documents].tolist()
     loaded = {layer: SAE.load_from_disk(path, device=settings.device) for layer, path in zip(layers, saes, strict=True)}
     hook_names = {layer: token_cache.hook_names[layer] for layer in layers}
-    language_model = load_model(manifest, device=settings.device, dtype=dtype)
+    language_model = shared_model(manifest, device=settings.device, dtype=dtype)
     losses = sae_lib.document_losses(
         language_model, {hook_names[layer]: loaded[layer] for layer in layers}, sequences, settings.batch_size
     )
