@@ -12,8 +12,8 @@ a handful of rows blows up every feature that happens to be nearly constant on t
 hundreds of bits on a single later row.
 
 All fits (layers x seeds x blocks x inner folds x grid, plus the full-prefix fit of every grid value) run as
-a few batched :func:`probes.solver.fit_probes` calls: one per grid value for the small blocks, on the rows
-they need, and one per grid value for the large ones.
+two batched :func:`probes.solver.fit_probes` calls, each problem at its own C: one for the small blocks, on
+the rows they need, and one for the large ones.
 """
 
 from __future__ import annotations
@@ -198,9 +198,9 @@ def _code_blocks(
 ) -> int:
     """Code the blocks of ``plan`` into ``bits``, ``C`` and ``cv_bits``; returns the number of unconverged fits.
 
-    One :func:`fit_probes` call per grid value, on the rows the blocks need (their prefixes and blocks):
-    for each block one fit per inner fold and one on the full prefix, whose bits are kept for the grid value
-    the inner folds choose (per layer).
+    One :func:`fit_probes` call for the whole grid, on the rows the blocks need (their prefixes and blocks):
+    for each block and grid value one fit per inner fold and one on the full prefix, whose bits are kept for
+    the grid value the inner folds choose (per layer).
     """
     rows = np.unique(np.concatenate([np.concatenate([prefix, block]) for _, _, prefix, block, _ in plan]))
     where = np.full(X.shape[0], -1)
@@ -215,20 +215,19 @@ def _code_blocks(
             problems.append((p, held_out, mask))
     y_rows, X_rows = y[rows], X[rows]
     block_bits = [np.zeros((len(grid), X.shape[1], entry[3].size)) for entry in plan]
-    train = np.array([mask for *_, mask in problems])
+    train = np.tile(np.array([mask for *_, mask in problems]), (len(grid), 1))  # grid value, then problem
     labels = np.broadcast_to(y_rows, train.shape)
-    n_unconverged = 0
-    for c_index, c in enumerate(grid):
-        fit = _fit(X_rows, labels, train, dataclasses.replace(settings, C=c))
-        n_unconverged += int((~fit.converged).sum())
-        row_bits = _bits(fit.decision, y_rows)  # (layer, problem, row)
+    fit = _fit(X_rows, labels, train, settings, np.repeat(np.asarray(grid), len(problems)))
+    n_unconverged = int((~fit.converged).sum())
+    row_bits = _bits(fit.decision, y_rows).reshape(X.shape[1], len(grid), len(problems), rows.size)
+    for c_index in range(len(grid)):
         for k, (p, held_out, _) in enumerate(problems):
             s, j, _, block, _ = plan[p]
             if held_out is None:
-                block_bits[p][c_index] = row_bits[:, k, where[block]]
+                block_bits[p][c_index] = row_bits[:, c_index, k, where[block]]
             else:
                 previous = np.nan_to_num(cv_bits[:, s, j, c_index])
-                held = row_bits[:, k, where[held_out]].sum(-1)
+                held = row_bits[:, c_index, k, where[held_out]].sum(-1)
                 cv_bits[:, s, j, c_index] = previous + np.where(np.isfinite(held), held, np.inf)
     for p, per_c in enumerate(block_bits):
         s, j, _, block, _ = plan[p]
@@ -241,18 +240,23 @@ def _code_blocks(
     return n_unconverged
 
 
-def _fit(X: np.ndarray, labels: np.ndarray, train: np.ndarray, settings: ProbeSettings):
-    """:func:`fit_probes`, with the problems whose decisions are not finite refitted in float64, where they converge.
+def _fit(X: np.ndarray, labels: np.ndarray, train: np.ndarray, settings: ProbeSettings, C: np.ndarray):
+    """:func:`fit_probes` at each problem's ``C``, with the problems whose decisions are not finite refitted in
+    float64, where they converge.
 
     A safety net: the float32 solver has had rare NaN paths on tiny, separable training sets (docs/methods.md
     §2.8); float64 solved every one of them. Only the affected layers and problems are refitted.
     """
-    fit = fit_probes(X, labels, train, settings)
+    fit = fit_probes(X, labels, train, settings, C=C)
     bad = ~np.isfinite(fit.decision).all(-1)  # (layer, problem)
     if bad.any() and settings.dtype != "float64":
         layers, problems = np.flatnonzero(bad.any(1)), np.flatnonzero(bad.any(0))
         again = fit_probes(
-            X[:, layers], labels[problems], train[problems], dataclasses.replace(settings, dtype="float64")
+            X[:, layers],
+            labels[problems],
+            train[problems],
+            dataclasses.replace(settings, dtype="float64"),
+            C=C[problems],
         )
         for field in ("coef", "intercept", "decision", "n_iter", "converged"):
             getattr(fit, field)[np.ix_(layers, problems)] = getattr(again, field)

@@ -144,12 +144,15 @@ def probe_layers(
             )
     design = _design(y, settings, groups, types if control == "type" else None)
     runs = len(design.runs)
-    fit = fit_probes(X, design.labels[: 2 * runs], design.train[: 2 * runs], settings, progress=progress)
+    # The task's and the null's fits share one solve, the null's at its looser tolerance.
+    tol = np.where(np.arange(len(design.labels)) < 2 * runs, settings.tol, max(settings.tol, NULL_TOL))
+    fit = fit_probes(X, design.labels, design.train, settings, progress=progress, tol=tol)
     n, n_layers = X.shape[0], X.shape[1]
     test = ~design.train
-    correct = (fit.decision > 0) == design.labels[: 2 * runs].astype(bool)[None]  # (layer, problem, n)
+    decision = fit.decision[:, : 2 * runs]
+    correct = (decision > 0) == design.labels[: 2 * runs].astype(bool)[None]  # (layer, problem, n)
     task, ctrl = np.arange(0, 2 * runs, 2), np.arange(1, 2 * runs, 2)
-    scores = _scores(fit.decision, design.labels[: 2 * runs], test[: 2 * runs])  # (3, layer, problem)
+    scores = _scores(decision, design.labels[: 2 * runs], test[: 2 * runs])  # (3, layer, problem)
     train_control = (correct[:, ctrl] & design.train[ctrl][None]).sum(-1) / design.train[ctrl].sum(-1)
     values = np.concatenate(
         [scores[:, :, task], scores[:1, :, ctrl], train_control[None], (scores[0][:, task] - scores[0][:, ctrl])[None]]
@@ -165,7 +168,7 @@ def probe_layers(
         }
     ).sort_values(["layer", "seed", "fold", "metric"], kind="stable")
 
-    predictions = _out_of_fold(fit.decision, design, settings, n, groups)
+    predictions = _out_of_fold(decision, design, settings, n, groups)
     if settings.mdl:
         from probes.mdl import online_code
 
@@ -174,12 +177,8 @@ def probe_layers(
         bits = np.broadcast_to(code.bits.mean(1, keepdims=True), (n_layers, len(settings.seeds), n))
         predictions["mdl_bits"] = bits.reshape(-1)  # (layer, seed, example), the predictions' order
     n_perm = settings.null_permutations
-    null_correct = np.zeros((n_layers, 0))
-    if n_perm:
-        null_settings = replace(settings, tol=max(settings.tol, NULL_TOL))
-        labels, train = design.labels[2 * runs :], design.train[2 * runs :]
-        null_fit = fit_probes(X, labels, train, null_settings, progress=progress)
-        null_correct = (((null_fit.decision > 0) == labels.astype(bool)[None]) & ~train[None]).sum(-1)
+    labels, train = design.labels[2 * runs :], design.train[2 * runs :]
+    null_correct = (((fit.decision[:, 2 * runs :] > 0) == labels.astype(bool)[None]) & ~train[None]).sum(-1)
     null_accuracy = null_correct.reshape(n_layers, n_perm, settings.folds).sum(-1) / n  # every row tested once
     null = pd.DataFrame(
         {

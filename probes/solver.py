@@ -45,14 +45,22 @@ class ProbeFit:
 
 
 def fit_probes(
-    X: np.ndarray, labels: np.ndarray, train: np.ndarray, settings: ProbeSettings, progress: bool = False
+    X: np.ndarray,
+    labels: np.ndarray,
+    train: np.ndarray,
+    settings: ProbeSettings,
+    progress: bool = False,
+    C: np.ndarray | None = None,
+    tol: np.ndarray | None = None,
 ) -> ProbeFit:
     """Fit standardise + L2 logistic regression for every layer x problem at once.
 
     ``labels`` and ``train`` are (n_problems, n) arrays: the binary targets and training-row mask of
     each problem; every problem is fitted on every layer of ``X`` (n, n_layers, d). The objective is
     scikit-learn's, C * sum(log-loss) + ||w||^2 / 2 with an unpenalised intercept, on features
-    standardised with the problem's training mean and (ddof=0) std. A public seam so that notebooks
+    standardised with the problem's training mean and (ddof=0) std. ``C`` and ``tol`` (n_problems,) give
+    each problem its own inverse regularisation and tolerance instead of ``settings.C`` and ``settings.tol``,
+    so that a grid of C, or fits to different tolerances, share one solve. A public seam so that notebooks
     and tests can inspect coefficients, not only scores.
     """
     import torch
@@ -65,6 +73,8 @@ def fit_probes(
     n_problems = labels.shape[0]
     if labels.shape != (n_problems, n) or train.shape != labels.shape:
         raise ValueError(f"labels {labels.shape} and train {train.shape} must both be (n_problems, {n})")
+    C = _per_problem("C", settings.C if C is None else C, n_problems)
+    tol = _per_problem("tol", settings.tol if tol is None else tol, n_problems)
     for p in range(n_problems):
         if np.unique(labels[p, train[p]]).size != 2:
             raise ValueError(f"problem {p}: its training rows must hold both classes")
@@ -86,20 +96,30 @@ def fit_probes(
     )
     targets = torch.as_tensor(labels, dtype=dtype, device=device)  # (P, n)
     mask = torch.as_tensor(train, dtype=dtype, device=device)  # (P, n)
+    inverse_penalty = torch.as_tensor(C, dtype=dtype, device=device)  # (P,)
+    tolerance = torch.as_tensor(tol, dtype=dtype, device=device)  # (P,)
     with tqdm(total=n_layers, desc="probe layers", unit="layer", disable=not progress) as bar:
         for start in range(0, n_layers, chunk):
             Xt, centre, inv_scale = _standardisation(X[:, start : start + chunk], train, dtype, device)
-            batch = _Problems(Xt, centre, inv_scale, targets, mask, settings.C)
-            _lbfgs(batch, settings.tol, settings.max_iter, start, out, bar)
+            batch = _Problems(Xt, centre, inv_scale, targets, mask, inverse_penalty)
+            _lbfgs(batch, tolerance, settings.max_iter, start, out, bar)
     if not out.converged.all():
+        tols = ", ".join(f"{value:g}" for value in np.unique(tol))
         warnings.warn(
-            f"{int((~out.converged).sum())} of {out.converged.size} probes did not reach tol={settings.tol} "
+            f"{int((~out.converged).sum())} of {out.converged.size} probes did not reach tol={tols} "
             f"within max_iter={settings.max_iter} L-BFGS iterations (median {np.median(out.n_iter):.0f}); "
             "raise max_iter or use dtype='float64' for very small tolerances",
             RuntimeWarning,
             stacklevel=2,
         )
     return out
+
+
+def _per_problem(name: str, value: float | np.ndarray, n_problems: int) -> np.ndarray:
+    values = np.full(n_problems, value, dtype=np.float64) if np.ndim(value) == 0 else np.array(value, dtype=np.float64)
+    if values.shape != (n_problems,) or not (np.isfinite(values) & (values > 0)).all():
+        raise ValueError(f"{name} must hold one positive number per problem ({n_problems}), got {values.shape}")
+    return values
 
 
 def probe_inputs(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -169,13 +189,14 @@ class _Problems:
     Margins and per-row tensors are laid out (layer, problem, row) so both GEMMs are row-major.
     """
 
-    def __init__(self, Xt, centre, inv_scale, targets, mask, C: float) -> None:
-        self.Xt, self.targets, self.mask, self.C = Xt, targets, mask, C
+    def __init__(self, Xt, centre, inv_scale, targets, mask, C: torch.Tensor) -> None:
+        self.Xt, self.targets, self.mask, self.C = Xt, targets, mask, C  # C: (P,)
         self.inv_scale = inv_scale
         self.shifted = centre * inv_scale
         self.n_train = mask.sum(-1)  # (P,)
-        # Keep the directions where even the largest logistic curvature, 1/4, adds _PRECOND_FLOOR to the Hessian.
-        floor = _PRECOND_FLOOR * 4 * Xt.shape[1] / (C * float(self.n_train.min()))
+        # Keep the directions where even the largest logistic curvature, 1/4, adds _PRECOND_FLOOR to the Hessian
+        # of the problem that weighs its data most (a direction only costs time where C is small).
+        floor = _PRECOND_FLOOR * 4 * Xt.shape[1] / float((C * self.n_train).max())
         self.basis, self.spectrum = _principal_directions(Xt, floor)  # (layer, rank, d), (layer, rank)
 
     def select(self, keep: torch.Tensor) -> None:
@@ -183,16 +204,26 @@ class _Problems:
         self.Xt, self.inv_scale, self.shifted = self.Xt[keep], self.inv_scale[keep], self.shifted[keep]
         self.basis, self.spectrum = self.basis[keep], self.spectrum[keep]
 
-    def margins(self, w: torch.Tensor, b: torch.Tensor, layers: torch.Tensor | None = None) -> torch.Tensor:
+    def select_problems(self, keep: torch.Tensor) -> None:
+        """Drop problems finished on every active layer, so that a few slow fits do not carry the rest along."""
+        self.targets, self.mask, self.n_train = self.targets[keep], self.mask[keep], self.n_train[keep]
+        self.C = self.C[keep]
+        self.inv_scale, self.shifted = self.inv_scale[:, keep], self.shifted[:, keep]
+
+    def margins(
+        self, w: torch.Tensor, b: torch.Tensor, layers: torch.Tensor | None = None, problems: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(layer, P, n) decision values of weights (layer, P, d) and intercepts (layer, P).
 
-        ``layers`` (a mask over the active layers) evaluates only those layers.
+        ``layers`` and ``problems`` (masks over the active ones) evaluate only those.
         """
         import torch
 
         Xt, inv_scale, shifted = self.Xt, self.inv_scale, self.shifted
         if layers is not None:
             Xt, inv_scale, shifted = Xt[layers], inv_scale[layers], shifted[layers]
+        if problems is not None:
+            inv_scale, shifted = inv_scale[:, problems], shifted[:, problems]
         z = torch.bmm(w * inv_scale, Xt.transpose(1, 2))
         return z.add_((b - torch.linalg.vecdot(w, shifted))[..., None])
 
@@ -201,7 +232,7 @@ class _Problems:
         import torch
 
         p = torch.sigmoid(z)
-        residual = (p - self.targets).mul_(self.mask).mul_(self.C)
+        residual = (p - self.targets).mul_(self.mask).mul_(self.C[:, None])
         grad_b = residual.sum(-1)
         grad_w = torch.bmm(residual, self.Xt).mul_(self.inv_scale).add_(w).sub_(self.shifted * grad_b[..., None])
         curvature = torch.linalg.vecdot(p.mul_(1 - p), self.mask) / self.n_train
@@ -234,7 +265,7 @@ def _principal_directions(Xt: torch.Tensor, floor: float) -> tuple[torch.Tensor,
     return (directions * keep[..., None]).contiguous(), spectrum * keep
 
 
-def _lbfgs(batch: _Problems, tol: float, max_iter: int, first_layer: int, out: ProbeFit, bar: tqdm) -> None:
+def _lbfgs(batch: _Problems, tol: torch.Tensor, max_iter: int, first_layer: int, out: ProbeFit, bar: tqdm) -> None:
     """Minimise every objective of ``batch`` with L-BFGS and write the solutions into ``out``.
 
     The initial inverse Hessian of each problem is that of I + C * mean(p(1-p)) * Z^T Z, with the
@@ -244,7 +275,8 @@ def _lbfgs(batch: _Problems, tol: float, max_iter: int, first_layer: int, out: P
     this matters: on SmolLM2 residual streams it cuts the median iterations from ~370 to ~30.
     Margins are linear in the step, so the line search minimises the exact objective along the
     direction without further GEMMs. Problems stop individually at the gradient test of
-    :class:`ProbeSettings`, and layers leave the batch once all their problems have.
+    :class:`ProbeSettings`; layers leave the batch once all their problems have, and problems once
+    they have on every layer left.
     """
     import torch
 
@@ -273,6 +305,21 @@ def _lbfgs(batch: _Problems, tol: float, max_iter: int, first_layer: int, out: P
     n_iter = torch.zeros(n_layers, n_problems, dtype=torch.long, device=Xt.device)
     stored = 0
 
+    def emit(layers: torch.Tensor, problems: torch.Tensor) -> None:
+        """Write the solutions of the active ``layers`` x ``problems`` (masks) into ``out``."""
+        ids, pids = layer_ids[layers.cpu()].numpy(), problem_ids[problems.cpu()].numpy()
+        block = np.ix_(ids, pids)
+        w_, b_ = w[layers][:, problems], b[layers][:, problems]
+        out.coef[block] = w_.double().cpu().numpy()
+        out.intercept[block] = b_.double().cpu().numpy()
+        out.decision[block] = batch.margins(w_, b_, layers, problems).double().cpu().numpy()  # fresh margins
+        out.n_iter[block] = n_iter[layers][:, problems].cpu().numpy()
+        out.converged[block] = converged[layers][:, problems].cpu().numpy()
+
+    def every(count: int) -> torch.Tensor:
+        return torch.ones(count, dtype=torch.bool, device=Xt.device)
+
+    problem_ids = torch.arange(n_problems)
     for iteration in range(max_iter + 1):
         small = torch.maximum(grad_w.abs().amax(-1), grad_b.abs()) <= threshold
         converged |= small & ~done
@@ -281,14 +328,8 @@ def _lbfgs(batch: _Problems, tol: float, max_iter: int, first_layer: int, out: P
             done[:] = True
         finished = done.all(1)
         if finished.any():
-            ids = layer_ids[finished.cpu()].numpy()
-            decision = batch.margins(w[finished], b[finished], finished)  # fresh, without accumulated updates
-            out.coef[ids] = w[finished].double().cpu().numpy()
-            out.intercept[ids] = b[finished].double().cpu().numpy()
-            out.decision[ids] = decision.double().cpu().numpy()
-            out.n_iter[ids] = n_iter[finished].cpu().numpy()
-            out.converged[ids] = converged[finished].cpu().numpy()
-            bar.update(len(ids))
+            emit(finished, every(len(problem_ids)))
+            bar.update(int(finished.sum()))
             keep = ~finished
             if not keep.any():
                 return
@@ -298,6 +339,19 @@ def _lbfgs(batch: _Problems, tol: float, max_iter: int, first_layer: int, out: P
             steps_w, steps_b, diffs_w, diffs_b = steps_w[:, keep], steps_b[:, keep], diffs_w[:, keep], diffs_b[:, keep]
             diffs_p = diffs_p[:, keep]
             rho, done, converged, n_iter = rho[:, keep], done[keep], converged[keep], n_iter[keep]
+        # Every problem's iterates are independent of the others', so a problem done on every active layer
+        # leaves the batch too, once a quarter of them have (each removal copies the solver state).
+        stopped = done.all(0)
+        if 4 * int(stopped.sum()) >= len(problem_ids):
+            emit(every(len(layer_ids)), stopped)
+            keep = ~stopped
+            batch.select_problems(keep)
+            problem_ids, threshold, C, n_train = problem_ids[keep.cpu()], threshold[keep], batch.C, batch.n_train
+            w, b, z = w[:, keep], b[:, keep], z[:, keep]
+            grad_w, grad_b, grad_p, curvature = grad_w[:, keep], grad_b[:, keep], grad_p[:, keep], curvature[:, keep]
+            steps_w, steps_b = steps_w[:, :, keep], steps_b[:, :, keep]
+            diffs_w, diffs_b, diffs_p = diffs_w[:, :, keep], diffs_b[:, :, keep], diffs_p[:, :, keep]
+            rho, done, converged, n_iter = rho[:, :, keep], done[:, keep], converged[:, keep], n_iter[:, keep]
 
         # Two-loop recursion around the curvature-scaled principal-direction preconditioner H0.
         scale = (C * curvature * n_train / n)[..., None] * batch.spectrum[:, None, :]

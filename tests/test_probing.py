@@ -132,6 +132,32 @@ def test_layer_chunks_give_the_same_fit(monkeypatch: pytest.MonkeyPatch) -> None
     np.testing.assert_allclose(chunked.decision, whole.decision, atol=1e-9)
 
 
+def test_problems_at_their_own_C_and_tolerance_share_one_solve() -> None:
+    """A grid of C and mixed tolerances in one call equal scikit-learn at each problem's C, although the
+    loosely converged and the heavily regularised problems leave the batch long before the rest."""
+    X, y = activations(120, 3, 25, signal=0.3)
+    rng = np.random.default_rng(2)
+    grid = np.array([0.001, 0.01, 0.1, 1.0, 10.0])
+    labels = np.stack([y] * len(grid) + [rng.permutation(y)])
+    train = rng.random(labels.shape) < 0.75
+    C = np.append(grid, 1.0)
+    tol = np.array([1e-10] * len(grid) + [1e-3])
+    fit = fit_probes(X, labels, train, TIGHT, C=C, tol=tol)
+    assert fit.converged.all() and (fit.n_iter[:, -1] < fit.n_iter[:, len(grid) - 1]).all()
+    for layer in range(3):
+        for p, c in enumerate(grid):
+            tr = train[p]
+            scaler, model = sklearn_fit(X[tr, layer], labels[p, tr], c)
+            scale = max(1.0, np.abs(model.coef_).max())
+            np.testing.assert_allclose(fit.coef[layer, p], model.coef_[0], atol=1e-6 * scale)
+            reference = model.decision_function(scaler.transform(X[:, layer].astype(np.float64)))
+            np.testing.assert_allclose(fit.decision[layer, p], reference, atol=1e-5 * scale)
+    alone = fit_probes(X, labels[:1], train[:1], TIGHT, C=C[:1])
+    np.testing.assert_allclose(fit.decision[:, :1], alone.decision, atol=1e-7)
+    with pytest.raises(ValueError, match="C must hold one positive number per problem"):
+        fit_probes(X, labels, train, TIGHT, C=np.zeros(len(C)))
+
+
 def test_deterministic() -> None:
     X, y = activations(80, 2, 20, signal=0.2)
     settings = ProbeSettings(folds=4, seeds=(0, 1))
