@@ -42,7 +42,7 @@ class SAESettings:
     k: int = 32
     l1_coefficient: float = 5.0
     l0_coefficient: float = 1.0
-    training_tokens: int = 196608
+    training_tokens: int = 131072
     batch_size: int = 1024
     lr: float = 2e-3
     lr_end: float | None = None
