@@ -220,23 +220,32 @@ def load_model(
     ``weights`` names a weight format of :mod:`probes.perturbations`: a float format (fp32, bf16, fp16)
     replaces ``dtype``; int8 rounds the block weights to int8 per output channel, computed in ``dtype``.
     """
-    from probes.perturbations import FLOAT_FORMATS, WEIGHT_FORMATS, quantise_model_int8
+    from probes.perturbations import quantise_model_int8
+
+    dtype, int8 = model_format(dtype, weights)
+    manifest = read_json(manifest_path)
+    if Path(manifest.get("hooked_state", "")).is_file():
+        model = _load_hooked(manifest, device, dtype)
+    else:
+        model = build_hooked(manifest, device, dtype)
+    if int8:
+        quantise_model_int8(model)
+    _lay_out_for_forward(model)
+    model.eval()
+    return model
+
+
+def model_format(dtype: str = "float32", weights: str | None = None) -> tuple[str, bool]:
+    """The torch dtype a model computes in and whether its block weights are rounded to int8, for ``dtype``
+    and a weight format of :mod:`probes.perturbations` (a float format replaces ``dtype``)."""
+    from probes.perturbations import FLOAT_FORMATS, WEIGHT_FORMATS
 
     if weights is not None and weights not in WEIGHT_FORMATS:
         raise ModelError(f"weight format {weights!r} is not one of {WEIGHT_FORMATS}")
     dtype = FLOAT_FORMATS.get(weights, dtype)
     if dtype not in DTYPES:
         raise ModelError(f"dtype {dtype!r} is not one of {DTYPES}")
-    manifest = read_json(manifest_path)
-    if Path(manifest.get("hooked_state", "")).is_file():
-        model = _load_hooked(manifest, device, dtype)
-    else:
-        model = build_hooked(manifest, device, dtype)
-    if weights == "int8":
-        quantise_model_int8(model)
-    _lay_out_for_forward(model)
-    model.eval()
-    return model
+    return dtype, weights == "int8"
 
 
 def _lay_out_for_forward(model: HookedTransformer) -> None:

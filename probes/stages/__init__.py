@@ -70,12 +70,11 @@ def shared_model(
 
     The last :data:`_MODELS_KEPT` models stay loaded; a rewritten manifest (a new conversion) is loaded anew.
     """
-    from probes.models import load_model
-    from probes.perturbations import FLOAT_FORMATS
+    from probes.models import load_model, model_format
 
     path = Path(manifest).resolve()
     stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size, device, FLOAT_FORMATS.get(weights, dtype), weights == "int8")
+    key = (str(path), stat.st_mtime_ns, stat.st_size, device, *model_format(dtype, weights))
     for old in [k for k in _LOADED_MODELS if k[0] == key[0] and k[1:3] != key[1:3]]:
         del _LOADED_MODELS[old]  # an earlier conversion of this model
     model = _LOADED_MODELS.pop(key) if key in _LOADED_MODELS else load_model(manifest, device, dtype, weights)
