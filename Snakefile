@@ -12,6 +12,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/concept_depth.smk"
 include: "workflow/rules/latent_language.smk"
 include: "workflow/rules/sae.smk"
+include: "workflow/rules/depth_usage.smk"
 include: "workflow/rules/run_info.smk"
 include: "workflow/rules/result_tables.smk"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from probes.activations import ExtractionSettings
+from probes.depth_usage import DepthUsageSettings
 from probes.lens import TunedLensSettings
 from probes.probing import ProbeSettings
 from probes.sae import SAEEvalSettings, SAESettings
@@ -108,6 +109,29 @@ def sae_eval_settings(config: Config) -> dict[str, Any]:
     return asdict(SAEEvalSettings(**config["sae"]["eval"], device=config["device"]))
 
 
+def depth_usage_models(config: Config) -> list[str]:
+    models = config["depth_usage"]["models"]
+    return list(config["models"]) if models is None else list(models)
+
+
+def depth_usage_settings(config: Config) -> dict[str, Any]:
+    section = config["depth_usage"]
+    return asdict(
+        DepthUsageSettings(
+            documents=section["documents"],
+            context=section["context"],
+            positions=section["positions"],
+            skip_documents=section["skipping"]["documents"],
+            skip_context=section["skipping"]["context"],
+            train_tokens=section["shortcuts"]["train_tokens"],
+            ridge=section["shortcuts"]["ridge"],
+            batch_size=section["batch_size"],
+            device=config["device"],
+            dtype=config["dtype"],
+        )
+    )
+
+
 def check_inputs(config: Config, basedir: str) -> None:
     """Fail before any job runs on a model we cannot load or a dataset, corpus or word list we cannot use."""
     from probes.corpus import read_documents
@@ -134,7 +158,23 @@ def check_inputs(config: Config, basedir: str) -> None:
         if model not in models:
             raise ValueError(f"sae.models: model {model!r} is not in `models` ({models})")
         sae_layers(config, model)
-    if sae["models"]:
+    depth = config["depth_usage"]
+    unknown = sorted(set(depth_usage_models(config)) - set(models))
+    if unknown:
+        raise ValueError(f"depth_usage.models: {unknown} not in `models` ({models})")
+    if depth_usage_models(config):
+        if depth["context"] >= sae["corpus"]["context"]:
+            raise ValueError(
+                f"depth_usage.context ({depth['context']}) must be below sae.corpus.context "
+                f"({sae['corpus']['context']}), which also holds the BOS"
+            )
+        if depth["layer_maps"]["pooling"] not in config["activations"]["poolings"]:
+            raise ValueError(
+                f"depth_usage.layer_maps.pooling {depth['layer_maps']['pooling']!r} is not in "
+                f"activations.poolings {config['activations']['poolings']}"
+            )
+        depth_usage_settings(config)
+    if sae["models"] or depth_usage_models(config):
         corpus = sae["corpus"]
         for path in corpus["files"]:
             read_documents(repo_path(path, basedir))

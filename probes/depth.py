@@ -115,7 +115,7 @@ def summarise_concept_depth(
         raise ValueError("depth (the model's number of blocks L) must be >= 1 to define relative depth")
     rows = _Rows(predictions)
     W = bootstrap_weights(rows.n, n_boot, seed, rows.groups)
-    correct = ((rows.array("decision") > 0) == rows.label).mean(1)  # (layer, n), mean over seeds
+    correct = _correct(rows)
     control_correct = ((rows.array("control_decision") > 0) == rows.array("control_label")).mean(1)
     acc, acc_boot = correct.mean(1), resampled_means(W, correct)
     control, control_boot = control_correct.mean(1), resampled_means(W, control_correct)
@@ -302,6 +302,19 @@ class _Rows:
         if column in ("label", "control_label"):
             values = values.astype(bool)
         return values.reshape(len(self.layers), self.n_seeds, self.n)
+
+
+def _correct(rows: _Rows) -> np.ndarray:
+    """Out-of-fold correctness per layer and example, (layer, n), averaged over the CV seeds."""
+    return ((rows.array("decision") > 0) == rows.label).mean(1)
+
+
+def accuracy_replicates(predictions: pd.DataFrame, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Layers, the accuracy curve and its (n_boot, layers) bootstrap replicates, resampled as the concept-depth
+    summary resamples (examples, or their groups), so other per-layer curves can be correlated with it."""
+    rows = _Rows(predictions)
+    correct = _correct(rows)
+    return rows.layers, correct.mean(1), resampled_means(bootstrap_weights(rows.n, n_boot, seed, rows.groups), correct)
 
 
 def _halves(rows: _Rows, seed: int) -> np.ndarray:

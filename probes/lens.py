@@ -597,7 +597,7 @@ def heldout_kl(
                     else:
                         logits = decode(model, unembed, hidden)
                         cross = torch.linalg.vecdot(p, logits)
-                    kl = (neg_entropy - cross + _logsumexp_(logits)).clamp(min=0) / math.log(2)
+                    kl = (neg_entropy - cross + logsumexp_(logits)).clamp(min=0) / math.log(2)
                     per_token[name][layer, start : start + len(part)] = kl.double().cpu().numpy()
     groups = None if texts is None else np.asarray(texts)
     weights = bootstrap_weights(n, n_boot, seed, groups)
@@ -632,7 +632,7 @@ def heldout_kl(
     return pd.concat(frames, ignore_index=True)
 
 
-def _logsumexp_(logits: torch.Tensor) -> torch.Tensor:
+def logsumexp_(logits: torch.Tensor) -> torch.Tensor:
     """``torch.logsumexp`` over the last axis, overwriting ``logits``: 2x faster on a 262k vocabulary."""
     top = logits.amax(-1, keepdim=True)
     return logits.sub_(top).exp_().sum(-1).log_().add_(top.squeeze(-1))

@@ -136,7 +136,8 @@ class InputNoise:
 def ordinary_token_ids(model: HookedTransformer) -> np.ndarray:
     """Vocabulary ids a tokenizer can emit for text: every id but the special tokens."""
     special = set(model.tokenizer.all_special_ids)
-    return np.array([i for i in range(model.cfg.d_vocab) if i not in special and i < len(model.tokenizer)])
+    n_ids = min(model.cfg.d_vocab, len(model.tokenizer))  # once: len() of a fast tokenizer rebuilds its vocabulary
+    return np.array([i for i in range(n_ids) if i not in special])
 
 
 def quantise_int8_(weight: torch.Tensor, contracted: tuple[int, ...]) -> torch.Tensor:

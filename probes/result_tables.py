@@ -189,6 +189,12 @@ def sae_metrics_table(metrics: pd.DataFrame) -> str:
     return markdown(["model", "layer", "FVU", "L0", "dead / dense", "loss recovered"], body)
 
 
+def depth_usage_table(summary: pd.DataFrame) -> str:
+    """The depth-usage findings per model (or model pair), each with its interval."""
+    body = [[row["model"], row["finding"], interval(row, "estimate")] for _, row in summary.iterrows()]
+    return markdown(["model", "finding", f"estimate [{summary['ci'].iloc[0]:.0%} interval]"], body)
+
+
 def sparse_probing_table(summary: pd.DataFrame) -> str:
     """Per model, task and SAE layer: one latent, one residual dimension, the largest k of each, the dense probe."""
     smallest, largest = summary["k"].min(), summary["k"].max()

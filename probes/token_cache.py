@@ -66,6 +66,19 @@ def split_documents(
     return sorted(train), heldout
 
 
+def tokenised_corpus(
+    model: HookedTransformer, texts: Sequence[str], settings: TokenCacheSettings, seed: int
+) -> tuple[list[torch.Tensor], list[int], list[int], int]:
+    """The corpus tokenised and split as the cache holds it: token lists, train and held-out document
+    indices into them, and how many documents were truncated to ``context``. Other analyses of held-out
+    text (depth usage) call it to read exactly the documents no SAE was trained on."""
+    skip_first = int(bool(model.cfg.default_prepend_bos))
+    token_lists, n_truncated = tokenize(model, texts, settings.context)
+    token_lists = [tokens for tokens in token_lists if len(tokens) > skip_first]
+    train, heldout = split_documents(token_lists, settings, seed)
+    return token_lists, train, heldout, n_truncated
+
+
 class _ShardWriter:
     """Collect rows per layer and write a shard per layer whenever ``shard_tokens`` rows are waiting."""
 
@@ -133,9 +146,7 @@ def cache_token_activations(
     layer_of = {hooks[layer]: layer for layer in layers}
     stop_at = max(int(hooks[layer].split(".")[1]) for layer in layers) + 1
     skip_first = int(bool(model.cfg.default_prepend_bos))
-    token_lists, n_truncated = tokenize(model, texts, settings.context)
-    token_lists = [tokens for tokens in token_lists if len(tokens) > skip_first]
-    train, heldout = split_documents(token_lists, settings, seed)
+    token_lists, train, heldout, n_truncated = tokenised_corpus(model, texts, settings, seed)
     root = Path(out_dir)
     details: dict[str, Any] = {}
     for split, documents in (("train", train), ("heldout", heldout)):

@@ -16,7 +16,7 @@ from helpers import snakemake
 
 pytestmark = pytest.mark.slow
 
-CATEGORIES = ["Concept depth", "Latent language", "Sparse autoencoders", "Run info"]
+CATEGORIES = ["Concept depth", "Latent language", "Sparse autoencoders", "Depth usage", "Run info"]
 FIGURES = {
     "concept_depth_smollm2-135m.png",
     "concept_depth_relative.png",

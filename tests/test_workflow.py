@@ -123,6 +123,8 @@ def test_changing_a_plot_option_reruns_only_plots(run):
         "plot_sparse_probing",
         "plot_perturbations",
         "plot_concept_depth_levels",
+        "plot_depth_usage",
+        "plot_layer_skipping",
     }
 
 
@@ -326,6 +328,65 @@ def test_sparse_probing_outputs(run):
         assert (run / f"results/figures/{name}.png").stat().st_size > 10_000
 
 
+def test_depth_usage_outputs_and_an_independent_shortcut(run):
+    from probes.depth_usage import corpus_windows, measured_positions, window_residuals
+    from probes.lens import decode, unembed_of
+    from probes.models import load_model
+
+    tables = run / "results/tables"
+    L = 30
+    sublayers = pd.read_parquet(tables / "depth_usage_sublayers.parquet")
+    assert set(sublayers["model"]) == {"smollm2-135m"} and (sublayers["n_documents"] == 8).all()
+    blocks = sublayers[sublayers["metric"] == "mlp_relative_norm"]
+    assert list(blocks["layer"]) == list(range(1, L + 1)) and (blocks["lo"] <= blocks["value"]).all()
+    assert (blocks["value"] <= blocks["hi"]).all() and len(sublayers.query("metric == 'resid_norm'")) == L + 1
+    skipping = pd.read_parquet(tables / "depth_usage_skipping.parquet")
+    assert len(skipping.query("metric == 'relative_change'")) == L * (L + 1) // 2
+    assert (
+        len(skipping.query("metric == 'kl_bits'")) == L and (skipping.query("metric == 'kl_bits'")["value"] > 0).all()
+    )
+    shortcuts = pd.read_parquet(tables / "depth_usage_shortcuts.parquet")
+    assert set(shortcuts["lens"]) == {"logit", "linear", "tuned"}
+    last = shortcuts.query(f"layer == {L} and metric == 'precision_at_1'")
+    assert (last["value"] == 1).all()  # at L every lens is the output itself
+    quality = pd.read_parquet(tables / "depth_usage_quality.parquet")
+    assert set(quality["metric"]) == {"prompt_entropy", "dataset_entropy", "curvature", "infonce_bits"}
+    assert ((quality["lo"] <= quality["value"]) & (quality["value"] <= quality["hi"])).all()
+    correlations = pd.read_parquet(tables / "depth_usage_correlations.parquet")
+    assert set(correlations["task"]) == {"cities", "coinflip"} and len(correlations) == 8
+    best = pd.read_parquet(run / "results/depth_usage/layer_maps/best.parquet")
+    assert len(best) == L + 1 and (best["offset"].abs() <= 0.1).mean() > 0.8  # itself: near the diagonal
+    for name in ["sublayers", "shortcuts", "quality", "quality_correlations", "layer_maps", "layer_matches"]:
+        assert (run / f"results/figures/depth_usage_{name}.png").stat().st_size > 10_000
+    assert (run / "results/figures/depth_usage_skipping_smollm2-135m.png").stat().st_size > 10_000
+    assert "| smollm2-135m |" in (tables / "markdown/depth_usage.md").read_text()
+
+    # The linear shortcut of one layer, refitted here from the same training windows with numpy's lstsq.
+    import numpy as np
+
+    from probes.stages.sae import corpus_texts
+    from probes.token_cache import TokenCacheSettings, tokenised_corpus
+
+    config = yaml.safe_load((run / "test.yaml").read_text())
+    model = load_model(MODEL_CACHE / "smollm2-135m" / "manifest.json")
+    texts = corpus_texts([REPO / "data/corpus/smollm2_generated.jsonl"], [], [])
+    settings = TokenCacheSettings(**{k: v for k, v in config["sae"]["corpus"].items() if k != "concept_texts"})
+    token_lists, train, heldout, _ = tokenised_corpus(model, texts, settings, config["seed"])
+    train_windows, _ = corpus_windows(token_lists, train, 33, 1024 // 32)
+    held, _ = corpus_windows(token_lists, heldout, 33, 8)
+    rows = window_residuals(model, train_windows, 16, progress=False, mids=False)[0][:, 1:].flatten(0, 1).double()
+    layer = 20
+    design = torch.cat([rows[:, layer], torch.ones(len(rows), 1, dtype=torch.float64)], 1).numpy()
+    solution = torch.from_numpy(np.linalg.lstsq(design, rows[:, L].numpy(), rcond=None)[0]).float()
+    resid = window_residuals(model, held, 8, progress=False, mids=False)[0][:, measured_positions(33, 1, 4)]
+    unembed = unembed_of(model)
+    with torch.no_grad():
+        mapped = decode(model, unembed, resid[:, :, layer] @ solution[:-1] + solution[-1]).argmax(-1)
+        top = decode(model, unembed, resid[:, :, L]).argmax(-1)
+    ours = shortcuts.query(f"lens == 'linear' and metric == 'precision_at_1' and layer == {layer}")["value"].item()
+    assert ours == pytest.approx((mapped == top).double().mean().item(), abs=0.07)
+
+
 def test_malformed_corpus_is_a_clear_error(tmp_path):
     (tmp_path / "corpus.jsonl").write_text('{"text": "A fine document."}\nnot json\n')
     config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
@@ -422,6 +483,9 @@ def test_every_job_records_its_provenance_and_run_info_gathers_them(run):
         "evaluate_sae": 1,
         "sparse_probing": 2,
         "summarise_sae": 1,
+        "depth_usage": 1,
+        "layer_maps": 1,
+        "summarise_depth_usage": 1,
     }
     assert info["git_commit"].notna().all() and (info["torch"] != "not installed").all()
     probes_ = info[info["rule"] == "probe_layers"].set_index("job")
@@ -491,6 +555,7 @@ MODEL_RULES = {
     "train_sae",
     "evaluate_sae",
     "sparse_probing",
+    "depth_usage",
 }
 
 

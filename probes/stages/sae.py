@@ -13,6 +13,24 @@ from probes.sae import SPARSE_KS
 from probes.stages import save_figure, shared_model, write_table, write_text
 
 
+def corpus_texts(
+    corpus: Sequence[str | os.PathLike],
+    datasets: Sequence[str | os.PathLike],
+    dataset_columns: Sequence[dict],
+    hf_dataset: dict | None = None,
+) -> list[str]:
+    """The SAE corpus's documents: its files, then the concept texts of ``datasets``, then the HF dataset's."""
+    from probes.corpus import load_corpus
+    from probes.datasets import load_dataset
+
+    concept_texts = [
+        text
+        for path, columns in zip(datasets, dataset_columns, strict=True)
+        for text in load_dataset(path, **columns).texts
+    ]
+    return load_corpus(corpus, concept_texts, hf_dataset)
+
+
 def cache_token_activations(
     manifest: str | os.PathLike,
     corpus: Sequence[str | os.PathLike],
@@ -28,17 +46,10 @@ def cache_token_activations(
     """The ``cache_token_activations`` rule: corpus (+ concept texts) -> sharded token rows at the SAE layers."""
     import torch
 
-    from probes.corpus import load_corpus
-    from probes.datasets import load_dataset
     from probes.token_cache import TokenCacheSettings, cache_token_activations
 
     settings = TokenCacheSettings(**settings)
-    concept_texts = [
-        text
-        for path, columns in zip(datasets, dataset_columns, strict=True)
-        for text in load_dataset(path, **columns).texts
-    ]
-    texts = load_corpus(corpus, concept_texts, hf_dataset)
+    texts = corpus_texts(corpus, datasets, dataset_columns, hf_dataset)
     torch.manual_seed(seed)
     model = shared_model(manifest, device=settings.device, dtype=settings.dtype)
     with atomic_directory(cache) as tmp:

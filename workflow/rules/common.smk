@@ -9,6 +9,7 @@ import probes.perturbations
 import probes.wordlists
 from probes.stages import run_stage
 import probes.stages.concept_depth
+import probes.stages.depth_usage
 import probes.stages.latent_language
 import probes.stages.models
 import probes.stages.result_tables
@@ -31,6 +32,8 @@ BASE_WEIGHTS = probes.perturbations.format_name(config["dtype"])
 CLEAN = probes.perturbations.CLEAN
 NOISES = [probes.perturbations.InputNoise(**entry).name for entry in PERTURB["noise"]]
 EXPERIMENTS = probes.config.experiments(config)
+DEPTH = config["depth_usage"]
+DEPTH_MODELS = probes.config.depth_usage_models(config)
 GPU = 1 if config["device"].startswith("cuda") else 0
 
 
@@ -162,6 +165,26 @@ def sae_targets():
     ]
 
 
+def tuned_lens_of(model):
+    """The model's tuned lens where the config trains one (the depth-usage shortcuts compare with it)."""
+    trained = LATENT["tuned_lens"] and model in {experiment[0] for experiment in EXPERIMENTS}
+    return expand(rules.train_tuned_lens.output.lens, model=model) if trained else []
+
+
+def depth_usage_targets():
+    if not DEPTH_MODELS:
+        return []
+    return [
+        "results/tables/depth_usage_summary.html",
+        *(
+            path
+            for stem in ("sublayers", "shortcuts", "quality", "quality_correlations", "layer_maps", "layer_matches")
+            for path in figure_paths(f"depth_usage_{stem}")
+        ),
+        *(path for model in DEPTH_MODELS for path in figure_paths(f"depth_usage_skipping_{model}")),
+    ]
+
+
 def run_info_inputs():
     """The provenance record of every job of this config but the plots, so that redrawing never reruns run_info."""
     records = [
@@ -185,6 +208,12 @@ def run_info_inputs():
             *expand(rules.sparse_probing.output.provenance, model=SAE_MODELS, dataset=DATASETS),
             rules.summarise_sae.output.provenance,
         ]
+    if DEPTH_MODELS:
+        records += [
+            *expand(rules.depth_usage.output.provenance, model=DEPTH_MODELS),
+            rules.layer_maps.output.provenance,
+            rules.summarise_depth_usage.output.provenance,
+        ]
     return records
 
 
@@ -203,6 +232,7 @@ def all_targets():
         *(path for model in MODELS for path in figure_paths(f"concept_depth_{model}")),
         *latent_language_targets(),
         *sae_targets(),
+        *depth_usage_targets(),
         "results/tables/run_info.html",
         "results/tables/markdown/concept_depth.md",
     ]
@@ -220,9 +250,12 @@ def result_table_inputs():
     if SAE_MODELS:
         inputs["sae_metrics"] = rules.summarise_sae.output.metrics_table
         inputs["sparse_probing"] = rules.summarise_sae.output.sparse_summary_table
+    if DEPTH_MODELS:
+        inputs["depth_usage"] = rules.summarise_depth_usage.output.summary
     return inputs
 
 
 def result_table_outputs():
     names = (["latent_language"] if EXPERIMENTS else []) + (["sae_metrics", "sparse_probing"] if SAE_MODELS else [])
+    names += ["depth_usage"] if DEPTH_MODELS else []
     return {f"{name}_md": f"results/tables/markdown/{name}.md" for name in names}
