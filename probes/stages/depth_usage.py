@@ -368,7 +368,8 @@ def summarise_depth_usage(
         headline.append(
             {
                 "model": f"{row.source_model} → {row.target_model}",
-                "finding": f"layer maps: mean distance of the best-matching depth from its own (chance {row.chance_abs_offset:.2f})",
+                "finding": "layer maps: mean distance of the best-matching depth from its own "
+                f"(chance {row.chance_abs_offset:.2f})",
                 "estimate": row.mean_abs_offset,
                 "estimate_lo": row.lo,
                 "estimate_hi": row.hi,
