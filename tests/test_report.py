@@ -28,6 +28,13 @@ FIGURES = {
     "sae_metrics.png",
     "sparse_probing_smollm2-135m_cities.png",
     "sparse_probing_smollm2-135m_coinflip.png",
+    "depth_usage_sublayers.png",
+    "depth_usage_shortcuts.png",
+    "depth_usage_quality.png",
+    "depth_usage_quality_correlations.png",
+    "depth_usage_layer_maps.png",
+    "depth_usage_layer_matches.png",
+    "depth_usage_skipping_smollm2-135m.png",
 }
 TABLES = {
     "concept_depth_summary.html",
@@ -40,6 +47,7 @@ TABLES = {
     "concept_depth_perturbations.html",
     "concept_depth_by_level.html",
     "shortcut_audit.html",
+    "depth_usage_summary.html",
 }
 CLICK_LINK = (
     "(text => {{ [...document.querySelectorAll('a')].find(a => a.innerText.trim() === text).click(); "

@@ -355,7 +355,8 @@ def test_depth_usage_outputs_and_an_independent_shortcut(run):
     correlations = pd.read_parquet(tables / "depth_usage_correlations.parquet")
     assert set(correlations["task"]) == {"cities", "coinflip"} and len(correlations) == 8
     best = pd.read_parquet(run / "results/depth_usage/layer_maps/best.parquet")
-    assert len(best) == L + 1 and (best["offset"].abs() <= 0.1).mean() > 0.8  # itself: near the diagonal
+    # Itself, on 80 training texts: near the diagonal (a smoother layer can be better predicted than the same one)
+    assert len(best) == L + 1 and best["offset"].abs().mean() < 0.1 and (best["offset"] == 0).mean() > 0.6
     for name in ["sublayers", "shortcuts", "quality", "quality_correlations", "layer_maps", "layer_matches"]:
         assert (run / f"results/figures/depth_usage_{name}.png").stat().st_size > 10_000
     assert (run / "results/figures/depth_usage_skipping_smollm2-135m.png").stat().st_size > 10_000
@@ -417,9 +418,12 @@ PLOT_AND_TABLE_RULES = {
     "plot_sparse_probing",
     "plot_perturbations",
     "plot_concept_depth_levels",
+    "plot_depth_usage",
+    "plot_layer_skipping",
     "summarise_concept_depth",
     "summarise_latent_language",
     "summarise_sae",
+    "summarise_depth_usage",
     "figures",
 }
 
@@ -447,6 +451,8 @@ def test_figures_redraw_from_cached_tables_with_model_packages_unavailable(run, 
         "sae_metrics",
         "sparse_probing_smollm2-135m_cities",
         "sparse_probing_smollm2-135m_coinflip",
+        *(f"depth_usage_{name}" for name in ("sublayers", "shortcuts", "quality", "quality_correlations")),
+        *(f"depth_usage_{name}" for name in ("layer_maps", "layer_matches", "skipping_smollm2-135m")),
     ]
     assert sorted(path.name for path in (run / "results/figures").iterdir()) == sorted(f"{stem}.png" for stem in stems)
 
