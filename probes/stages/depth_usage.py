@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from probes.io import write_parquet
+from probes.resampling import bootstrap_weights, percentile_interval, resampled_means
 from probes.stages import save_figure, shared_model, write_table
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,6 @@ def _with_depth(
 
 
 def _interval_rows(point: dict[str, float], resampled: dict[str, np.ndarray], ci: float, **keys) -> list[dict]:
-    from probes.resampling import percentile_interval
-
     rows = []
     for quantity, samples in resampled.items():
         lo, hi = percentile_interval(samples, ci)
@@ -55,7 +54,7 @@ def _halves_summary(
     rows = []
     for metric, values in per_window.items():
         halves = {"first_half": values[:, first].mean(1), "second_half": values[:, ~first].mean(1)}
-        resampled = {half: weights @ v / weights.sum(1) for half, v in halves.items()}
+        resampled = {half: resampled_means(weights, v) for half, v in halves.items()}
         point = {half: v.mean() for half, v in halves.items()}
         resampled["second_over_first"] = resampled["second_half"] / resampled["first_half"]
         point["second_over_first"] = point["second_half"] / point["first_half"]
@@ -71,7 +70,7 @@ def _lens_differences(metrics: dict[str, dict[str, np.ndarray]], weights: np.nda
             difference = (values - metrics["logit"][metric])[:, :-1].mean(1)
             quantity = f"{lens}_minus_logit"
             rows += _interval_rows(
-                {quantity: difference.mean()}, {quantity: weights @ difference / weights.sum(1)}, ci, metric=metric
+                {quantity: difference.mean()}, {quantity: resampled_means(weights, difference)}, ci, metric=metric
             )
     return pd.DataFrame(rows)
 
@@ -111,7 +110,6 @@ def depth_usage(
     from probes.lens import load_tuned_lens, unembed_of
     from probes.perturbations import InputNoise, ordinary_token_ids
     from probes.representation_quality import quality_curves
-    from probes.resampling import bootstrap_weights
     from probes.stages.sae import corpus_texts
     from probes.token_cache import TokenCacheSettings, tokenised_corpus
 
