@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 SITES = ("resid", "ln2.hook_normalized", "attn_out", "mlp_out")
 POOLINGS = ("last", "mean")
+# What the MLP of block l-1 reads and its neurons, stored beside every extraction for neuron probing and
+# transcoder latents (docs/methods.md §7): the MLP's input is the transcoder's input.
+MLP_SITES = {"mlp_post": "mlp.hook_post", "mlp_in": "ln2.hook_normalized"}
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ def site_hooks(site: str, n_layers: int) -> dict[int, str]:
     """Map layer index -> TransformerLens hook name, so stored files name what they hold."""
     if site == "resid":
         return {0: EMBEDDING_HOOK} | {l: f"blocks.{l - 1}.hook_resid_post" for l in range(1, n_layers + 1)}
-    hook = site if site.startswith("ln") else f"hook_{site}"
+    hook = MLP_SITES.get(site, site if site.startswith("ln") else f"hook_{site}")
     return {l: f"blocks.{l - 1}.{hook}" for l in range(1, n_layers + 1)}
 
 
@@ -121,19 +124,20 @@ def extract_activations(
     progress: bool = True,
     noise: InputNoise | None = None,
     seed: int = 0,
+    mlp_sites: Sequence[str] = (),
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Pooled activations, ``{pooling: float32 tensor (n_texts, n_site_layers, d_model)}`` and the mean input
     embeddings ``{INPUT_EMBEDDING: (n_texts, d_model)}``, plus details.
 
     Texts are batched in order of length with right padding: under causal attention the real tokens
     never see the pads, so batched vectors equal one-at-a-time vectors. ``noise`` perturbs the inputs
-    (see :func:`tokenize`).
+    (see :func:`tokenize`). Each of ``mlp_sites`` (keys of :data:`MLP_SITES`) is pooled from the same pass
+    as ``{"{site}/{pooling}": (n_texts, n_layers, width)}``, layers 1..L.
     """
     import torch
     from tqdm.auto import tqdm
 
     hooks = site_hooks(settings.site, model.cfg.n_layers)
-    layer_of = {name: layer for layer, name in hooks.items()}
     token_lists, n_truncated = tokenize(model, texts, settings.max_tokens, noise, seed)
     # Mean pooling skips a prepended BOS: its huge norm (an attention sink) would swamp the average.
     skip_first = int(bool(model.cfg.default_prepend_bos))
@@ -145,6 +149,16 @@ def extract_activations(
     embedding_mean = torch.zeros(n, model.cfg.d_model, dtype=torch.float32)
     columns = {layer: column for column, layer in enumerate(sorted(hooks))}
     stop_at = max(int(name.split(".")[1]) for name in hooks.values()) + 1
+    unknown = set(mlp_sites) - set(MLP_SITES)
+    if unknown:
+        raise ValueError(f"mlp_sites {sorted(unknown)} are not among {sorted(MLP_SITES)}")
+    extra = {name: (site, layer) for site in mlp_sites for layer, name in site_hooks(site, model.cfg.n_layers).items()}
+    widths = {"mlp_post": model.cfg.d_mlp, "mlp_in": model.cfg.d_model}
+    for site in mlp_sites:
+        for p in settings.poolings:
+            out[f"{site}/{p}"] = torch.zeros(n, model.cfg.n_layers, widths[site], dtype=torch.float32)
+    if mlp_sites:
+        stop_at = model.cfg.n_layers
 
     batches = [order[i : i + settings.batch_size] for i in range(0, n, settings.batch_size)]
     for batch in tqdm(batches, desc="extracting", unit="batch", disable=not progress):
@@ -156,14 +170,16 @@ def extract_activations(
         mean_mask = (mask & (positions[None, :].to(settings.device) >= min(skip_first, width - 1))).float()
         last_index = (batch_lengths - 1).to(settings.device)
 
-        def pool(activation: torch.Tensor, hook: Any) -> None:
-            column = columns[layer_of[hook.name]]
-            check_finite(model, activation, f"{hook.name} (layer {layer_of[hook.name]})", settings.site)
-            activation = activation.float()
-            if "last" in out:
-                out["last"][batch, column] = activation[torch.arange(len(batch)), last_index].cpu()
-            if "mean" in out:
-                out["mean"][batch, column] = mean_pooled(activation)
+        def pooler(key: str, column: int, label: str, site: str) -> Any:
+            def pool(activation: torch.Tensor, hook: Any) -> None:
+                check_finite(model, activation, f"{hook.name} ({label})", site)
+                activation = activation.float()
+                if "last" in settings.poolings:
+                    out[f"{key}last"][batch, column] = activation[torch.arange(len(batch)), last_index].cpu()
+                if "mean" in settings.poolings:
+                    out[f"{key}mean"][batch, column] = mean_pooled(activation)
+
+            return pool
 
         def mean_pooled(activation: torch.Tensor) -> torch.Tensor:
             return ((activation.float() * mean_mask[:, :, None]).sum(1) / mean_mask.sum(1, keepdim=True)).cpu()
@@ -176,7 +192,14 @@ def extract_activations(
                 tokens.to(settings.device),
                 attention_mask=mask.long(),
                 stop_at_layer=stop_at,
-                fwd_hooks=[(name, pool) for name in hooks.values()] + [(EMBEDDING_HOOK, pool_embedding)],
+                fwd_hooks=[
+                    (name, pooler("", columns[layer], f"layer {layer}", settings.site)) for layer, name in hooks.items()
+                ]
+                + [
+                    (name, pooler(f"{site}/", layer - 1, f"layer {layer}", site))
+                    for name, (site, layer) in extra.items()
+                ]
+                + [(EMBEDDING_HOOK, pool_embedding)],
             )
     details = {
         "layers": sorted(hooks),
@@ -188,4 +211,7 @@ def extract_activations(
         "bos_prepended": bool(skip_first),
         "noise": noise.name if noise is not None else "clean",
     }
+    if mlp_sites:
+        details["mlp_hook_names"] = {site: list(site_hooks(site, model.cfg.n_layers).values()) for site in mlp_sites}
+        details["d_mlp"] = model.cfg.d_mlp
     return out | {INPUT_EMBEDDING: embedding_mean}, details

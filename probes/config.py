@@ -17,6 +17,7 @@ from probes.lens import TunedLensSettings
 from probes.probing import ProbeSettings
 from probes.sae import SAEEvalSettings, SAESettings
 from probes.token_cache import TokenCacheSettings
+from probes.transcoders import TranscoderSettings
 
 Config = dict[str, Any]
 
@@ -109,6 +110,24 @@ def sae_eval_settings(config: Config) -> dict[str, Any]:
     return asdict(SAEEvalSettings(**config["sae"]["eval"], device=config["device"]))
 
 
+def transcoder_settings(config: Config) -> dict[str, Any]:
+    """The transcoders' own keys, with the SAEs' learning-rate schedule and dead-latent window."""
+    sae, own = config["sae"], config["transcoders"]
+    shared = {"lr_warm_up_fraction", "lr_decay_fraction", "dead_feature_window"}
+    return asdict(
+        TranscoderSettings(
+            **{key: own[key] for key in ("expansion", "k", "training_tokens", "batch_size", "lr")},
+            **{key: sae[key] for key in shared},
+            device=config["device"],
+        )
+    )
+
+
+def neuron_models(config: Config) -> list[str]:
+    models = config["neurons"]["models"]
+    return list(config["models"]) if models is None else list(models)
+
+
 def depth_usage_models(config: Config) -> list[str]:
     models = config["depth_usage"]["models"]
     return list(config["models"]) if models is None else list(models)
@@ -158,6 +177,14 @@ def check_inputs(config: Config, basedir: str) -> None:
         if model not in models:
             raise ValueError(f"sae.models: model {model!r} is not in `models` ({models})")
         sae_layers(config, model)
+    unknown = sorted(set(neuron_models(config)) - set(models))
+    if unknown:
+        raise ValueError(f"neurons.models: {unknown} not in `models` ({models})")
+    unknown = sorted(set(config["transcoders"]["models"]) - set(sae["models"]))
+    if unknown:
+        raise ValueError(f"transcoders.models: {unknown} not in sae.models ({sae['models']}); they share its layers")
+    if config["transcoders"]["models"]:
+        transcoder_settings(config)
     depth = config["depth_usage"]
     unknown = sorted(set(depth_usage_models(config)) - set(models))
     if unknown:

@@ -463,14 +463,17 @@ _SAE_PANELS = (
 
 
 def sae_metrics_figure(metrics: pd.DataFrame) -> Figure:
-    """SAE quality across relative depth, one line per model: is any layer's dictionary too poor to read?"""
+    """SAE (and transcoder) quality across relative depth, one line per model and kind: is any layer's
+    dictionary too poor to read? A transcoder's FVU is of the MLP output it imitates."""
     _style()
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(_SAE_PANELS), figsize=(3.2 * len(_SAE_PANELS), 2.8))
+    by = ["model", "kind"] if "kind" in metrics else ["model"]
     for (column, label, limits), ax in zip(_SAE_PANELS, axes):
-        for index, (model, rows) in enumerate(metrics.groupby("model", sort=True)):
+        for index, (key, rows) in enumerate(metrics.groupby(by, sort=True)):
             marker = MARKERS[index % len(MARKERS)]
+            model = " ".join(key)
             ax.plot(rows["relative_depth"], rows[column], marker=marker, lw=1.4, ms=4, label=model)
             if f"{column}_lo" in rows:  # bootstrap interval over held-out documents
                 ax.errorbar(
@@ -514,8 +517,12 @@ def sae_metrics_figure(metrics: pd.DataFrame) -> Figure:
     return fig
 
 
-def sparse_probing_figure(summary: pd.DataFrame, dense: pd.DataFrame, ci: float = _CI) -> Figure:
-    """One panel per k: top-k SAE latents and top-k residual dimensions against the dense probe, across depth.
+def sparse_probing_figure(
+    summary: pd.DataFrame, dense: pd.DataFrame, ci: float = _CI, neurons: pd.DataFrame | None = None
+) -> Figure:
+    """One panel per k: top-k SAE latents, transcoder latents and residual dimensions against the dense probe,
+    across depth, with top-k neurons at every layer where ``neurons`` (the neuron summary's F-statistic
+    rows, the same ranking) is given.
 
     ``summary`` holds one task's rows of the sparse-probing summary (``<features>_topk_accuracy`` with its
     ``_lo``/``_hi`` bootstrap interval over examples); ``dense`` the dense probe's table, whose mean
@@ -540,12 +547,20 @@ def sparse_probing_figure(summary: pd.DataFrame, dense: pd.DataFrame, ci: float 
     fig, axes = plt.subplots(
         n_rows, n_cols, figsize=(3.4 * n_cols, 2.7 * n_rows), squeeze=False, sharey=True, sharex=True
     )
-    colours = {"sae": "#d95f02", "residual": "#1b9e77"}
+    colours = {
+        features: colour
+        for features, colour in {"sae": "#d95f02", "transcoder": "#7570b3", "residual": "#1b9e77"}.items()
+        if f"{features}_topk_accuracy" in summary and summary[f"{features}_topk_accuracy"].notna().any()
+    }
     for ax, k in zip(axes.flat, ks):
         ax.plot(dense_curve.index, dense_curve.to_numpy(), color="#555555", lw=1.4)
         if dense_band is not None:
             band = dense_band["accuracy_lo"], dense_band["accuracy_hi"]
             ax.fill_between(dense_band.index, *band, color="#999999", alpha=0.25, lw=0)
+        if neurons is not None:
+            at_k = neurons[neurons["k"] == k].sort_values("layer")
+            ax.plot(at_k["layer"], at_k["accuracy"], color="#e7298a", lw=1.0)
+            ax.fill_between(at_k["layer"], at_k["accuracy_lo"], at_k["accuracy_hi"], color="#e7298a", alpha=0.12, lw=0)
         rows = summary[summary["k"] == k].sort_values("layer")
         for features, colour in colours.items():
             mean, lo, hi = (rows[f"{features}_topk_accuracy{end}"] for end in ("", "_lo", "_hi"))
@@ -562,10 +577,18 @@ def sparse_probing_figure(summary: pd.DataFrame, dense: pd.DataFrame, ci: float 
         ax.set_ylabel("out-of-fold accuracy")
     for ax in list(axes.flat)[len(ks) :]:
         ax.set_visible(False)
+    names = {
+        "sae": "top-k SAE latents",
+        "transcoder": "top-k transcoder latents",
+        "residual": "top-k residual dimensions",
+    }
     legend = [
         Line2D([], [], color="#555555", lw=1.4, label="dense probe, all dimensions"),
-        Line2D([], [], color=colours["sae"], marker="o", lw=1.4, label="top-k SAE latents"),
-        Line2D([], [], color=colours["residual"], marker="o", lw=1.4, label="top-k residual dimensions"),
+        *(
+            Line2D([], [], color=colour, marker="o", lw=1.4, label=names[features])
+            for features, colour in colours.items()
+        ),
+        *([Line2D([], [], color="#e7298a", lw=1.0, label="top-k MLP neurons")] if neurons is not None else []),
         Line2D([], [], color="#bbbbbb", lw=0.8, label="chance"),
     ]
     fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=7, bbox_to_anchor=(0.5, -0.03))
@@ -581,6 +604,57 @@ def sparse_probing_figure(summary: pd.DataFrame, dense: pd.DataFrame, ci: float 
         fontsize=9,
     )
     fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
+_CRITERION_LABELS = {
+    "mean_difference": "ranked by |mean1 − mean0|",
+    "f_statistic": "ranked by ANOVA F",
+}
+
+
+def neuron_probing_figure(summary: pd.DataFrame, ci: float = _CI) -> Figure:
+    """k-sparse neuron probes across depth, one panel per ranking criterion, one line per k, beside the dense
+    probe: at which layer do a handful of neurons carry the concept, and how many does it take?"""
+    _style()
+    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+
+    first = summary.iloc[0]
+    model, dataset, n_layers = first["model"], first["dataset"], int(first["n_layers"])
+    criteria = [c for c in _CRITERION_LABELS if c in set(summary["criterion"])]
+    ks = sorted(summary["k"].unique())
+    colours = colormaps["viridis"](np.linspace(0.05, 0.9, len(ks)))
+    fig, axes = plt.subplots(1, len(criteria), figsize=(4.4 * len(criteria), 3.2), squeeze=False, sharey=True)
+    for ax, criterion in zip(axes[0], criteria):
+        dense = (
+            summary[summary["criterion"] == criterion]
+            .groupby("layer")[["dense_accuracy", "dense_accuracy_lo", "dense_accuracy_hi"]]
+            .first()
+        )
+        ax.plot(dense.index, dense["dense_accuracy"], color="#555555", lw=1.6, label="dense probe (residual)")
+        ax.fill_between(
+            dense.index, dense["dense_accuracy_lo"], dense["dense_accuracy_hi"], color="#999999", alpha=0.25, lw=0
+        )
+        for k, colour in zip(ks, colours):
+            rows = summary[(summary["criterion"] == criterion) & (summary["k"] == k)].sort_values("layer")
+            ax.plot(rows["layer"], rows["accuracy"], color=colour, lw=1.2, label=f"k = {k}")
+            ax.fill_between(rows["layer"], rows["accuracy_lo"], rows["accuracy_hi"], color=colour, alpha=0.12, lw=0)
+        ax.axhline(0.5, color="#bbbbbb", lw=0.8, zorder=0)
+        ax.set_title(f"neurons {_CRITERION_LABELS[criterion]}", fontsize=9)
+        ax.set_xlabel("layer (MLP of block layer − 1)")
+        ax.set_xlim(0, n_layers)
+        ax.set_ylim(0.3, 1.02)
+    axes[0, 0].set_ylabel("out-of-fold accuracy")
+    axes[0, -1].legend(fontsize=7, loc="lower right", ncol=2)
+    fig.suptitle(
+        f"k-sparse neuron probing, {model} on {dataset} ({first['n_examples']} examples): neurons ranked on each "
+        f"training fold;\nbands: {ci:.0%} bootstrap intervals over examples (or groups); dense probe on the residual "
+        "stream with the same folds",
+        y=1.03,
+        fontsize=9,
+    )
+    fig.tight_layout()
     return fig
 
 

@@ -1,4 +1,4 @@
-"""HTML for the Snakemake report, in one place: table pages and the cells of the top-latent tables.
+"""HTML for the Snakemake report, in one place: table pages and the feature pages.
 
 The report shows images and HTML inline but offers CSV or markdown only as a download, so every table that
 is a report item is also written as a small self-contained HTML page beside its CSV.
@@ -53,32 +53,71 @@ def token_context(str_tokens: Sequence[str], position: int, before: int = 10, af
     return f"{left}<b>{cell(str_tokens[position]) or '∅'}</b>{right}"
 
 
-def top_latents_page(title: str, classes: Sequence[str], sections: Mapping[str, list[dict]]) -> str:
-    """The top latents of :func:`probes.sae.top_latents`, one table per SAE layer."""
+HISTOGRAM_COLOURS = ("#1b9e77", "#d95f02", "#94a3b8")
+
+
+def histogram_svg(edges: Sequence[float], densities: Mapping[str, Sequence[float]], width: int = 180) -> str:
+    """A small inline SVG of densities on shared bins: one outline per series, the last one filled grey."""
+    height, names = 54, list(densities)
+    peak = max((max(values) for values in densities.values() if len(values)), default=0.0) or 1.0
+    n_bins = len(edges) - 1
+    paths = []
+    for index, name in enumerate(names):
+        colour = HISTOGRAM_COLOURS[index % len(HISTOGRAM_COLOURS)]
+        points = [f"0,{height}"]
+        for b, value in enumerate(densities[name]):
+            top = height - (height - 4) * value / peak
+            points += [f"{width * b / n_bins:.1f},{top:.1f}", f"{width * (b + 1) / n_bins:.1f},{top:.1f}"]
+        points.append(f"{width},{height}")
+        fill = f'fill="{colour}" fill-opacity="0.35"' if index == len(names) - 1 and len(names) > 2 else 'fill="none"'
+        paths.append(f'<polyline points="{" ".join(points)}" {fill} stroke="{colour}" stroke-width="1.2"/>')
+    legend = " ".join(
+        f'<span style="color:{HISTOGRAM_COLOURS[i % len(HISTOGRAM_COLOURS)]}">■ {cell(name)}</span>'
+        for i, name in enumerate(names)
+    )
+    return (
+        f'<svg width="{width}" height="{height}" role="img" aria-label="activation histogram">{"".join(paths)}</svg>'
+        f"<br><small>{edges[0]:.2g} … {edges[-1]:.2g}<br>{legend}</small>"
+    )
+
+
+def feature_page(title: str, classes: Sequence[str], sections: Mapping[str, list[dict]]) -> str:
+    """Feature pages of :func:`probes.features.top_features` for every kind: one table per section."""
     first, second = (cell(name) for name in classes)
+
+    def tokens(pairs: Sequence[tuple[str, float]]) -> str:
+        return ", ".join(f"<code>{cell(token)}</code> {value:+.2f}" for token, value in pairs)
+
     tables = {
         heading: pd.DataFrame(
             {
-                "latent": row["latent"],
+                "kind": row["kind"],
+                "feature": row["feature"],
                 "favours": cell(row["favours"]),
                 f"mean act. ({first} / {second})": f"{row['mean'][0]:.3f} / {row['mean'][1]:.3f}",
                 f"fires on ({first} / {second})": f"{row['firing'][0]:.0%} / {row['firing'][1]:.0%}",
+                "activations": histogram_svg(row["histogram"]["edges"], row["histogram"]["densities"]),
+                "writes (top logits)": tokens(row["writes"]["top"]),
+                "writes (bottom logits)": tokens(row["writes"]["bottom"]),
                 "top task examples": "<br>".join(
                     f"{cell(text)} ({label}, {value:.2f})" for text, label, value in row["task_examples"]
                 )
                 or "–",
                 "top held-out corpus contexts": "<br>".join(
-                    f"{token_context(tokens, position)} ({value:.2f})"
-                    for tokens, position, value in row["corpus_examples"]
+                    f"{token_context(str_tokens, position)} ({value:.2f})"
+                    for str_tokens, position, value in row["corpus_examples"]
                 )
                 or "–",
             }
-            for row in latents
+            for row in features
         )
-        for heading, latents in sections.items()
+        for heading, features in sections.items()
     }
     note = (
-        f"Classes: 0 = <code>{first}</code>, 1 = <code>{second}</code>. Latents ranked by |mean difference| "
-        "between the classes over all rows; activations in parentheses; the token a corpus context ends on is in bold."
+        f"Classes: 0 = <code>{first}</code>, 1 = <code>{second}</code>. Per layer, the MLP neurons, SAE latents "
+        "and transcoder latents that best separate the classes over all task rows (standardised mean "
+        "difference). Activations on the task's pooled token; histograms are densities over each class and "
+        "over held-out corpus tokens; the token a corpus context fires on is in bold. What a feature writes is "
+        "its output direction (neuron: W_out row; latent: decoder row) read through the unembedding."
     )
     return html_page(title, tables, note, escape=False)

@@ -174,10 +174,12 @@ def latent_language_table(summary: pd.DataFrame, lens: str = "logit") -> str:
 
 
 def sae_metrics_table(metrics: pd.DataFrame) -> str:
-    """Per model and SAE layer: reconstruction, sparsity, dead and dense latents, loss recovered."""
+    """Per model, kind (SAE, transcoder) and layer: reconstruction, sparsity, dead and dense latents, loss
+    recovered."""
     body = [
         [
             row["model"],
+            row.get("kind", "sae"),
             int(row["layer"]),
             f"{row['fvu']:.2f}",
             f"{row['l0']:.0f}",
@@ -186,7 +188,7 @@ def sae_metrics_table(metrics: pd.DataFrame) -> str:
         ]
         for _, row in metrics.iterrows()
     ]
-    return markdown(["model", "layer", "FVU", "L0", "dead / dense", "loss recovered"], body)
+    return markdown(["model", "kind", "layer", "FVU", "L0", "dead / dense", "loss recovered"], body)
 
 
 def depth_usage_table(summary: pd.DataFrame) -> str:
@@ -196,34 +198,45 @@ def depth_usage_table(summary: pd.DataFrame) -> str:
 
 
 def sparse_probing_table(summary: pd.DataFrame) -> str:
-    """Per model, task and SAE layer: one latent, one residual dimension, the largest k of each, the dense probe."""
+    """Per model, task and SAE layer: one latent (SAE, transcoder) or residual dimension, the largest k of each,
+    and the dense probe."""
     smallest, largest = summary["k"].min(), summary["k"].max()
+    names = {"sae": "SAE", "transcoder": "transcoder", "residual": "residual"}
+    sets = [features for features in names if summary.get(f"{features}_topk_accuracy", pd.Series()).notna().any()]
     body = []
     for (model, dataset, layer), rows in summary.groupby(["model", "dataset", "layer"], sort=False):
         by_k = rows.set_index("k")
-        body.append(
-            [
-                model,
-                dataset,
-                int(layer),
-                interval(by_k.loc[smallest], "sae_topk_accuracy"),
-                interval(by_k.loc[smallest], "residual_topk_accuracy"),
-                interval(by_k.loc[largest], "sae_topk_accuracy"),
-                interval(by_k.loc[largest], "residual_topk_accuracy"),
-                interval(by_k.loc[largest], "dense_accuracy"),
-            ]
-        )
-    header = [
-        "model",
-        "task",
-        "layer",
-        f"SAE top-{smallest}",
-        f"residual top-{smallest}",
-        f"SAE top-{largest}",
-        f"residual top-{largest}",
-        "dense probe",
-    ]
-    return markdown(header, body)
+        cells = [interval(by_k.loc[k], f"{features}_topk_accuracy") for k in (smallest, largest) for features in sets]
+        body.append([model, dataset, int(layer), *cells, interval(by_k.loc[largest], "dense_accuracy")])
+    header = ["model", "task", "layer", *(f"{names[f]} top-{k}" for k in (smallest, largest) for f in sets)]
+    return markdown([*header, "dense probe"], body)
+
+
+def neuron_probing_table(summary: pd.DataFrame, best: pd.DataFrame, criterion: str = "f_statistic") -> str:
+    """Per model and task, at a third and two thirds of the depth: the top-1 and top-k neurons, the dense probe,
+    and the best single neuron with its out-of-fold k = 1 F1."""
+    summary, best = summary[summary["criterion"] == criterion], best[best["criterion"] == criterion]
+    smallest, largest = summary["k"].min(), summary["k"].max()
+    body = []
+    for (model, dataset), rows in summary.groupby(["model", "dataset"], sort=False):
+        n_layers = int(rows["n_layers"].iloc[0])
+        for layer in sorted({round(n_layers / 3), round(2 * n_layers / 3)}):
+            by_k = rows[rows["layer"] == layer].set_index("k")
+            single = best[(best["model"] == model) & (best["dataset"] == dataset) & (best["layer"] == layer)].iloc[0]
+            body.append(
+                [
+                    model,
+                    dataset,
+                    layer,
+                    interval(by_k.loc[smallest], "accuracy"),
+                    interval(by_k.loc[largest], "accuracy"),
+                    interval(by_k.loc[largest], "dense_accuracy"),
+                    f"{int(single['neuron'])} ({single['fold_agreement']:.0%} of folds)",
+                    interval(single, "f1"),
+                ]
+            )
+    header = ["model", "task", "layer", f"neurons top-{smallest}", f"neurons top-{largest}", "dense probe"]
+    return markdown([*header, "best single neuron", "its k = 1 F1"], body)
 
 
 def update_readme(readme: str | Path, tables: str | Path) -> list[str]:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard")
 # The config key that sets each architecture's sparsity, by the name SAELens gives it.
 SPARSITY_KEY = {"topk": "k", "batchtopk": "k", "jumprelu": "l0_coefficient", "standard": "l1_coefficient"}
-FEATURE_SETS = ("sae", "residual")
+FEATURE_SETS = ("sae", "transcoder", "residual")
 SPARSE_KS = (1, 2, 4, 8, 16, 32)
 
 
@@ -184,25 +184,33 @@ def train_sae(cache: TokenCache, layer: int, settings: SAESettings, model_name: 
 
 
 def reconstruction_metrics(
-    sae: SAE, activations: torch.Tensor, dense_threshold: float = 0.1, chunk: int = 4096
+    sae: SAE,
+    activations: torch.Tensor,
+    dense_threshold: float = 0.1,
+    chunk: int = 4096,
+    targets: torch.Tensor | None = None,
 ) -> dict:
     """FVU, mean L0, and dead / dense latent fractions of ``sae`` on held-out token rows.
 
-    FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over the rows. A latent is dead when it fires on
-    none of the rows and dense when it fires on more than ``dense_threshold`` of them.
+    FVU = sum ||t - t_hat||^2 / sum ||t - mean(t)||^2 over the rows, where the target t is the input
+    itself for an SAE and ``targets`` (the same tokens' MLP output) for a transcoder. A latent is dead
+    when it fires on none of the rows and dense when it fires on more than ``dense_threshold`` of them.
     """
     import torch
 
+    targets = activations if targets is None else targets
+    if len(targets) != len(activations):
+        raise ValueError(f"{len(activations)} input rows but {len(targets)} target rows")
     squared_error, firing, active = 0.0, torch.zeros(sae.cfg.d_sae, dtype=torch.float64), 0.0
     with torch.no_grad():
-        for rows in activations.split(chunk):
-            rows = rows.to(sae.device, sae.dtype)
-            latents = sae.encode(rows)
-            squared_error += float(((rows - sae.decode(latents)).double() ** 2).sum())
+        for rows, wanted in zip(activations.split(chunk), targets.split(chunk), strict=True):
+            latents = sae.encode(rows.to(sae.device, sae.dtype))
+            wanted = wanted.to(sae.device, sae.dtype)
+            squared_error += float(((wanted - sae.decode(latents)).double() ** 2).sum())
             fired = (latents > 0).cpu()
             firing += fired.sum(0).double()
             active += float(fired.sum())
-    x = activations.double()
+    x = targets.double()
     total_variance = float(((x - x.mean(0)) ** 2).sum())
     rate = firing / len(activations)
     return {
@@ -219,11 +227,17 @@ LOSS_STATISTICS = (*LOSS_SUMS, "loss_recovered")
 
 
 def document_losses(
-    model: HookedTransformer, saes: Mapping[str, SAE], sequences: Sequence[torch.Tensor], batch_size: int = 8
+    model: HookedTransformer,
+    saes: Mapping[str, SAE],
+    sequences: Sequence[torch.Tensor],
+    batch_size: int = 8,
+    inputs: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Per-document next-token losses with each SAE's reconstruction spliced in, and with its hook zero-ablated.
 
-    ``saes`` maps a hook name to the SAE read there. One clean pass per batch serves every SAE; then, per
+    ``saes`` maps a hook name to the SAE written there; it reads the same hook unless ``inputs`` names
+    another one (a transcoder at ``hook_mlp_out`` reads ``ln2.hook_normalized`` of the same pass, so the
+    MLP is replaced by the transcoder). One clean pass per batch serves every SAE; then, per
     SAE, one pass with the reconstruction and one with zeros, both spliced at exactly the same positions:
     every real position after the BOS. The BOS keeps its clean activation in both runs (the SAE never saw
     it) and pads are untouched, so loss recovered compares like with like. The spliced runs start at the
@@ -262,22 +276,35 @@ def document_losses(
             ce_clean = per_document(-clean.gather(1, targets)[:, 0]).cpu()
             for hook, sae in saes.items():
                 record = {"ce_clean": ce_clean}
+                source = (inputs or {}).get(hook, hook)
                 for name, splice in (("sae", partial(_reconstruction, sae)), ("zero", torch.zeros_like)):
+                    read: dict[str, torch.Tensor] = {}
 
-                    def replace(activation: torch.Tensor, hook: Any, splice: Callable = splice) -> torch.Tensor:  # noqa: ARG001
+                    def capture(activation: torch.Tensor, hook: Any, read: dict = read) -> None:  # noqa: ARG001
+                        read["input"] = activation
+
+                    def replace(
+                        activation: torch.Tensor,
+                        hook: Any,
+                        splice: Callable = splice,
+                        read: dict = read,
+                        name: str = name,
+                    ) -> torch.Tensor:  # noqa: ARG001
+                        given = read.pop("input", activation) if name == "sae" else activation
                         replaced = activation.clone()
-                        replaced[spliced] = splice(activation[spliced]).to(activation.device, activation.dtype)
+                        replaced[spliced] = splice(given[spliced]).to(activation.device, activation.dtype)
                         return replaced
 
+                    fwd_hooks = ([(source, capture)] if source != hook else []) + [(hook, replace)]
                     block = starts[hook]
                     if block is None:
-                        logits = model.run_with_hooks(tokens, attention_mask=mask.long(), fwd_hooks=[(hook, replace)])
+                        logits = model.run_with_hooks(tokens, attention_mask=mask.long(), fwd_hooks=fwd_hooks)
                     else:
                         logits = model.run_with_hooks(
                             cache[f"blocks.{block}.hook_resid_pre"],
                             start_at_layer=block,
                             attention_mask=mask.long(),
-                            fwd_hooks=[(hook, replace)],
+                            fwd_hooks=fwd_hooks,
                         )
                     spliced_log_probs = _predicted_log_probs(logits, predicts)
                     del logits
@@ -457,54 +484,6 @@ def encode(sae: SAE, vectors: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
         return torch.cat([sae.encode(rows.to(sae.device, sae.dtype)).cpu() for rows in vectors.split(chunk)])
 
 
-def top_latents(
-    latents: np.ndarray,
-    y: np.ndarray,
-    texts: Sequence[str],
-    classes: Sequence[str],
-    corpus_latents: torch.Tensor | None = None,
-    corpus_tokens: dict[str, torch.Tensor] | None = None,
-    corpus_str_tokens: dict[int, list[str]] | None = None,
-    n_top: int = 5,
-    n_examples: int = 3,
-) -> list[dict]:
-    """The latents that best separate the classes over all rows, each with its max-activating examples.
-
-    Task examples are (text, class, activation) of the dataset's texts (the probe's pooled token); corpus
-    examples are (the document's tokens, position, activation) of held-out corpus tokens, so a latent can be
-    read off text that is not the task's (:func:`probes.html.top_latents_page` shows them in context).
-    """
-    latents, y = np.asarray(latents, dtype=np.float64), np.asarray(y)
-    everything = np.ones(len(y), dtype=bool)
-    rows = []
-    for latent in standardised_difference_order(latents, y, everything)[:n_top]:
-        values = latents[:, latent]
-        means = [values[y == c].mean() for c in (0, 1)]
-        task = [
-            (texts[i], classes[y[i]], float(values[i]))
-            for i in np.argsort(-values, kind="stable")[:n_examples]
-            if values[i] > 0
-        ]
-        corpus = []
-        if corpus_latents is not None:
-            column = corpus_latents[:, latent]
-            for row in column.argsort(descending=True, stable=True)[:n_examples].tolist():
-                if column[row] > 0:
-                    document, position = int(corpus_tokens["document"][row]), int(corpus_tokens["position"][row])
-                    corpus.append((corpus_str_tokens[document], position, float(column[row])))
-        rows.append(
-            {
-                "latent": int(latent),
-                "favours": classes[int(means[1] > means[0])],
-                "mean": means,
-                "firing": [float((values[y == c] > 0).mean()) for c in (0, 1)],
-                "task_examples": task,
-                "corpus_examples": corpus,
-            }
-        )
-    return rows
-
-
 # ---------------------------------------------------------------------------------------------------
 # Summaries
 
@@ -516,23 +495,39 @@ def metrics_frame(
     ci: float = 0.95,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """One row per SAE from its held-out metrics, with its relative depth, ordered by model and layer.
+    """One row per SAE (or transcoder) from its held-out metrics, with its relative depth, ordered by model,
+    ``kind`` where the records carry one (sae, transcoder), and layer.
 
-    With ``documents`` (:func:`document_losses`'s rows with ``model`` and ``layer`` columns) and ``n_boot``,
-    every loss statistic gets its bootstrap interval over documents (:func:`loss_recovered`) beside it.
+    With ``documents`` (:func:`document_losses`'s rows with ``model``, ``layer`` and the records' ``kind``)
+    and ``n_boot``, every loss statistic gets its bootstrap interval over documents (:func:`loss_recovered`)
+    beside it.
     """
     frame = pd.DataFrame(list(records))
-    frame.insert(2, "relative_depth", frame["layer"] / frame["n_layers"])
+    keys = [key for key in ("model", "kind", "layer") if key in frame]
+    frame.insert(len(keys), "relative_depth", frame["layer"] / frame["n_layers"])
     if documents is not None and n_boot:
-        intervals = loss_recovered(documents, ("model", "layer"), n_boot, ci, seed)
+        intervals = loss_recovered(documents, keys, n_boot, ci, seed)
         bounds = [f"{name}_{end}" for name in LOSS_STATISTICS for end in ("lo", "hi")]
-        frame = frame.merge(intervals[["model", "layer", *bounds]], on=["model", "layer"], how="left")
+        frame = frame.merge(intervals[[*keys, *bounds]], on=keys, how="left")
         order = [column for column in frame.columns if column not in bounds]
         for name in reversed(LOSS_STATISTICS):
             at = order.index(name) + 1
             order[at:at] = [f"{name}_lo", f"{name}_hi"]
         frame = frame[order]
-    return frame.sort_values(["model", "layer"]).reset_index(drop=True)
+    return frame.sort_values(keys).reset_index(drop=True)
+
+
+COMPARED = ("l0", "fvu", "loss_recovered", "kl_sae", "dead_fraction", "dense_fraction")
+
+
+def dictionary_comparison(metrics: pd.DataFrame) -> pd.DataFrame:
+    """SAE and transcoder of each model and layer side by side (``sae_<metric>``, ``transcoder_<metric>``),
+    with the loss statistics' intervals; layers with only one kind keep the other's columns empty."""
+    columns = [f"{name}{end}" for name in COMPARED for end in ("", "_lo", "_hi") if f"{name}{end}" in metrics.columns]
+    wide = metrics.pivot_table(index=["model", "layer", "relative_depth"], columns="kind", values=columns)
+    wide.columns = [f"{kind}_{name}" for name, kind in wide.columns]
+    order = [f"{kind}_{name}" for name in columns for kind in ("sae", "transcoder") if f"{kind}_{name}" in wide]
+    return wide[order].reset_index()
 
 
 def sparse_summary(

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 
+# What the cache holds beside the SAE site at each SAE layer: the MLP's input and output (a transcoder's
+# training pairs) and its neurons (their max-activating contexts), of block l-1 for layer l.
+MLP_STREAMS = ("mlp_in", "mlp_out", "mlp_post")
+
+
 @dataclass(frozen=True)
 class TokenCacheSettings:
     """How a corpus becomes token rows. Documents, not tokens, are split into train and held-out sets,
@@ -80,18 +85,19 @@ def tokenised_corpus(
 
 
 class _ShardWriter:
-    """Collect rows per layer and write a shard per layer whenever ``shard_tokens`` rows are waiting."""
+    """Collect rows per folder (``layer_{l}`` or ``{stream}/layer_{l}``) and write a shard of each whenever
+    ``shard_tokens`` rows are waiting, so every folder's shard ``i`` holds the same tokens."""
 
-    def __init__(self, root: Path, split: str, layers: Sequence[int], shard_tokens: int) -> None:
-        self.root, self.split, self.layers, self.shard_tokens = root, split, list(layers), shard_tokens
-        self.pending: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
+    def __init__(self, root: Path, split: str, folders: Sequence[str], shard_tokens: int) -> None:
+        self.root, self.split, self.folders, self.shard_tokens = root, split, list(folders), shard_tokens
+        self.pending: dict[str, list[torch.Tensor]] = {folder: [] for folder in self.folders}
         self.n_pending = 0
         self.shards: list[int] = []
 
-    def add(self, rows: dict[int, torch.Tensor]) -> None:
-        for layer in self.layers:
-            self.pending[layer].append(rows[layer])
-        self.n_pending += len(rows[self.layers[0]])
+    def add(self, rows: dict[str, torch.Tensor]) -> None:
+        for folder in self.folders:
+            self.pending[folder].append(rows[folder])
+        self.n_pending += len(rows[self.folders[0]])
         while self.n_pending >= self.shard_tokens:
             self._flush(self.shard_tokens)
 
@@ -103,17 +109,21 @@ class _ShardWriter:
         import torch
         from safetensors.torch import save_file
 
-        for layer in self.layers:
-            rows = torch.cat(self.pending[layer])
-            directory = self.root / f"layer_{layer}"
+        for folder in self.folders:
+            rows = torch.cat(self.pending[folder])
+            directory = self.root / folder
             directory.mkdir(parents=True, exist_ok=True)
             save_file(
                 {"activations": rows[:n].contiguous()},
                 str(directory / f"{self.split}_{len(self.shards):05d}.safetensors"),
             )
-            self.pending[layer] = [rows[n:]]
+            self.pending[folder] = [rows[n:]]
         self.shards.append(n)
         self.n_pending -= n
+
+
+def _folder(layer: int, stream: str = "") -> str:
+    return f"{stream}/layer_{layer}" if stream else f"layer_{layer}"
 
 
 def cache_token_activations(
@@ -125,8 +135,13 @@ def cache_token_activations(
     settings: TokenCacheSettings,
     seed: int = 0,
     progress: bool = True,
+    streams: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write token rows of ``texts`` at ``layers`` under ``out_dir``; return (and write to meta.json) what it holds.
+
+    ``streams`` are further sites read at the same layers and tokens (``mlp_in``, ``mlp_out`` and
+    ``mlp_post`` of block ``l-1`` for layer ``l``: what a transcoder reads and writes, and the neurons),
+    stored as ``{stream}/layer_{l}``.
 
     Every real token after a prepended BOS becomes a row: the BOS residual is an attention sink with a
     norm far above the rest and is excluded, as SAE training usually does. Train rows are sharded as
@@ -143,14 +158,23 @@ def cache_token_activations(
     if unknown or not layers:
         raise ValueError(f"layers {list(layers)} must be a non-empty subset of the {site} layers {sorted(hooks)}")
     layers = sorted(set(layers))
-    layer_of = {hooks[layer]: layer for layer in layers}
-    stop_at = max(int(hooks[layer].split(".")[1]) for layer in layers) + 1
+    folder_of = {hooks[layer]: [_folder(layer)] for layer in layers}
+    stream_hooks = {stream: site_hooks(stream, model.cfg.n_layers) for stream in streams}
+    for stream, by_layer in stream_hooks.items():
+        missing = sorted(set(layers) - set(by_layer))
+        if missing:
+            raise ValueError(f"stream {stream} has no layers {missing}: its layers are {sorted(by_layer)}")
+        for layer in layers:
+            folder_of.setdefault(by_layer[layer], []).append(_folder(layer, stream))
+    stop_at = max(int(hook.split(".")[1]) for hook in folder_of) + 1
     skip_first = int(bool(model.cfg.default_prepend_bos))
     token_lists, train, heldout, n_truncated = tokenised_corpus(model, texts, settings, seed)
     root = Path(out_dir)
     details: dict[str, Any] = {}
     for split, documents in (("train", train), ("heldout", heldout)):
-        writer = _ShardWriter(root, split, layers, settings.shard_tokens)
+        writer = _ShardWriter(
+            root, split, [f for folders in folder_of.values() for f in folders], settings.shard_tokens
+        )
         token_rows: list[torch.Tensor] = []
         # Longest first, so a memory problem shows in the first batch rather than after minutes.
         documents = sorted(documents, key=lambda index: -len(token_lists[index]))
@@ -159,18 +183,20 @@ def cache_token_activations(
             tokens, mask = right_padded(model, [token_lists[index] for index in batch])
             keep = mask.clone()
             keep[:, :skip_first] = False
-            captured: dict[int, torch.Tensor] = {}
+            captured: dict[str, torch.Tensor] = {}
 
             def capture(activation: torch.Tensor, hook: Any) -> None:
-                check_finite(model, activation, f"{hook.name} (layer {layer_of[hook.name]})", site)
-                captured[layer_of[hook.name]] = activation[keep.to(activation.device)].float().cpu()
+                check_finite(model, activation, f"{hook.name} ({', '.join(folder_of[hook.name])})", site)
+                rows = activation[keep.to(activation.device)].float().cpu()
+                for folder in folder_of[hook.name]:
+                    captured[folder] = rows
 
             with torch.inference_mode():
                 model.run_with_hooks(
                     tokens.to(settings.device),
                     attention_mask=mask.long().to(settings.device),
                     stop_at_layer=stop_at,
-                    fwd_hooks=[(hooks[layer], capture) for layer in layers],
+                    fwd_hooks=[(hook, capture) for hook in folder_of],
                 )
             writer.add(captured)
             if split == "heldout":
@@ -202,6 +228,7 @@ def cache_token_activations(
             "layers": layers,
             "hook_names": [hooks[layer] for layer in layers],
             "site": site,
+            "streams": {stream: [by_layer[layer] for layer in layers] for stream, by_layer in stream_hooks.items()},
             "n_layers": model.cfg.n_layers,
             "d_model": model.cfg.d_model,
             "n_documents": len(token_lists),
@@ -232,19 +259,21 @@ class TokenCache:
         self.layers: list[int] = self.meta["layers"]
         self.hook_names = dict(zip(self.layers, self.meta["hook_names"]))
 
-    def shards(self, layer: int, split: str = "train") -> list[Path]:
+    def shards(self, layer: int, split: str = "train", stream: str = "") -> list[Path]:
         if layer not in self.layers:
             raise KeyError(f"{self.path} holds layers {self.layers}, not {layer}")
+        if stream and stream not in self.meta.get("streams", {}):
+            raise KeyError(f"{self.path} holds streams {sorted(self.meta.get('streams', {}))}, not {stream!r}")
         return [
-            self.path / f"layer_{layer}" / f"{split}_{i:05d}.safetensors"
+            self.path / _folder(layer, stream) / f"{split}_{i:05d}.safetensors"
             for i in range(len(self.meta[f"{split}_shards"]))
         ]
 
-    def load(self, layer: int, split: str = "heldout") -> torch.Tensor:
+    def load(self, layer: int, split: str = "heldout", stream: str = "") -> torch.Tensor:
         """Every row of one split at once: meant for the (small) held-out split."""
         import torch
 
-        return torch.cat([_shard_rows(shard) for shard in self.shards(layer, split)])
+        return torch.cat([_shard_rows(shard) for shard in self.shards(layer, split, stream)])
 
     def heldout_tokens(self) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
@@ -259,39 +288,44 @@ class TokenCache:
     def heldout_str_tokens(self) -> dict[int, list[str]]:
         return {int(document): tokens for document, tokens in read_json(self.path / "heldout_documents.json").items()}
 
-    def mean_and_norm(self, layer: int) -> tuple[torch.Tensor, float]:
+    def mean_and_norm(self, layer: int, stream: str = "") -> tuple[torch.Tensor, float]:
         """Mean row and mean row norm of the train split, in one streaming pass."""
-        import torch
 
-        total = torch.zeros(self.meta["d_model"], dtype=torch.float64)
-        norms, n = 0.0, 0
-        for shard in self.shards(layer):
+        total, norms, n = 0.0, 0.0, 0
+        for shard in self.shards(layer, "train", stream):
             rows = _shard_rows(shard).double()
             total += rows.sum(0)
             norms += float(rows.norm(dim=1).sum())
             n += len(rows)
         return (total / n).float(), norms / n
 
-    def batches(self, layer: int, batch_size: int, seed: int, buffer_shards: int = 4) -> Iterator[torch.Tensor]:
+    def batches(
+        self, layer: int, batch_size: int, seed: int, buffer_shards: int = 4, streams: Sequence[str] = ("",)
+    ) -> Iterator[torch.Tensor]:
         """Endless shuffled train batches of exactly ``batch_size`` rows, as SAELens's trainer expects.
 
         Each epoch visits the shards in a new seeded order and shuffles rows within a buffer of
-        ``buffer_shards`` shards; rows left over at the end of a buffer carry into the next one.
+        ``buffer_shards`` shards; rows left over at the end of a buffer carry into the next one. With
+        several ``streams`` a row is the same token's rows of each, side by side.
         """
         import torch
 
-        shards = self.shards(layer)
+        by_stream = [self.shards(layer, "train", stream) for stream in streams]
+        shards = list(zip(*by_stream))
         if sum(self.meta["train_shards"]) < batch_size:
             raise ValueError(
                 f"{self.path}: {sum(self.meta['train_shards'])} train tokens cannot fill a batch of {batch_size}"
             )
         generator = torch.Generator().manual_seed(seed)
-        carry = torch.empty(0, self.meta["d_model"])
+        carry = None
         while True:
             order = torch.randperm(len(shards), generator=generator).tolist()
             for start in range(0, len(order), buffer_shards):
-                group = [_shard_rows(shards[index]) for index in order[start : start + buffer_shards]]
-                buffer = torch.cat([carry, *group])
+                group = [
+                    torch.cat([_shard_rows(path) for path in shards[index]], 1)
+                    for index in order[start : start + buffer_shards]
+                ]
+                buffer = torch.cat(group if carry is None else [carry, *group])
                 buffer = buffer[torch.randperm(len(buffer), generator=generator)]
                 n_full = len(buffer) // batch_size * batch_size
                 yield from buffer[:n_full].split(batch_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -86,3 +87,31 @@ def byte_level_bpe(texts: list[str], vocab_size: int, special_tokens: list[str],
     )
     bpe.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=bpe, **named)
+
+
+WORDS = [
+    "the",
+    "city",
+    "of",
+    "lyon",
+    "is",
+    "in",
+    "france",
+    "a",
+    "coin",
+    "heads",
+    "up",
+    "alice",
+    "flips",
+    "loved",
+    "film",
+    "acting",
+    "was",
+    "wonderful",
+]
+
+
+def corpus(n: int = 80, seed: int = 0) -> list[str]:
+    """Random sentences over a small vocabulary: a corpus for token caches of the tiny model."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 30))) for _ in range(n)]

@@ -101,6 +101,7 @@ def test_extract_stage_writes_safetensors_and_provenance(smollm2_manifest, tmp_p
     dataset = tmp_path / "tiny.csv"
     dataset.write_text("sentence,truth\n" + "".join(f'"{t}",{i % 2}\n' for i, t in enumerate(TEXTS)))
     tensors, meta = tmp_path / "out" / "resid.safetensors", tmp_path / "out" / "resid.meta.json"
+    mlp = tmp_path / "out" / "mlp.safetensors"
     details = extract_stage(
         smollm2_manifest,
         dataset,
@@ -108,17 +109,28 @@ def test_extract_stage_writes_safetensors_and_provenance(smollm2_manifest, tmp_p
         meta,
         asdict(ExtractionSettings(batch_size=4)),
         {"text_column": "sentence", "label_column": "truth"},
+        mlp=mlp,
     )
     stored = load_file(tensors)
     assert set(stored) == {"last", "mean", "labels", INPUT_EMBEDDING}
     torch.testing.assert_close(stored[INPUT_EMBEDDING], stored["mean"][:, 0])
     assert stored["labels"].tolist() == [i % 2 for i in range(len(TEXTS))]
     assert stored["last"].shape == (len(TEXTS), 31, 576) and stored["last"].dtype == torch.float32
+    neurons = load_file(mlp)
+    assert sorted(neurons) == ["mlp_in/last", "mlp_in/mean", "mlp_post/last", "mlp_post/mean"]
+    assert neurons["mlp_post/last"].shape == (len(TEXTS), 30, 1536) and neurons["mlp_post/last"].dtype == torch.float16
     info = json.loads(meta.read_text())
+    rounding = info.pop("mlp_rounding")
+    assert all(0 < error["relative_rms_error"] < 1e-3 for error in rounding.values()), rounding
     assert info == {
         "layers": list(range(31)),
         "hook_names": ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(30)],
         "n_layers": 30,
+        "mlp_hook_names": {
+            "mlp_post": [f"blocks.{i}.mlp.hook_post" for i in range(30)],
+            "mlp_in": [f"blocks.{i}.ln2.hook_normalized" for i in range(30)],
+        },
+        "d_mlp": 1536,
         "site": "resid",
         "classes": ["0", "1"],
     }
@@ -170,3 +182,24 @@ def test_gemma_in_fp16_is_refused_naming_the_first_bad_layer_and_bf16_works(gemm
     assert not out.exists() or not any(out.iterdir())
     extract_stage(gemma_manifest, dataset, *paths, settings, weights="bf16")
     assert torch.isfinite(load_file(out / "r.safetensors")["last"]).all()
+
+
+def test_mlp_sites_come_from_the_same_pass_at_every_layer(tiny_model):
+    """Neurons (mlp.hook_post) and the MLP input (ln2.hook_normalized) pooled like the residual, layers 1..L."""
+    settings = ExtractionSettings(batch_size=4)
+    pooled, details = extract_activations(tiny_model, TEXTS, settings, progress=False, mlp_sites=("mlp_post", "mlp_in"))
+    plain, _ = extract_activations(tiny_model, TEXTS, settings, progress=False)
+    torch.testing.assert_close(pooled["last"], plain["last"])
+    assert pooled["mlp_post/last"].shape == (len(TEXTS), 3, tiny_model.cfg.d_mlp)
+    assert pooled["mlp_in/mean"].shape == (len(TEXTS), 3, tiny_model.cfg.d_model)
+    assert details["mlp_hook_names"]["mlp_post"] == [f"blocks.{b}.mlp.hook_post" for b in range(3)]
+    tokens = tiny_model.to_tokens(TEXTS[1])
+    _, cache = tiny_model.run_with_cache(tokens)
+    for layer in (1, 2, 3):
+        neurons = cache[f"blocks.{layer - 1}.mlp.hook_post"][0]
+        torch.testing.assert_close(pooled["mlp_post/last"][1, layer - 1], neurons[-1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(pooled["mlp_post/mean"][1, layer - 1], neurons[1:].mean(0), rtol=1e-5, atol=1e-5)
+        normalized = cache[f"blocks.{layer - 1}.ln2.hook_normalized"][0, -1]
+        torch.testing.assert_close(pooled["mlp_in/last"][1, layer - 1], normalized, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="mlp_sites"):
+        extract_activations(tiny_model, TEXTS, settings, progress=False, mlp_sites=("mlp_pre",))

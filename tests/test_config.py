@@ -14,17 +14,22 @@ from probes import (
     config,
     datasets,
     depth,
+    features,
     figures,
     lens,
     models,
+    neurons,
     perturbations,
     probing,
     sae,
     token_cache,
+    transcoders,
     wordlists,
 )
 from probes.stages import concept_depth as concept_depth_stages
 from probes.stages import latent_language as latent_language_stages
+from probes.stages import models as models_stages
+from probes.stages import neurons as neuron_stages
 from probes.stages import sae as sae_stages
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -73,6 +78,8 @@ def as_schema(value):
         ("perturbations.noise[].position", perturbations.NOISE_POSITIONS),
         ("latent_language.experiments", wordlists.TASKS),
         ("sae.architecture", sae.ARCHITECTURES),
+        ("neurons.dtype", neurons.STORAGE_DTYPES),
+        ("neurons.criteria[]", neurons.CRITERIA),
         ("figures.formats[]", figures.FORMATS),
     ],
 )
@@ -93,6 +100,13 @@ SETTINGS = [
     ("sae.corpus", token_cache.TokenCacheSettings, {"files", "concept_texts", "hf_dataset"}, {"device", "dtype"}),
     ("sae", sae.SAESettings, {"models", "layers", "n_layers", "corpus", "eval", "sparse_probing"}, {"device"}),
     ("sae.eval", sae.SAEEvalSettings, set(), {"device"}),
+    # the transcoders share the SAEs' schedule and dead-latent window (probes.config.transcoder_settings)
+    (
+        "transcoders",
+        transcoders.TranscoderSettings,
+        {"models"},
+        {"device", "lr_warm_up_fraction", "lr_decay_fraction", "dead_feature_window"},
+    ),
 ]
 
 
@@ -117,8 +131,12 @@ def test_schema_defaults_equal_the_settings_defaults(section, cls, elsewhere, to
     [
         ("concept_depth", concept_depth_stages.summarise_concept_depth, {}),
         ("concept_depth", depth.summarise_concept_depth, {}),
-        ("sae.sparse_probing", sae_stages.sparse_probing, {"top_latents": "n_top", "examples": "n_examples"}),
-        ("sae.sparse_probing", sae.top_latents, {"top_latents": "n_top", "examples": "n_examples", "ks": None}),
+        ("sae.sparse_probing", sae_stages.sparse_probing, {"top_latents": None, "examples": None}),
+        ("sae.sparse_probing", sae_stages.feature_pages, {"top_latents": "n_top", "examples": "n_examples"}),
+        ("sae.sparse_probing", features.top_features, {"top_latents": "n_top", "examples": "n_examples", "ks": None}),
+        ("neurons", neuron_stages.probe_neurons, {}),
+        ("neurons", sae_stages.feature_pages, {"logit_tokens": "n_tokens", "dtype": None}),
+        ("neurons", models_stages.extract_activations, {"dtype": "mlp_dtype"}),
         ("latent_language", latent_language_stages.latent_language, {"shots": None, "languages": None}),
     ],
 )

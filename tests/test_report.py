@@ -16,7 +16,7 @@ from helpers import snakemake
 
 pytestmark = pytest.mark.slow
 
-CATEGORIES = ["Concept depth", "Latent language", "Sparse autoencoders", "Depth usage", "Run info"]
+CATEGORIES = ["Concept depth", "Latent language", "Sparse autoencoders", "Neurons", "Depth usage", "Run info"]
 FIGURES = {
     "concept_depth_smollm2-135m.png",
     "concept_depth_relative.png",
@@ -28,6 +28,8 @@ FIGURES = {
     "sae_metrics.png",
     "sparse_probing_smollm2-135m_cities.png",
     "sparse_probing_smollm2-135m_coinflip.png",
+    "neuron_probing_smollm2-135m_cities.png",
+    "neuron_probing_smollm2-135m_coinflip.png",
     "depth_usage_sublayers.png",
     "depth_usage_shortcuts.png",
     "depth_usage_quality.png",
@@ -41,6 +43,9 @@ TABLES = {
     "latent_language_summary.html",
     "sae_metrics.html",
     "sparse_probing_summary.html",
+    "sae_vs_transcoder.html",
+    "neuron_probing_summary.html",
+    "best_neurons.html",
     "run_info.html",
     "cities.html",
     "coinflip.html",

@@ -88,7 +88,9 @@ def test_latent_language_and_sae_tables_carry_their_intervals():
     metrics = pd.DataFrame(
         [{"model": "m", "layer": 5, "fvu": 0.1, "l0": 32.0, "dead_fraction": 0.01, "dense_fraction": 0.0}]
     ).assign(loss_recovered=0.9, loss_recovered_lo=0.85, loss_recovered_hi=0.93)
-    assert "| m | 5 | 0.10 | 32 | 1.0% / 0.0% | 0.90 [0.85, 0.93] |" in sae_metrics_table(metrics)
+    assert "| m | sae | 5 | 0.10 | 32 | 1.0% / 0.0% | 0.90 [0.85, 0.93] |" in sae_metrics_table(metrics)
+    transcoder = metrics.assign(kind="transcoder")
+    assert "| m | transcoder | 5 | 0.10 |" in sae_metrics_table(transcoder)
     sparse = pd.DataFrame(
         [
             {"model": "m", "dataset": "d", "layer": 5, "k": k, "sae_topk_accuracy": a, "residual_topk_accuracy": a}
@@ -97,6 +99,35 @@ def test_latent_language_and_sae_tables_carry_their_intervals():
     ).assign(dense_accuracy=0.9, dense_accuracy_lo=0.88, dense_accuracy_hi=0.92)
     table = sparse_probing_table(sparse)
     assert "SAE top-1" in table and "| m | d | 5 | 0.60 | 0.60 | 0.80 | 0.80 | 0.90 [0.88, 0.92] |" in table
+    table = sparse_probing_table(sparse.assign(transcoder_topk_accuracy=0.7))
+    assert "| transcoder top-1 |" in table and "| m | d | 5 | 0.60 | 0.70 | 0.60 | 0.80 | 0.70 | 0.80 |" in table
+
+
+def test_neuron_table_reads_a_third_and_two_thirds_of_the_depth_with_the_best_neuron():
+    from probes.result_tables import neuron_probing_table
+
+    summary = pd.DataFrame(
+        [
+            {"model": "m", "dataset": "d", "criterion": c, "layer": layer, "k": k, "n_layers": 30}
+            | {"accuracy": 0.5 + layer / 100 + k / 1000, "accuracy_lo": 0.4, "accuracy_hi": 0.9, "dense_accuracy": 0.95}
+            for c in ("mean_difference", "f_statistic")
+            for layer in range(1, 31)
+            for k in (1, 16)
+        ]
+    )
+    best = pd.DataFrame(
+        [
+            {"model": "m", "dataset": "d", "criterion": "f_statistic", "layer": layer, "neuron": 7 * layer}
+            | {"fold_agreement": 0.8, "f1": 0.7, "f1_lo": 0.6, "f1_hi": 0.8}
+            for layer in range(1, 31)
+        ]
+    )
+    table = neuron_probing_table(summary, best)
+    assert table.count("\n") == 4 and "neurons top-16" in table
+    assert (
+        "| m | d | 10 | 0.60 [0.40, 0.90] | 0.62 [0.40, 0.90] | 0.95 | 70 (80% of folds) | 0.70 [0.60, 0.80] |" in table
+    )
+    assert "| m | d | 20 |" in table
 
 
 def test_shortcut_audit_table_sets_each_model_beside_its_input_embedding():

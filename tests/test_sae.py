@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 from collections import Counter
 
 import numpy as np
@@ -11,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import corpus
 from probes.activations import site_hooks
-from probes.html import top_latents_page
 from probes.probing import ProbeSettings, cv_splits
 from probes.resampling import bootstrap_weights, percentile_interval
 from probes.sae import (
@@ -27,38 +26,11 @@ from probes.sae import (
     sparse_probe,
     sparse_summary,
     standardised_difference_order,
-    top_latents,
     train_sae,
     training_sae,
 )
 from probes.stages.sae import train_sae as train_sae_stage
 from probes.token_cache import TokenCache, TokenCacheSettings, cache_token_activations, split_documents
-
-WORDS = [
-    "the",
-    "city",
-    "of",
-    "lyon",
-    "is",
-    "in",
-    "france",
-    "a",
-    "coin",
-    "heads",
-    "up",
-    "alice",
-    "flips",
-    "loved",
-    "film",
-    "acting",
-    "was",
-    "wonderful",
-]
-
-
-def corpus(n: int = 80, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 30))) for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -529,15 +501,3 @@ def test_sparse_probing_intervals_resample_examples_or_their_groups():
     assert ungrouped["sae_topk_accuracy_hi"].tolist() == pytest.approx(
         points[points["features"] == "sae"].sort_values(["layer", "k"])["accuracy_hi"].tolist()
     )
-
-
-def test_top_latents_lists_separating_latents_with_examples():
-    y = np.array([0, 0, 1, 1])
-    latents = np.array([[0.0, 1.0, 0.2], [0.0, 1.0, 0.0], [2.0, 1.0, 0.0], [3.0, 1.0, 0.1]])
-    rows = top_latents(latents, y, ["a", "b", "c<d", "e"], ["no", "yes"], n_top=2, n_examples=2)
-    assert [row["latent"] for row in rows] == [0, 2]
-    assert rows[0]["favours"] == "yes" and rows[1]["favours"] == "no"
-    assert rows[0]["task_examples"][0] == ("e", "yes", 3.0)
-    page = top_latents_page("Top", ["no", "yes"], {"Layer 1": rows})
-    assert page.index("<td>0</td>\n      <td>yes</td>") < page.index("<td>2</td>\n      <td>no</td>")
-    assert "c&lt;d (yes, 2.00)" in page  # task text escaped, not read as markup

@@ -125,6 +125,7 @@ def test_changing_a_plot_option_reruns_only_plots(run):
         "plot_concept_depth_levels",
         "plot_depth_usage",
         "plot_layer_skipping",
+        "plot_neuron_probing",
     }
 
 
@@ -292,7 +293,7 @@ def test_saes_load_with_saelens_and_their_metrics_recompute(run):
     from probes.sae import reconstruction_metrics
     from probes.token_cache import TokenCache
 
-    metrics = pd.read_csv(run / "results/tables/sae_metrics.csv")
+    metrics = pd.read_csv(run / "results/tables/sae_metrics.csv").query("kind == 'sae'")
     assert list(metrics["layer"]) == [10, 20]  # two layers spread over SmolLM2's 30
     cache = TokenCache(run / "results/token_activations/smollm2-135m")
     for row in metrics.itertuples():
@@ -311,6 +312,60 @@ def test_saes_load_with_saelens_and_their_metrics_recompute(run):
         assert 0 < row.fvu < 1 and 0 < row.loss_recovered <= 1.05 and row.ce_clean < row.ce_sae < row.ce_zero
 
 
+def test_transcoders_load_with_saelens_alone_and_their_fvu_recomputes(run):
+    """A fresh interpreter with SAELens and the cache files only: no probes code touches the transcoder."""
+    metrics = pd.read_csv(run / "results/tables/sae_metrics.csv").query("kind == 'transcoder'")
+    assert list(metrics["layer"]) == [10, 20]
+    script = f"""
+import json, torch
+from safetensors.torch import load_file
+from sae_lens import SAE, Transcoder
+root = {str(run)!r}
+for layer in (10, 20):
+    tc = SAE.load_from_disk(f"{{root}}/results/transcoders/smollm2-135m/layer_{{layer}}/transcoder")
+    assert isinstance(tc, Transcoder), type(tc)
+    meta = json.load(open(f"{{root}}/results/token_activations/smollm2-135m/meta.json"))
+    def rows(stream):
+        folder = f"{{root}}/results/token_activations/smollm2-135m/{{stream}}/layer_{{layer}}"
+        shards = range(len(meta["heldout_shards"]))
+        return torch.cat([load_file(f"{{folder}}/heldout_{{i:05d}}.safetensors")["activations"] for i in shards])
+    x, t = rows("mlp_in"), rows("mlp_out")
+    with torch.no_grad():
+        latents = tc.encode(x)
+        out = tc.decode(latents).double()
+    t = t.double()
+    fvu = float(((t - out) ** 2).sum() / ((t - t.mean(0)) ** 2).sum())
+    l0 = float((latents > 0).sum(1).double().mean())
+    print(layer, tc.cfg.metadata.hook_name, tc.cfg.metadata.hook_name_out, fvu, l0)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    for line, row in zip(result.stdout.splitlines(), metrics.itertuples(), strict=True):
+        layer, hook_in, hook_out, fvu, l0 = line.split()
+        assert int(layer) == row.layer and hook_in == f"blocks.{row.layer - 1}.ln2.hook_normalized"
+        assert hook_out == f"blocks.{row.layer - 1}.hook_mlp_out" == row.hook_name
+        assert float(fvu) == pytest.approx(row.fvu, rel=1e-4) and float(l0) == pytest.approx(row.l0, rel=1e-5)
+        assert 0 < row.fvu < 1 and row.ce_clean < row.ce_sae < row.ce_zero
+    comparison = pd.read_csv(run / "results/tables/sae_vs_transcoder.csv")
+    assert list(comparison["layer"]) == [10, 20]
+    assert comparison[["sae_l0", "transcoder_l0", "transcoder_loss_recovered_lo"]].notna().all().all()
+
+
+def test_neuron_probing_outputs_and_a_neurons_writes_by_hand(run, smollm2):
+    summary = pd.read_csv(run / "results/tables/neuron_probing_summary.csv")
+    assert set(summary["k"]) == {1, 4, 16} and set(summary["criterion"]) == {"mean_difference", "f_statistic"}
+    assert set(summary["layer"]) == set(range(1, 31)) and summary[["accuracy_lo", "dense_accuracy"]].notna().all().all()
+    best = pd.read_csv(run / "results/tables/best_neurons.csv")
+    assert len(best) == 2 * 2 * 30 and best[["neuron", "f1", "f1_lo", "f1_hi", "fold_agreement"]].notna().all().all()
+    writes = pd.read_parquet(run / "results/features/smollm2-135m/cities.writes.parquet")
+    neuron = writes[(writes["kind"] == "neuron") & (writes["layer"] == 20)].iloc[0]["feature"]
+    by_hand = smollm2.W_out[19][int(neuron)].detach() @ smollm2.W_U
+    rows = writes[(writes["kind"] == "neuron") & (writes["layer"] == 20) & (writes["feature"] == neuron)]
+    top = rows[rows["end"] == "top"].sort_values("rank")
+    expected = [smollm2.tokenizer.decode([i]) for i in by_hand.topk(len(top)).indices.tolist()]
+    assert top["token"].tolist() == expected
+    assert top["logit"].tolist() == pytest.approx(by_hand.topk(len(top)).values.tolist(), rel=1e-4)
+
+
 def test_sparse_probing_outputs(run):
     summary = pd.read_csv(run / "results/tables/sparse_probing_summary.csv")
     assert set(summary["k"]) == {1, 4, 16} and set(summary["dataset"]) == {"cities", "coinflip"}
@@ -322,8 +377,11 @@ def test_sparse_probing_outputs(run):
     assert runs(sparse) == runs(probes)  # the dense probe's splits
     cities = summary[summary["dataset"] == "cities"].set_index(["layer", "k"])
     assert cities.loc[(20, 16), "sae_topk_accuracy"] > 0.6  # the concept is readable from a few latents
-    page = (run / "results/sae/smollm2-135m/top_latents/cities.html").read_text()
-    assert "<h2>Layer 10 " in page and "<h2>Layer 20 " in page and page.count("<tr") >= 2 * (1 + 5)
+    assert summary["transcoder_topk_accuracy"].notna().all()
+    page = (run / "results/features/smollm2-135m/cities.html").read_text()
+    for layer in (10, 20):
+        assert f"<h2>Layer {layer}: neuron, sae, transcoder</h2>" in page
+    assert page.count("<tr") >= 2 * (1 + 3 * 5) and page.count("<svg") == 2 * 3 * 5
     for name in ["sae_metrics", "sparse_probing_smollm2-135m_cities", "sparse_probing_smollm2-135m_coinflip"]:
         assert (run / f"results/figures/{name}.png").stat().st_size > 10_000
 
@@ -420,9 +478,11 @@ PLOT_AND_TABLE_RULES = {
     "plot_concept_depth_levels",
     "plot_depth_usage",
     "plot_layer_skipping",
+    "plot_neuron_probing",
     "summarise_concept_depth",
     "summarise_latent_language",
     "summarise_sae",
+    "summarise_neurons",
     "summarise_depth_usage",
     "figures",
 }
@@ -451,6 +511,8 @@ def test_figures_redraw_from_cached_tables_with_model_packages_unavailable(run, 
         "sae_metrics",
         "sparse_probing_smollm2-135m_cities",
         "sparse_probing_smollm2-135m_coinflip",
+        "neuron_probing_smollm2-135m_cities",
+        "neuron_probing_smollm2-135m_coinflip",
         *(f"depth_usage_{name}" for name in ("sublayers", "shortcuts", "quality", "quality_correlations")),
         *(f"depth_usage_{name}" for name in ("layer_maps", "layer_matches", "skipping_smollm2-135m")),
     ]
@@ -488,7 +550,12 @@ def test_every_job_records_its_provenance_and_run_info_gathers_them(run):
         "train_sae": 2,
         "evaluate_sae": 1,
         "sparse_probing": 2,
+        "train_transcoder": 2,
+        "evaluate_transcoders": 1,
+        "feature_pages": 2,
         "summarise_sae": 1,
+        "probe_neurons": 2,
+        "summarise_neurons": 1,
         "depth_usage": 1,
         "layer_maps": 1,
         "summarise_depth_usage": 1,
@@ -561,6 +628,10 @@ MODEL_RULES = {
     "train_sae",
     "evaluate_sae",
     "sparse_probing",
+    "train_transcoder",
+    "evaluate_transcoders",
+    "feature_pages",
+    "probe_neurons",
     "depth_usage",
 }
 

@@ -94,13 +94,17 @@ def extract_activations(
     seed: int = 0,
     weights: str | None = None,
     noise: str = "clean",
+    mlp: str | os.PathLike | None = None,
+    mlp_dtype: str = "float16",
 ) -> dict[str, Any]:
-    """The ``extract_activations`` rule: validate the data first, then load the model and write both files.
+    """The ``extract_activations`` rule: validate the data first, then load the model and write the files.
 
     ``columns`` are :func:`probes.datasets.load_dataset`'s column arguments; ``weights`` and ``noise`` name a
     perturbation (:mod:`probes.perturbations`); the defaults are none. The tensors file carries the labels
     and, when the dataset declares them, its groups and types, so the probes need not read the dataset.
-    The meta file holds what later stages read: the layers, their hook names, the site and the class names.
+    ``mlp`` gets the MLP neurons and inputs of every layer from the same pass, stored in ``mlp_dtype``
+    (:func:`probes.neurons.store_mlp_activations`). The meta file holds what later stages read: the layers,
+    their hook names, the site and the class names.
     """
     import torch
     from safetensors.torch import save_file
@@ -114,17 +118,26 @@ def extract_activations(
     torch.manual_seed(seed)
     weights = weights or format_name(settings.dtype)
     model = shared_model(manifest, device=settings.device, dtype=settings.dtype, weights=weights)
+    mlp_sites = tuple(activations.MLP_SITES) if mlp is not None else ()
     pooled, details = activations.extract_activations(
-        model, data.texts, settings, noise=InputNoise.parse(noise), seed=seed
+        model, data.texts, settings, noise=InputNoise.parse(noise), seed=seed, mlp_sites=mlp_sites
     )
+    if mlp is not None:
+        from probes.neurons import store_mlp_activations
+
+        mlp_tensors = {key: pooled.pop(key) for key in [key for key in pooled if "/" in key]}
+        details["mlp_rounding"] = store_mlp_activations(mlp, mlp_tensors, mlp_dtype)
     with atomic_path(tensors) as tmp:
         stored = {p: t.contiguous() for p, t in pooled.items()}
         for name in ("labels", "groups", "types"):
             if getattr(data, name) is not None:
                 stored[name] = torch.tensor(getattr(data, name), dtype=torch.int64)
         save_file(stored, str(tmp))
-    kept = ("layers", "hook_names", "n_layers")
-    write_json(meta, {key: details[key] for key in kept} | {"site": settings.site, "classes": data.classes})
+    kept = ("layers", "hook_names", "n_layers", "mlp_hook_names", "d_mlp", "mlp_rounding")
+    write_json(
+        meta,
+        {key: details[key] for key in kept if key in details} | {"site": settings.site, "classes": data.classes},
+    )
     return {key: value for key, value in details.items() if key not in kept} | {"n_examples": len(data.texts)}
 
 

@@ -23,14 +23,17 @@ def result_tables(
     sae_metrics: str | os.PathLike | None = None,
     sparse_probing: str | os.PathLike | None = None,
     depth_usage: str | os.PathLike | None = None,
+    neuron_probing: str | os.PathLike | None = None,
+    best_neurons: str | os.PathLike | None = None,
     latent_language_md: str | os.PathLike | None = None,
     sae_metrics_md: str | os.PathLike | None = None,
     sparse_probing_md: str | os.PathLike | None = None,
     depth_usage_md: str | os.PathLike | None = None,
+    neuron_probing_md: str | os.PathLike | None = None,
 ) -> None:
     """The ``result_tables`` rule: one markdown table per README marker (``python -m probes.result_tables``).
 
-    The latent-language, SAE and depth-usage tables exist when the config runs those experiments.
+    The latent-language, SAE, neuron and depth-usage tables exist when the config runs those experiments.
     """
     from probes import result_tables as render
 
@@ -44,5 +47,8 @@ def result_tables(
     if sae_metrics_md:
         write_text(sae_metrics_md, render.sae_metrics_table(pd.read_parquet(sae_metrics)))
         write_text(sparse_probing_md, render.sparse_probing_table(pd.read_parquet(sparse_probing)))
+    if neuron_probing_md:
+        tables = pd.read_parquet(neuron_probing), pd.read_parquet(best_neurons)
+        write_text(neuron_probing_md, render.neuron_probing_table(*tables))
     if depth_usage_md:
         write_text(depth_usage_md, render.depth_usage_table(pd.read_parquet(depth_usage)))

@@ -42,8 +42,10 @@ def cache_token_activations(
     settings: dict,
     hf_dataset: dict | None = None,
     seed: int = 0,
+    streams: Sequence[str] = (),
 ) -> None:
-    """The ``cache_token_activations`` rule: corpus (+ concept texts) -> sharded token rows at the SAE layers."""
+    """The ``cache_token_activations`` rule: corpus (+ concept texts) -> sharded token rows at the SAE layers,
+    with the MLP's input, output and neurons there as further ``streams``."""
     import torch
 
     from probes.token_cache import TokenCacheSettings, cache_token_activations
@@ -53,7 +55,7 @@ def cache_token_activations(
     torch.manual_seed(seed)
     model = shared_model(manifest, device=settings.device, dtype=settings.dtype)
     with atomic_directory(cache) as tmp:
-        cache_token_activations(model, texts, layers, site, tmp, settings, seed)
+        cache_token_activations(model, texts, layers, site, tmp, settings, seed, streams=streams)
 
 
 def train_sae(
@@ -79,6 +81,32 @@ def train_sae(
     return details
 
 
+def train_transcoder(
+    cache: str | os.PathLike,
+    transcoder: str | os.PathLike,
+    meta: str | os.PathLike,
+    model: str,
+    layer: int | str,
+    settings: dict,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The ``train_transcoder`` rule: one transcoder for one cached layer's MLP, saved for ``SAE.load_from_disk``."""
+    from probes import transcoders
+    from probes.token_cache import TokenCache
+
+    settings = transcoders.TranscoderSettings(**settings)
+    trained, details = transcoders.train_transcoder(TokenCache(cache), int(layer), settings, model, seed)
+    with atomic_directory(transcoder) as tmp:
+        trained.save_model(tmp)
+        write_json(tmp / "cfg.json", read_json(tmp / "cfg.json"))
+    write_json(
+        meta,
+        {"architecture": "batchtopk transcoder", "training_tokens": details["training_tokens"]}
+        | {key: details[key] for key in ("threshold", "scale_in", "scale_out")},
+    )
+    return details
+
+
 def evaluate_sae(
     manifest: str | os.PathLike,
     cache: str | os.PathLike,
@@ -97,6 +125,41 @@ def evaluate_sae(
     record per layer) and the per-document loss sums behind them (``documents``), which the summary
     resamples for the intervals.
     """
+    return _evaluate("sae", manifest, cache, saes, sae_metas, metrics, documents, model, layers, settings, dtype)
+
+
+def evaluate_transcoders(
+    manifest: str | os.PathLike,
+    cache: str | os.PathLike,
+    transcoders: Sequence[str | os.PathLike],
+    transcoder_metas: Sequence[str | os.PathLike],
+    metrics: str | os.PathLike,
+    documents: str | os.PathLike,
+    model: str,
+    layers: Sequence[int],
+    settings: dict,
+    dtype: str = "float32",
+) -> dict[str, Any]:
+    """The ``evaluate_transcoders`` rule: :func:`evaluate_sae`'s metrics for each transcoder, the MLP output as
+    the target (FVU) and the MLP replaced by the transcoder, at the SAEs' documents and positions (loss)."""
+    return _evaluate(
+        "transcoder", manifest, cache, transcoders, transcoder_metas, metrics, documents, model, layers, settings, dtype
+    )
+
+
+def _evaluate(
+    kind: str,
+    manifest: str | os.PathLike,
+    cache: str | os.PathLike,
+    paths: Sequence[str | os.PathLike],
+    metas: Sequence[str | os.PathLike],
+    metrics: str | os.PathLike,
+    documents: str | os.PathLike,
+    model: str,
+    layers: Sequence[int],
+    settings: dict,
+    dtype: str,
+) -> dict[str, Any]:
     from sae_lens import SAE
 
     from probes import sae as sae_lib
@@ -113,28 +176,38 @@ def evaluate_sae(
         )
     sequences = sequences[: settings.loss_documents]
     document_ids = token_cache.heldout_tokens()["sequence_documents"][: settings.loss_documents].tolist()
-    loaded = {layer: SAE.load_from_disk(path, device=settings.device) for layer, path in zip(layers, saes, strict=True)}
-    hook_names = {layer: token_cache.hook_names[layer] for layer in layers}
+    loaded = {
+        layer: SAE.load_from_disk(path, device=settings.device) for layer, path in zip(layers, paths, strict=True)
+    }
+    if kind == "sae":
+        hook_names, inputs = {layer: token_cache.hook_names[layer] for layer in layers}, None
+    else:
+        hook_names = {layer: loaded[layer].cfg.metadata.hook_name_out for layer in layers}
+        inputs = {hook_names[layer]: loaded[layer].cfg.metadata.hook_name for layer in layers}
     language_model = shared_model(manifest, device=settings.device, dtype=dtype)
     losses = sae_lib.document_losses(
-        language_model, {hook_names[layer]: loaded[layer] for layer in layers}, sequences, settings.batch_size
+        language_model, {hook_names[layer]: loaded[layer] for layer in layers}, sequences, settings.batch_size, inputs
     )
     layer_of = {hook: layer for layer, hook in hook_names.items()}
     losses.insert(0, "layer", losses["hook_name"].map(layer_of))
+    losses.insert(0, "kind", kind)
     losses.insert(0, "model", model)
     losses["document"] = [document_ids[index] for index in losses["document"]]
     means = sae_lib.loss_recovered(losses, by=("layer",)).set_index("layer")
     records = []
-    for layer, meta in zip(layers, sae_metas, strict=True):
+    for layer, meta in zip(layers, metas, strict=True):
         training = read_json(meta)
-        scores = sae_lib.reconstruction_metrics(
-            loaded[layer], token_cache.load(layer, "heldout"), settings.dense_threshold
-        )
+        if kind == "sae":
+            rows, targets = token_cache.load(layer, "heldout"), None
+        else:
+            rows, targets = token_cache.load(layer, "heldout", "mlp_in"), token_cache.load(layer, "heldout", "mlp_out")
+        scores = sae_lib.reconstruction_metrics(loaded[layer], rows, settings.dense_threshold, targets=targets)
         records.append(
             scores
             | means.loc[layer].to_dict()
             | {
                 "model": model,
+                "kind": kind,
                 "layer": layer,
                 "n_layers": token_cache.meta["n_layers"],
                 "hook_name": hook_names[layer],
@@ -151,61 +224,50 @@ def evaluate_sae(
 def sparse_probing(
     tensors: str | os.PathLike,
     activations_meta: str | os.PathLike,
-    cache: str | os.PathLike,
+    mlp: str | os.PathLike,
     saes: Sequence[str | os.PathLike],
-    dataset: str | os.PathLike,
+    transcoders: Sequence[str | os.PathLike],
     scores: str | os.PathLike,
-    top_latents_page: str | os.PathLike,
     model: str,
     task: str,
     level: str,
     layers: Sequence[int],
     pooling: str,
     probe_settings: dict,
-    columns: dict | None = None,
     ks: Sequence[int] = SPARSE_KS,
-    n_top: int = 5,
-    n_examples: int = 3,
 ) -> None:
-    """The ``sparse_probing`` rule: SAE-latent and residual top-k probes at every SAE layer of one task."""
+    """The ``sparse_probing`` rule: top-k probes on SAE latents, transcoder latents (where the model has
+    them: they encode the pooled MLP input) and residual dimensions at every SAE layer of one task."""
     import torch
     from sae_lens import SAE
     from tqdm.auto import tqdm
 
-    from probes.datasets import load_dataset
-    from probes.html import top_latents_page as render_top_latents
+    from probes.neurons import load_mlp_activations
     from probes.probing import ProbeSettings
-    from probes.sae import encode, sparse_probe, top_latents
+    from probes.sae import encode, sparse_probe
     from probes.stages.models import load_activations
-    from probes.token_cache import TokenCache
 
     settings = ProbeSettings(**probe_settings)
     stored = load_activations(tensors, pooling)
     vectors, y, groups = stored.vectors, stored.labels, stored.groups
     extraction = read_json(activations_meta)
-    data = load_dataset(dataset, **(columns or {}))
-    token_cache = TokenCache(cache)
-    corpus_tokens, corpus_str_tokens = token_cache.heldout_tokens(), token_cache.heldout_str_tokens()
-    frames, sections = [], {}
-    for layer, path in tqdm(list(zip(layers, saes, strict=True)), desc="sparse probing", unit="layer"):
+    mlp_inputs = load_mlp_activations(mlp, "mlp_in", pooling) if transcoders else None
+    frames = []
+    for index, (layer, path) in enumerate(
+        tqdm(list(zip(layers, saes, strict=True)), desc="sparse probing", unit="layer")
+    ):
         layer = int(layer)
-        loaded = SAE.load_from_disk(path, device=settings.device)
         residual = vectors[:, extraction["layers"].index(layer)]
-        latents = encode(loaded, torch.from_numpy(residual))
-        for features, X in (("sae", latents.numpy()), ("residual", residual)):
+        feature_sets = {"sae": encode(SAE.load_from_disk(path, device=settings.device), torch.from_numpy(residual))}
+        if transcoders:
+            transcoder = SAE.load_from_disk(transcoders[index], device=settings.device)
+            feature_sets["transcoder"] = encode(transcoder, torch.from_numpy(mlp_inputs[:, layer - 1]))
+        for features, X in (
+            *((name, latents.numpy()) for name, latents in feature_sets.items()),
+            ("residual", residual),
+        ):
             frame = sparse_probe(X, y, settings, ks, groups)
             frames.append(frame.assign(layer=layer, features=features))
-        sections[f"Layer {layer} ({token_cache.hook_names[layer]}, d_sae {loaded.cfg.d_sae})"] = top_latents(
-            latents.numpy(),
-            y,
-            data.texts,
-            extraction["classes"],
-            encode(loaded, token_cache.load(layer, "heldout")),
-            corpus_tokens,
-            corpus_str_tokens,
-            n_top,
-            n_examples,
-        )
     tidy = pd.concat(frames, ignore_index=True)
     # the example's group code (missing when the task declares none), so the summary can resample groups
     tidy["group"] = pd.array(
@@ -214,8 +276,91 @@ def sparse_probing(
     keys = {"model": model, "dataset": task, "level": level, "pooling": pooling, "n_layers": extraction["n_layers"]}
     tidy = pd.concat([pd.DataFrame(keys, index=tidy.index), tidy], axis=1)
     write_parquet(scores, tidy[[*keys, "layer", "features", "k", "seed", "fold", "example", "group", "correct"]])
-    title = f"Top SAE latents: {model}, {task} ({pooling} token)"
-    write_text(top_latents_page, render_top_latents(title, extraction["classes"], sections))
+
+
+def feature_pages(
+    manifest: str | os.PathLike,
+    tensors: str | os.PathLike,
+    activations_meta: str | os.PathLike,
+    mlp: str | os.PathLike,
+    cache: str | os.PathLike,
+    saes: Sequence[str | os.PathLike],
+    transcoders: Sequence[str | os.PathLike],
+    dataset: str | os.PathLike,
+    page: str | os.PathLike,
+    writes: str | os.PathLike,
+    model: str,
+    task: str,
+    layers: Sequence[int],
+    pooling: str,
+    columns: dict | None = None,
+    n_top: int = 5,
+    n_examples: int = 3,
+    n_tokens: int = 8,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> None:
+    """The ``feature_pages`` rule: the top neurons, SAE latents and transcoder latents of one task at every SAE
+    layer, where they fire and what they write, as one page and one tidy table of their top and bottom logits."""
+    import torch
+    from sae_lens import SAE
+
+    from probes.datasets import load_dataset
+    from probes.features import feature_writes, top_features, writes_frame
+    from probes.html import feature_page
+    from probes.neurons import load_mlp_activations
+    from probes.sae import encode
+    from probes.stages.models import load_activations
+    from probes.token_cache import TokenCache
+
+    data = load_dataset(dataset, **(columns or {}))
+    stored = load_activations(tensors, pooling)
+    extraction = read_json(activations_meta)
+    neurons = load_mlp_activations(mlp, "mlp_post", pooling)
+    mlp_inputs = load_mlp_activations(mlp, "mlp_in", pooling) if transcoders else None
+    token_cache = TokenCache(cache)
+    corpus_tokens, corpus_str_tokens = token_cache.heldout_tokens(), token_cache.heldout_str_tokens()
+    language_model = shared_model(manifest, device=device, dtype=dtype)
+    sections, described = {}, []
+    for index, layer in enumerate(int(layer) for layer in layers):
+        sae = SAE.load_from_disk(saes[index], device=device)
+        residual = torch.from_numpy(stored.vectors[:, extraction["layers"].index(layer)])
+        kinds = {
+            "neuron": (
+                torch.from_numpy(neurons[:, layer - 1]),
+                token_cache.load(layer, "heldout", "mlp_post"),
+                language_model.W_out[layer - 1],
+            ),
+            "sae": (encode(sae, residual), encode(sae, token_cache.load(layer, "heldout")), sae.W_dec),
+        }
+        if transcoders:
+            transcoder = SAE.load_from_disk(transcoders[index], device=device)
+            kinds["transcoder"] = (
+                encode(transcoder, torch.from_numpy(mlp_inputs[:, layer - 1])),
+                encode(transcoder, token_cache.load(layer, "heldout", "mlp_in")),
+                transcoder.W_dec,
+            )
+        section = []
+        for kind, (task_values, corpus_values, directions) in kinds.items():
+            rows = top_features(
+                task_values.numpy(),
+                stored.labels,
+                data.texts,
+                extraction["classes"],
+                corpus_values,
+                corpus_tokens,
+                corpus_str_tokens,
+                n_top,
+                n_examples,
+            )
+            chosen = directions.detach()[[row["feature"] for row in rows]]
+            for row, written in zip(rows, feature_writes(language_model, chosen, n_tokens), strict=True):
+                section.append(row | {"kind": kind, "layer": layer, "writes": written})
+        sections[f"Layer {layer}: {', '.join(kinds)}"] = section
+        described += section
+    title = f"Feature pages: {model}, {task} ({pooling} token)"
+    write_text(page, feature_page(title, extraction["classes"], sections))
+    write_parquet(writes, writes_frame(described, {"model": model, "dataset": task}))
 
 
 def summarise_sae(
@@ -230,17 +375,21 @@ def summarise_sae(
     sparse_summary_csv: str | os.PathLike,
     sparse_summary_html: str | os.PathLike,
     sparse_summary_table: str | os.PathLike,
+    comparison_csv: str | os.PathLike,
+    comparison_html: str | os.PathLike,
+    comparison_table: str | os.PathLike,
     weights: str,
     n_boot: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
 ) -> None:
-    """The ``summarise_sae`` rule: SAE metrics per layer, and sparse vs dense probe accuracy per layer.
+    """The ``summarise_sae`` rule: SAE and transcoder metrics per layer, the two side by side, and sparse vs
+    dense probe accuracy per layer.
 
     The intervals are percentile bootstraps: of the loss statistics over held-out documents, of the
     sparse-probing accuracies over each task's examples (or groups).
     """
-    from probes.sae import metrics_frame, sparse_summary
+    from probes.sae import dictionary_comparison, metrics_frame, sparse_summary
 
     documents = pd.concat([pd.read_parquet(path) for path in loss_documents], ignore_index=True)
     records = [record for path in metrics for record in read_json(path)]
@@ -259,9 +408,24 @@ def summarise_sae(
         sparse_summary_html,
         f"Sparse probing: top-k accuracy per model, task, SAE layer and k ({ci:.0%} bootstrap intervals over examples)",
     )
+    comparison = dictionary_comparison(metrics_rows)
+    write_table(
+        comparison,
+        comparison_csv,
+        comparison_html,
+        f"SAE vs transcoder per model and layer, both k = {_k_note(metrics_rows)} ({ci:.0%} bootstrap intervals over "
+        "documents; the SAE reconstructs the residual stream, the transcoder the MLP output)",
+    )
+    write_parquet(comparison_table, comparison)
     write_parquet(metrics_table, metrics_rows)
     write_parquet(sparse_table, sparse)
     write_parquet(sparse_summary_table, summary)
+
+
+def _k_note(metrics_rows: pd.DataFrame) -> str:
+    """The mean L0 of each kind, rounded, as the comparison's caption states it."""
+    means = metrics_rows.groupby("kind")["l0"].mean()
+    return " vs ".join(f"{kind} L0 {value:.1f}" for kind, value in means.items())
 
 
 def plot_sae_metrics(table: str | os.PathLike, figures: Sequence[str | os.PathLike], dpi: int = 200) -> None:
@@ -278,15 +442,22 @@ def plot_sparse_probing(
     model: str,
     dataset: str,
     weights: str,
+    neurons: str | os.PathLike | Sequence = (),
     ci: float = 0.95,
     dpi: int = 200,
 ) -> None:
-    """The ``plot_sparse_probing`` rule: one task of one model, from the sparse-probing summary table."""
+    """The ``plot_sparse_probing`` rule: one task of one model, from the sparse-probing summary table, with the
+    model's top-k neurons (F-statistic ranking, the latents' own) where the config probes its neurons."""
     from probes.figures import sparse_probing_figure
 
     rows = pd.read_parquet(summary).query("model == @model and dataset == @dataset")
     dense = dense_accuracy(curves, weights).query("model == @model and dataset == @dataset")
-    save_figure(sparse_probing_figure(rows, dense, ci), figures, dpi)
+    neuron_rows = None
+    if neurons:
+        neuron_rows = pd.read_parquet(neurons).query("model == @model and dataset == @dataset")
+        neuron_rows = neuron_rows[neuron_rows["criterion"] == "f_statistic"]
+        neuron_rows = neuron_rows if len(neuron_rows) else None
+    save_figure(sparse_probing_figure(rows, dense, ci, neuron_rows), figures, dpi)
 
 
 def dense_accuracy(curves: str | os.PathLike, weights: str) -> pd.DataFrame:

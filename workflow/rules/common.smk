@@ -6,12 +6,14 @@ from snakemake.utils import validate
 import probes.config
 import probes.models
 import probes.perturbations
+import probes.token_cache
 import probes.wordlists
 from probes.stages import run_stage
 import probes.stages.concept_depth
 import probes.stages.depth_usage
 import probes.stages.latent_language
 import probes.stages.models
+import probes.stages.neurons
 import probes.stages.result_tables
 import probes.stages.run_info
 import probes.stages.sae
@@ -32,6 +34,9 @@ BASE_WEIGHTS = probes.perturbations.format_name(config["dtype"])
 CLEAN = probes.perturbations.CLEAN
 NOISES = [probes.perturbations.InputNoise(**entry).name for entry in PERTURB["noise"]]
 EXPERIMENTS = probes.config.experiments(config)
+NEURONS = config["neurons"]
+NEURON_MODELS = probes.config.neuron_models(config)
+TRANSCODER_MODELS = config["transcoders"]["models"]
 DEPTH = config["depth_usage"]
 DEPTH_MODELS = probes.config.depth_usage_models(config)
 GPU = 1 if config["device"].startswith("cuda") else 0
@@ -112,6 +117,11 @@ def sae_outputs(template, model):
     return expand(template, model=model, layer=sae_layers(model))
 
 
+def transcoder_outputs(template, model):
+    """``template`` at every SAE layer of a model that gets transcoders; none for the others."""
+    return sae_outputs(template, model) if model in TRANSCODER_MODELS else []
+
+
 def manifest_path(model):
     return f"{config['model_cache']}/{model}/manifest.json"
 
@@ -154,7 +164,9 @@ def sae_targets():
         return []
     return [
         "results/tables/sae_metrics.html",
+        "results/tables/sae_vs_transcoder.html",
         "results/tables/sparse_probing_summary.html",
+        *expand(rules.feature_pages.output.page, model=SAE_MODELS, dataset=DATASETS),
         *figure_paths("sae_metrics"),
         *(
             path
@@ -163,6 +175,26 @@ def sae_targets():
             for path in figure_paths(f"sparse_probing_{model}_{dataset}")
         ),
     ]
+
+
+def neuron_targets():
+    if not NEURON_MODELS:
+        return []
+    return [
+        "results/tables/neuron_probing_summary.html",
+        "results/tables/best_neurons.html",
+        *(
+            path
+            for model in NEURON_MODELS
+            for dataset in DATASETS
+            for path in figure_paths(f"neuron_probing_{model}_{dataset}")
+        ),
+    ]
+
+
+def neuron_summary_of(model):
+    """The neuron-probing summary where the config probes a model's neurons (its sparse-probing figure shows them)."""
+    return rules.summarise_neurons.output.summary_table if model in NEURON_MODELS else []
 
 
 def tuned_lens_of(model):
@@ -205,8 +237,20 @@ def run_info_inputs():
             *expand(rules.cache_token_activations.output.provenance, model=SAE_MODELS),
             *(path for model in SAE_MODELS for path in sae_outputs(rules.train_sae.output.provenance, model)),
             *expand(rules.evaluate_sae.output.provenance, model=SAE_MODELS),
+            *(
+                path
+                for model in SAE_MODELS
+                for path in transcoder_outputs(rules.train_transcoder.output.provenance, model)
+            ),
+            *expand(rules.evaluate_transcoders.output.provenance, model=TRANSCODER_MODELS),
             *expand(rules.sparse_probing.output.provenance, model=SAE_MODELS, dataset=DATASETS),
+            *expand(rules.feature_pages.output.provenance, model=SAE_MODELS, dataset=DATASETS),
             rules.summarise_sae.output.provenance,
+        ]
+    if NEURON_MODELS:
+        records += [
+            *expand(rules.probe_neurons.output.provenance, model=NEURON_MODELS, dataset=DATASETS),
+            rules.summarise_neurons.output.provenance,
         ]
     if DEPTH_MODELS:
         records += [
@@ -232,6 +276,7 @@ def all_targets():
         *(path for model in MODELS for path in figure_paths(f"concept_depth_{model}")),
         *latent_language_targets(),
         *sae_targets(),
+        *neuron_targets(),
         *depth_usage_targets(),
         "results/tables/run_info.html",
         "results/tables/markdown/concept_depth.md",
@@ -250,6 +295,9 @@ def result_table_inputs():
     if SAE_MODELS:
         inputs["sae_metrics"] = rules.summarise_sae.output.metrics_table
         inputs["sparse_probing"] = rules.summarise_sae.output.sparse_summary_table
+    if NEURON_MODELS:
+        inputs["neuron_probing"] = rules.summarise_neurons.output.summary_table
+        inputs["best_neurons"] = rules.summarise_neurons.output.best_table
     if DEPTH_MODELS:
         inputs["depth_usage"] = rules.summarise_depth_usage.output.summary
     return inputs
@@ -257,5 +305,6 @@ def result_table_inputs():
 
 def result_table_outputs():
     names = (["latent_language"] if EXPERIMENTS else []) + (["sae_metrics", "sparse_probing"] if SAE_MODELS else [])
+    names += ["neuron_probing"] if NEURON_MODELS else []
     names += ["depth_usage"] if DEPTH_MODELS else []
     return {f"{name}_md": f"results/tables/markdown/{name}.md" for name in names}

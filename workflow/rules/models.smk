@@ -23,9 +23,11 @@ rule extract_activations:
     output:
         tensors=f"results/activations/{{model}}/{{weights}}/{{noise}}/{{dataset}}/{SITE}.safetensors",
         meta=f"results/activations/{{model}}/{{weights}}/{{noise}}/{{dataset}}/{SITE}.meta.json",
+        mlp="results/activations/{model}/{weights}/{noise}/{dataset}/mlp.safetensors",
         provenance="results/provenance/extract_activations/{model}/{weights}/{noise}/{dataset}.json",
     params:
         settings=probes.config.extraction_settings(config),
+        mlp_dtype=config["neurons"]["dtype"],
         columns=lambda wc: dataset_columns(wc.dataset),
         seed=config["seed"],
     log:

@@ -1,4 +1,5 @@
-# Sparse autoencoders: token cache, SAE training per layer, evaluation per model, sparse probing, summary and figures.
+# Sparse autoencoders and transcoders: token cache, training per layer, evaluation per model, sparse probing,
+# feature pages, summary and figures.
 
 
 rule cache_token_activations:
@@ -16,6 +17,7 @@ rule cache_token_activations:
         settings=probes.config.token_cache_settings(config),
         hf_dataset=SAE["corpus"]["hf_dataset"],
         seed=config["seed"],
+        streams=list(probes.token_cache.MLP_STREAMS),
     log:
         "logs/cache_token_activations/{model}.log",
     threads: 8
@@ -48,6 +50,27 @@ rule train_sae:
         run_stage(probes.stages.sae.train_sae, input, output, params, log, threads, **wildcards)
 
 
+rule train_transcoder:
+    input:
+        cache=rules.cache_token_activations.output.cache,
+    output:
+        transcoder=directory("results/transcoders/{model}/layer_{layer}/transcoder"),
+        meta="results/transcoders/{model}/layer_{layer}/training.json",
+        provenance="results/provenance/train_transcoder/{model}/layer_{layer}.json",
+    params:
+        settings=probes.config.transcoder_settings(config),
+        seed=config["seed"],
+    log:
+        "logs/train_transcoder/{model}/layer_{layer}.log",
+    threads: 8
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=GPU,
+    run:
+        run_stage(probes.stages.sae.train_transcoder, input, output, params, log, threads, **wildcards)
+
+
 rule evaluate_sae:
     input:
         manifest=lambda wc: manifest_path(wc.model),
@@ -73,32 +96,48 @@ rule evaluate_sae:
         run_stage(probes.stages.sae.evaluate_sae, input, output, params, log, threads, model=wildcards.model)
 
 
+rule evaluate_transcoders:
+    input:
+        manifest=lambda wc: manifest_path(wc.model),
+        cache=rules.cache_token_activations.output.cache,
+        transcoders=lambda wc: sae_outputs(rules.train_transcoder.output.transcoder, wc.model),
+        transcoder_metas=lambda wc: sae_outputs(rules.train_transcoder.output.meta, wc.model),
+    output:
+        metrics="results/transcoders/{model}/metrics.json",
+        documents="results/transcoders/{model}/loss_documents.parquet",
+        provenance="results/provenance/evaluate_transcoders/{model}.json",
+    params:
+        layers=lambda wc: sae_layers(wc.model),
+        settings=probes.config.sae_eval_settings(config),
+        dtype=config["dtype"],
+    log:
+        "logs/evaluate_transcoders/{model}.log",
+    threads: 8
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=GPU,
+    run:
+        run_stage(probes.stages.sae.evaluate_transcoders, input, output, params, log, threads, model=wildcards.model)
+
+
 rule sparse_probing:
     input:
         tensors=unperturbed(rules.extract_activations.output.tensors),
         activations_meta=unperturbed(rules.extract_activations.output.meta),
-        cache=rules.cache_token_activations.output.cache,
+        mlp=unperturbed(rules.extract_activations.output.mlp),
         saes=lambda wc: sae_outputs(rules.train_sae.output.sae, wc.model),
-        dataset=lambda wc: dataset_path(wc.dataset),
+        transcoders=lambda wc: transcoder_outputs(rules.train_transcoder.output.transcoder, wc.model),
     output:
         scores="results/sae/{model}/sparse_probing/{dataset}.parquet",
-        top_latents_page=report(
-            "results/sae/{model}/top_latents/{dataset}.html",
-            caption="../report/top_latents.rst",
-            category="Sparse autoencoders",
-            labels={"model": "{model}", "figure": "top latents: {dataset}"},
-        ),
         provenance="results/provenance/sparse_probing/{model}/{dataset}.json",
     params:
         task=lambda wc: wc.dataset,
         level=lambda wc: dataset_config(wc.dataset)["level"],
-        columns=lambda wc: dataset_columns(wc.dataset),
         layers=lambda wc: sae_layers(wc.model),
         pooling=config["probe"]["pooling"],
         probe_settings=probes.config.probe_settings(config),
         ks=SAE["sparse_probing"]["ks"],
-        n_top=SAE["sparse_probing"]["top_latents"],
-        n_examples=SAE["sparse_probing"]["examples"],
     log:
         "logs/sparse_probing/{model}/{dataset}.log",
     threads: 8
@@ -110,10 +149,56 @@ rule sparse_probing:
         run_stage(probes.stages.sae.sparse_probing, input, output, params, log, threads, model=wildcards.model)
 
 
+rule feature_pages:
+    input:
+        manifest=lambda wc: manifest_path(wc.model),
+        tensors=unperturbed(rules.extract_activations.output.tensors),
+        activations_meta=unperturbed(rules.extract_activations.output.meta),
+        mlp=unperturbed(rules.extract_activations.output.mlp),
+        cache=rules.cache_token_activations.output.cache,
+        saes=lambda wc: sae_outputs(rules.train_sae.output.sae, wc.model),
+        transcoders=lambda wc: transcoder_outputs(rules.train_transcoder.output.transcoder, wc.model),
+        dataset=lambda wc: dataset_path(wc.dataset),
+    output:
+        page=report(
+            "results/features/{model}/{dataset}.html",
+            caption="../report/feature_pages.rst",
+            category="Sparse autoencoders",
+            labels={"model": "{model}", "figure": "feature pages: {dataset}"},
+        ),
+        writes="results/features/{model}/{dataset}.writes.parquet",
+        provenance="results/provenance/feature_pages/{model}/{dataset}.json",
+    params:
+        task=lambda wc: wc.dataset,
+        columns=lambda wc: dataset_columns(wc.dataset),
+        layers=lambda wc: sae_layers(wc.model),
+        pooling=config["probe"]["pooling"],
+        n_top=SAE["sparse_probing"]["top_latents"],
+        n_examples=SAE["sparse_probing"]["examples"],
+        n_tokens=NEURONS["logit_tokens"],
+        device=config["device"],
+        dtype=config["dtype"],
+    log:
+        "logs/feature_pages/{model}/{dataset}.log",
+    threads: 8
+    resources:
+        mem_mb=6000,
+        runtime=30,
+        gpu=GPU,
+    run:
+        run_stage(probes.stages.sae.feature_pages, input, output, params, log, threads, model=wildcards.model)
+
+
 rule summarise_sae:
     input:
-        metrics=expand(rules.evaluate_sae.output.metrics, model=SAE_MODELS),
-        loss_documents=expand(rules.evaluate_sae.output.documents, model=SAE_MODELS),
+        metrics=[
+            *expand(rules.evaluate_sae.output.metrics, model=SAE_MODELS),
+            *expand(rules.evaluate_transcoders.output.metrics, model=TRANSCODER_MODELS),
+        ],
+        loss_documents=[
+            *expand(rules.evaluate_sae.output.documents, model=SAE_MODELS),
+            *expand(rules.evaluate_transcoders.output.documents, model=TRANSCODER_MODELS),
+        ],
         scores=expand(rules.sparse_probing.output.scores, model=SAE_MODELS, dataset=DATASETS),
         curves=rules.summarise_concept_depth.output.curves,
     output:
@@ -134,6 +219,14 @@ rule summarise_sae:
             labels={"model": "all", "figure": "sparse probing table"},
         ),
         sparse_summary_table="results/tables/sparse_probing_summary.parquet",
+        comparison_csv="results/tables/sae_vs_transcoder.csv",
+        comparison_html=report(
+            "results/tables/sae_vs_transcoder.html",
+            caption="../report/sae_vs_transcoder_table.rst",
+            category="Sparse autoencoders",
+            labels={"model": "all", "figure": "SAE vs transcoder table"},
+        ),
+        comparison_table="results/tables/sae_vs_transcoder.parquet",
         provenance="results/provenance/summarise_sae.json",
     params:
         weights=BASE_WEIGHTS,
@@ -171,6 +264,7 @@ rule plot_sparse_probing:
     input:
         summary=rules.summarise_sae.output.sparse_summary_table,
         curves=rules.summarise_concept_depth.output.curves,
+        neurons=lambda wc: neuron_summary_of(wc.model),
     output:
         figures=report(
             figure_paths("sparse_probing_{model}_{dataset}"),
