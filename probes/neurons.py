@@ -65,7 +65,10 @@ def load_mlp_activations(path: str | os.PathLike, site: str, pooling: str) -> np
     tensors = load_file(str(path))
     key = f"{site}/{pooling}"
     if key not in tensors:
-        raise KeyError(f"{path} holds {sorted(tensors)}, not {key!r}; re-extract with that pooling")
+        raise KeyError(
+            f"{path} holds {sorted(tensors)}, not {key!r}: a model's MLP sites are extracted only when it is in "
+            "neurons.models or sae.models, at its own weights on clean inputs, in the poolings of activations.poolings"
+        )
     return tensors[key].float().numpy()
 
 

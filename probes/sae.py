@@ -526,7 +526,13 @@ def dictionary_comparison(metrics: pd.DataFrame) -> pd.DataFrame:
     columns = [f"{name}{end}" for name in COMPARED for end in ("", "_lo", "_hi") if f"{name}{end}" in metrics.columns]
     wide = metrics.pivot_table(index=["model", "layer", "relative_depth"], columns="kind", values=columns)
     wide.columns = [f"{kind}_{name}" for name, kind in wide.columns]
-    order = [f"{kind}_{name}" for name in columns for kind in ("sae", "transcoder") if f"{kind}_{name}" in wide]
+    order = [
+        f"{kind}_{name}{end}"
+        for name in COMPARED
+        for kind in ("sae", "transcoder")
+        for end in ("", "_lo", "_hi")
+        if f"{kind}_{name}{end}" in wide
+    ]
     return wide[order].reset_index()
 
 

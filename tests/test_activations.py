@@ -110,6 +110,7 @@ def test_extract_stage_writes_safetensors_and_provenance(smollm2_manifest, tmp_p
         asdict(ExtractionSettings(batch_size=4)),
         {"text_column": "sentence", "label_column": "truth"},
         mlp=mlp,
+        mlp_sites=["mlp_post", "mlp_in"],
     )
     stored = load_file(tensors)
     assert set(stored) == {"last", "mean", "labels", INPUT_EMBEDDING}
@@ -126,6 +127,7 @@ def test_extract_stage_writes_safetensors_and_provenance(smollm2_manifest, tmp_p
         "layers": list(range(31)),
         "hook_names": ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(30)],
         "n_layers": 30,
+        "mlp_sites": ["mlp_post", "mlp_in"],
         "mlp_hook_names": {
             "mlp_post": [f"blocks.{i}.mlp.hook_post" for i in range(30)],
             "mlp_in": [f"blocks.{i}.ln2.hook_normalized" for i in range(30)],

@@ -593,6 +593,10 @@ def test_perturbations_are_wildcards_with_their_own_outputs(run):
         assert not torch.equal(runs[name], runs["fp32/clean"])
         cosine = torch.nn.functional.cosine_similarity(runs[name][:, 15], runs["fp32/clean"][:, 15], dim=-1)
         assert cosine.mean() > (0.9 if name.startswith("int8") else 0.3)  # the same model, perturbed
+        assert load_file(root / name / "cities/mlp.safetensors") == {}  # no neuron probe reads a perturbed run
+    assert set(load_file(root / "fp32/clean/cities/mlp.safetensors")) == {
+        f"{s}/{p}" for s in ("mlp_post", "mlp_in") for p in ("last", "mean")
+    }
     summary = pd.read_csv(run / "results/tables/concept_depth_summary.csv").set_index(["weights", "noise", "dataset"])
     assert set(summary.index) == {
         ("fp32", "clean", "cities"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,6 +96,7 @@ def extract_activations(
     weights: str | None = None,
     noise: str = "clean",
     mlp: str | os.PathLike | None = None,
+    mlp_sites: Sequence[str] = (),
     mlp_dtype: str = "float16",
 ) -> dict[str, Any]:
     """The ``extract_activations`` rule: validate the data first, then load the model and write the files.
@@ -102,9 +104,10 @@ def extract_activations(
     ``columns`` are :func:`probes.datasets.load_dataset`'s column arguments; ``weights`` and ``noise`` name a
     perturbation (:mod:`probes.perturbations`); the defaults are none. The tensors file carries the labels
     and, when the dataset declares them, its groups and types, so the probes need not read the dataset.
-    ``mlp`` gets the MLP neurons and inputs of every layer from the same pass, stored in ``mlp_dtype``
-    (:func:`probes.neurons.store_mlp_activations`). The meta file holds what later stages read: the layers,
-    their hook names, the site and the class names.
+    ``mlp`` gets ``mlp_sites`` (the MLP neurons and inputs, :data:`probes.activations.MLP_SITES`) of every
+    layer from the same pass, stored in ``mlp_dtype`` (:func:`probes.neurons.store_mlp_activations`); it holds
+    no tensor where the run reads none (a model without neuron probes or SAEs, a perturbed run). The meta
+    file holds what later stages read: the layers, their hook names, the site and the class names.
     """
     import torch
     from safetensors.torch import save_file
@@ -118,9 +121,8 @@ def extract_activations(
     torch.manual_seed(seed)
     weights = weights or format_name(settings.dtype)
     model = shared_model(manifest, device=settings.device, dtype=settings.dtype, weights=weights)
-    mlp_sites = tuple(activations.MLP_SITES) if mlp is not None else ()
     pooled, details = activations.extract_activations(
-        model, data.texts, settings, noise=InputNoise.parse(noise), seed=seed, mlp_sites=mlp_sites
+        model, data.texts, settings, noise=InputNoise.parse(noise), seed=seed, mlp_sites=tuple(mlp_sites)
     )
     if mlp is not None:
         from probes.neurons import store_mlp_activations
@@ -133,7 +135,8 @@ def extract_activations(
             if getattr(data, name) is not None:
                 stored[name] = torch.tensor(getattr(data, name), dtype=torch.int64)
         save_file(stored, str(tmp))
-    kept = ("layers", "hook_names", "n_layers", "mlp_hook_names", "d_mlp", "mlp_rounding")
+    details["mlp_sites"] = list(mlp_sites)
+    kept = ("layers", "hook_names", "n_layers", "mlp_sites", "mlp_hook_names", "d_mlp", "mlp_rounding")
     write_json(
         meta,
         {key: details[key] for key in kept if key in details} | {"site": settings.site, "classes": data.classes},

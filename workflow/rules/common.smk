@@ -3,6 +3,7 @@ import re
 
 from snakemake.utils import validate
 
+import probes.activations
 import probes.config
 import probes.models
 import probes.perturbations
@@ -37,6 +38,7 @@ EXPERIMENTS = probes.config.experiments(config)
 NEURONS = config["neurons"]
 NEURON_MODELS = probes.config.neuron_models(config)
 TRANSCODER_MODELS = config["transcoders"]["models"]
+MLP_MODELS = sorted(set(NEURON_MODELS) | set(SAE_MODELS))  # their extractions also pool the MLP sites
 DEPTH = config["depth_usage"]
 DEPTH_MODELS = probes.config.depth_usage_models(config)
 GPU = 1 if config["device"].startswith("cuda") else 0
@@ -94,6 +96,12 @@ def condition_outputs(template, models=None):
         for weights, noise in conditions(model, dataset)
         for path in expand(template, model=model, dataset=dataset, weights=weights, noise=noise)
     ]
+
+
+def mlp_sites_of(model, weights, noise):
+    """The MLP sites an extraction pools: all of them for a neuron or SAE model's own weights on clean inputs."""
+    unperturbed_run = (weights, noise) == (BASE_WEIGHTS, CLEAN)
+    return list(probes.activations.MLP_SITES) if model in MLP_MODELS and unperturbed_run else []
 
 
 def unperturbed(template):

@@ -27,6 +27,7 @@ rule extract_activations:
         provenance="results/provenance/extract_activations/{model}/{weights}/{noise}/{dataset}.json",
     params:
         settings=probes.config.extraction_settings(config),
+        mlp_sites=lambda wc: mlp_sites_of(wc.model, wc.weights, wc.noise),
         mlp_dtype=config["neurons"]["dtype"],
         columns=lambda wc: dataset_columns(wc.dataset),
         seed=config["seed"],
