@@ -20,8 +20,6 @@ if TYPE_CHECKING:
     import torch
     from transformer_lens import HookedTransformer
 
-KINDS = ("neuron", "sae", "transcoder")
-
 
 def unembedded_directions(model: HookedTransformer, directions: torch.Tensor) -> torch.Tensor:
     """Logits (m, vocabulary) that directions (m, d_model) written into the residual stream promote."""

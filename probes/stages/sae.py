@@ -117,49 +117,18 @@ def evaluate_sae(
     model: str,
     layers: Sequence[int],
     settings: dict,
+    transcoders: Sequence[str | os.PathLike] = (),
+    transcoder_metas: Sequence[str | os.PathLike] = (),
     dtype: str = "float32",
 ) -> dict[str, Any]:
-    """The ``evaluate_sae`` rule: every SAE of one model on held-out text, from one clean pass per batch.
+    """The ``evaluate_sae`` rule: every SAE and transcoder of one model on held-out text, from one clean pass
+    per batch.
 
-    Writes the held-out reconstruction metrics and mean losses of each SAE (``metrics``, a JSON list, one
-    record per layer) and the per-document loss sums behind them (``documents``), which the summary
-    resamples for the intervals.
+    Writes the held-out reconstruction metrics and mean losses of each (``metrics``, a JSON list, one record
+    per kind and layer) and the per-document loss sums behind them (``documents``), which the summary
+    resamples for the intervals. A transcoder's target is its layer's MLP output (FVU), and its loss is the
+    model's with that MLP replaced by it, at the same documents and positions as the SAEs'.
     """
-    return _evaluate("sae", manifest, cache, saes, sae_metas, metrics, documents, model, layers, settings, dtype)
-
-
-def evaluate_transcoders(
-    manifest: str | os.PathLike,
-    cache: str | os.PathLike,
-    transcoders: Sequence[str | os.PathLike],
-    transcoder_metas: Sequence[str | os.PathLike],
-    metrics: str | os.PathLike,
-    documents: str | os.PathLike,
-    model: str,
-    layers: Sequence[int],
-    settings: dict,
-    dtype: str = "float32",
-) -> dict[str, Any]:
-    """The ``evaluate_transcoders`` rule: :func:`evaluate_sae`'s metrics for each transcoder, the MLP output as
-    the target (FVU) and the MLP replaced by the transcoder, at the SAEs' documents and positions (loss)."""
-    return _evaluate(
-        "transcoder", manifest, cache, transcoders, transcoder_metas, metrics, documents, model, layers, settings, dtype
-    )
-
-
-def _evaluate(
-    kind: str,
-    manifest: str | os.PathLike,
-    cache: str | os.PathLike,
-    paths: Sequence[str | os.PathLike],
-    metas: Sequence[str | os.PathLike],
-    metrics: str | os.PathLike,
-    documents: str | os.PathLike,
-    model: str,
-    layers: Sequence[int],
-    settings: dict,
-    dtype: str,
-) -> dict[str, Any]:
     from sae_lens import SAE
 
     from probes import sae as sae_lib
@@ -176,49 +145,59 @@ def _evaluate(
         )
     sequences = sequences[: settings.loss_documents]
     document_ids = token_cache.heldout_tokens()["sequence_documents"][: settings.loss_documents].tolist()
-    loaded = {
-        layer: SAE.load_from_disk(path, device=settings.device) for layer, path in zip(layers, paths, strict=True)
-    }
-    if kind == "sae":
-        hook_names, inputs = {layer: token_cache.hook_names[layer] for layer in layers}, None
-    else:
-        hook_names = {layer: loaded[layer].cfg.metadata.hook_name_out for layer in layers}
-        inputs = {hook_names[layer]: loaded[layer].cfg.metadata.hook_name for layer in layers}
+    # (kind, layer) -> (dictionary, training record, hook it writes, hook it reads)
+    evaluated = {}
+    for kind, paths, metas in (("sae", saes, sae_metas), ("transcoder", transcoders, transcoder_metas)):
+        for layer, path, meta in zip(layers if paths else [], paths, metas, strict=True):
+            loaded = SAE.load_from_disk(path, device=settings.device)
+            written = token_cache.hook_names[layer] if kind == "sae" else loaded.cfg.metadata.hook_name_out
+            read = token_cache.hook_names[layer] if kind == "sae" else loaded.cfg.metadata.hook_name
+            evaluated[kind, layer] = (loaded, read_json(meta), written, read)
+    written_hooks = [written for _, _, written, _ in evaluated.values()]
+    if len(set(written_hooks)) < len(written_hooks):
+        raise ValueError(
+            f"{model}: SAEs and transcoders write the same hooks {sorted(written_hooks)}; with activations.site "
+            "mlp_out the SAEs sit where the transcoders write, so leave the model out of transcoders.models"
+        )
     language_model = shared_model(manifest, device=settings.device, dtype=dtype)
     losses = sae_lib.document_losses(
-        language_model, {hook_names[layer]: loaded[layer] for layer in layers}, sequences, settings.batch_size, inputs
+        language_model,
+        {written: loaded for loaded, _, written, _ in evaluated.values()},
+        sequences,
+        settings.batch_size,
+        {written: read for _, _, written, read in evaluated.values()},
     )
-    layer_of = {hook: layer for layer, hook in hook_names.items()}
-    losses.insert(0, "layer", losses["hook_name"].map(layer_of))
-    losses.insert(0, "kind", kind)
+    key_of = {written: key for key, (_, _, written, _) in evaluated.items()}
+    losses.insert(0, "layer", losses["hook_name"].map(lambda hook: key_of[hook][1]))
+    losses.insert(0, "kind", losses["hook_name"].map(lambda hook: key_of[hook][0]))
     losses.insert(0, "model", model)
     losses["document"] = [document_ids[index] for index in losses["document"]]
-    means = sae_lib.loss_recovered(losses, by=("layer",)).set_index("layer")
+    means = sae_lib.loss_recovered(losses, by=("kind", "layer")).set_index(["kind", "layer"])
     records = []
-    for layer, meta in zip(layers, metas, strict=True):
-        training = read_json(meta)
+    for (kind, layer), (loaded, training, written, _) in evaluated.items():
         if kind == "sae":
             rows, targets = token_cache.load(layer, "heldout"), None
         else:
             rows, targets = token_cache.load(layer, "heldout", "mlp_in"), token_cache.load(layer, "heldout", "mlp_out")
-        scores = sae_lib.reconstruction_metrics(loaded[layer], rows, settings.dense_threshold, targets=targets)
+        scores = sae_lib.reconstruction_metrics(loaded, rows, settings.dense_threshold, targets=targets)
         records.append(
             scores
-            | means.loc[layer].to_dict()
+            | means.loc[(kind, layer)].to_dict()
             | {
                 "model": model,
                 "kind": kind,
                 "layer": layer,
                 "n_layers": token_cache.meta["n_layers"],
-                "hook_name": hook_names[layer],
+                "hook_name": written,
                 "architecture": training["architecture"],
-                "d_sae": loaded[layer].cfg.d_sae,
+                "d_sae": loaded.cfg.d_sae,
                 "training_tokens": training["training_tokens"],
             }
         )
     write_json(metrics, records)
     write_parquet(documents, losses)
-    return {"n_loss_documents": len(sequences), "n_loss_tokens": int(losses.groupby("layer")["n_tokens"].sum().iloc[0])}
+    n_tokens = losses.groupby(["kind", "layer"])["n_tokens"].sum().iloc[0]
+    return {"n_loss_documents": len(sequences), "n_loss_tokens": int(n_tokens)}
 
 
 def sparse_probing(

@@ -250,7 +250,6 @@ def run_info_inputs():
                 for model in SAE_MODELS
                 for path in transcoder_outputs(rules.train_transcoder.output.provenance, model)
             ),
-            *expand(rules.evaluate_transcoders.output.provenance, model=TRANSCODER_MODELS),
             *expand(rules.sparse_probing.output.provenance, model=SAE_MODELS, dataset=DATASETS),
             *expand(rules.feature_pages.output.provenance, model=SAE_MODELS, dataset=DATASETS),
             rules.summarise_sae.output.provenance,

@@ -77,6 +77,8 @@ rule evaluate_sae:
         cache=rules.cache_token_activations.output.cache,
         saes=lambda wc: sae_outputs(rules.train_sae.output.sae, wc.model),
         sae_metas=lambda wc: sae_outputs(rules.train_sae.output.meta, wc.model),
+        transcoders=lambda wc: transcoder_outputs(rules.train_transcoder.output.transcoder, wc.model),
+        transcoder_metas=lambda wc: transcoder_outputs(rules.train_transcoder.output.meta, wc.model),
     output:
         metrics="results/sae/{model}/metrics.json",
         documents="results/sae/{model}/loss_documents.parquet",
@@ -94,31 +96,6 @@ rule evaluate_sae:
         gpu=GPU,
     run:
         run_stage(probes.stages.sae.evaluate_sae, input, output, params, log, threads, model=wildcards.model)
-
-
-rule evaluate_transcoders:
-    input:
-        manifest=lambda wc: manifest_path(wc.model),
-        cache=rules.cache_token_activations.output.cache,
-        transcoders=lambda wc: sae_outputs(rules.train_transcoder.output.transcoder, wc.model),
-        transcoder_metas=lambda wc: sae_outputs(rules.train_transcoder.output.meta, wc.model),
-    output:
-        metrics="results/transcoders/{model}/metrics.json",
-        documents="results/transcoders/{model}/loss_documents.parquet",
-        provenance="results/provenance/evaluate_transcoders/{model}.json",
-    params:
-        layers=lambda wc: sae_layers(wc.model),
-        settings=probes.config.sae_eval_settings(config),
-        dtype=config["dtype"],
-    log:
-        "logs/evaluate_transcoders/{model}.log",
-    threads: 8
-    resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=GPU,
-    run:
-        run_stage(probes.stages.sae.evaluate_transcoders, input, output, params, log, threads, model=wildcards.model)
 
 
 rule sparse_probing:
@@ -191,14 +168,8 @@ rule feature_pages:
 
 rule summarise_sae:
     input:
-        metrics=[
-            *expand(rules.evaluate_sae.output.metrics, model=SAE_MODELS),
-            *expand(rules.evaluate_transcoders.output.metrics, model=TRANSCODER_MODELS),
-        ],
-        loss_documents=[
-            *expand(rules.evaluate_sae.output.documents, model=SAE_MODELS),
-            *expand(rules.evaluate_transcoders.output.documents, model=TRANSCODER_MODELS),
-        ],
+        metrics=expand(rules.evaluate_sae.output.metrics, model=SAE_MODELS),
+        loss_documents=expand(rules.evaluate_sae.output.documents, model=SAE_MODELS),
         scores=expand(rules.sparse_probing.output.scores, model=SAE_MODELS, dataset=DATASETS),
         curves=rules.summarise_concept_depth.output.curves,
     output:
