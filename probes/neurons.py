@@ -2,8 +2,8 @@
 
 Gurnee et al. (2023), *Finding Neurons in a Haystack*: rank the neurons of a layer on the training fold by
 how well each alone separates the classes, then fit the dense probe's logistic regression on the top k.
-Every layer and ranking criterion of one fold and one k is one batched solve (:func:`probes.solver.fit_probes`),
-so the folds, seeds, standardisation and C are exactly the dense probe's.
+Every fold, layer and ranking criterion of one seed and one k is one batched solve
+(:func:`probes.solver.fit_probes`), so the folds, seeds, standardisation and C are exactly the dense probe's.
 """
 
 from __future__ import annotations
