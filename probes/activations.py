@@ -148,7 +148,6 @@ def extract_activations(
     # The shortcut audit's input-embedding baseline (probes.shortcuts), kept whatever the site: layer 0 mean-pooled.
     embedding_mean = torch.zeros(n, model.cfg.d_model, dtype=torch.float32)
     columns = {layer: column for column, layer in enumerate(sorted(hooks))}
-    stop_at = max(int(name.split(".")[1]) for name in hooks.values()) + 1
     unknown = set(mlp_sites) - set(MLP_SITES)
     if unknown:
         raise ValueError(f"mlp_sites {sorted(unknown)} are not among {sorted(MLP_SITES)}")
@@ -157,8 +156,7 @@ def extract_activations(
     for site in mlp_sites:
         for p in settings.poolings:
             out[f"{site}/{p}"] = torch.zeros(n, model.cfg.n_layers, widths[site], dtype=torch.float32)
-    if mlp_sites:
-        stop_at = model.cfg.n_layers
+    stop_at = max(int(name.split(".")[1]) for name in [*hooks.values(), *extra]) + 1
 
     batches = [order[i : i + settings.batch_size] for i in range(0, n, settings.batch_size)]
     for batch in tqdm(batches, desc="extracting", unit="batch", disable=not progress):

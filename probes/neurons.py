@@ -207,6 +207,7 @@ def f1_scores(
     a resample's F1 is 2TP / (2TP + FP + FN) of its resampled sums, the same resamples for every point.
     """
     from probes.resampling import bootstrap_weights, percentile_interval
+    from probes.sae import per_example
 
     labels = np.asarray(labels)
     frame = predictions.assign(
@@ -214,14 +215,8 @@ def f1_scores(
         fp=(predictions["predicted"] == 1) & (labels[predictions["example"]] == 0),
         fn=(predictions["predicted"] == 0) & (labels[predictions["example"]] == 1),
     )
-    counts = {
-        name: frame.pivot_table(index=list(points), columns="example", values=name, aggfunc="mean")
-        for name in ("tp", "fp", "fn")
-    }
-    n = counts["tp"].shape[1]
-    if not np.array_equal(counts["tp"].columns, np.arange(n)) or counts["tp"].isna().any().any():
-        raise ValueError("every point needs an out-of-fold prediction for every example 0..n-1")
-    weights = bootstrap_weights(n, n_boot, seed, groups)
+    counts = {name: per_example(frame, points, name) for name in ("tp", "fp", "fn")}
+    weights = bootstrap_weights(counts["tp"].shape[1], n_boot, seed, groups)
     tp, fp, fn = (counts[name].to_numpy(np.float64) for name in ("tp", "fp", "fn"))
 
     def f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:

@@ -452,6 +452,15 @@ def sparse_probe(
     return pd.concat(frames, ignore_index=True).sort_values(["seed", "k", "example"], ignore_index=True)
 
 
+def per_example(predictions: pd.DataFrame, points: Sequence[str], value: str) -> pd.DataFrame:
+    """``value`` averaged over seeds, one row per point and one column per example 0..n-1; a point missing an
+    example's out-of-fold prediction is refused."""
+    table = predictions.pivot_table(index=list(points), columns="example", values=value, aggfunc="mean")
+    if table.isna().any().any() or not np.array_equal(table.columns, np.arange(table.shape[1])):
+        raise ValueError("every point needs an out-of-fold prediction for every example 0..n-1")
+    return table
+
+
 def sparse_accuracy(
     predictions: pd.DataFrame, n_boot: int, ci: float = 0.95, seed: int = 0, groups: np.ndarray | None = None
 ) -> pd.DataFrame:
@@ -465,11 +474,8 @@ def sparse_accuracy(
     """
     from probes.resampling import bootstrap_weights, percentile_interval, resampled_means
 
-    points = ["features", "layer", "k"]
-    correct = predictions.pivot_table(index=points, columns="example", values="correct", aggfunc="mean")
+    correct = per_example(predictions, ["features", "layer", "k"], "correct")
     n = correct.shape[1]
-    if correct.isna().any().any() or not np.array_equal(correct.columns, np.arange(n)):
-        raise ValueError("every point needs an out-of-fold prediction for every example 0..n-1")
     values = correct.to_numpy(np.float64)
     samples = resampled_means(bootstrap_weights(n, n_boot, seed, groups), values)
     lo, hi = percentile_interval(samples, ci)

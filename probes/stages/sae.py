@@ -392,7 +392,7 @@ def summarise_sae(
         comparison,
         comparison_csv,
         comparison_html,
-        f"SAE vs transcoder per model and layer, both k = {_k_note(metrics_rows)} ({ci:.0%} bootstrap intervals over "
+        f"SAE vs transcoder per model and layer, mean L0 {_k_note(metrics_rows)} ({ci:.0%} bootstrap intervals over "
         "documents; the SAE reconstructs the residual stream, the transcoder the MLP output)",
     )
     write_parquet(comparison_table, comparison)
@@ -404,7 +404,7 @@ def summarise_sae(
 def _k_note(metrics_rows: pd.DataFrame) -> str:
     """The mean L0 of each kind, rounded, as the comparison's caption states it."""
     means = metrics_rows.groupby("kind")["l0"].mean()
-    return " vs ".join(f"{kind} L0 {value:.1f}" for kind, value in means.items())
+    return " vs ".join(f"{value:.1f} ({kind})" for kind, value in means.items())
 
 
 def plot_sae_metrics(table: str | os.PathLike, figures: Sequence[str | os.PathLike], dpi: int = 200) -> None:
