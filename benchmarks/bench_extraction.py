@@ -17,10 +17,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from probes.activations import ExtractionSettings, extract_activations, tokenize
-from probes.datasets import load_dataset
-from probes.models import load_hf_model, load_model
-from probes.stages.models import convert_model
+from probes.activations.extraction import ExtractionSettings, pooled_activations, tokenize
+from probes.datasets.concepts import load_dataset
+from probes.models.cache import load_model
+from probes.models.loading import load_hf_model
+from probes.workflow.stages.models import convert_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,12 +63,12 @@ def main() -> None:
     pad_id = model.tokenizer.pad_token_id or 0
     settings = ExtractionSettings(batch_size=args.batch_size)
 
-    extract_activations(model, texts[: args.batch_size], settings, progress=False)  # warm-up
+    pooled_activations(model, texts[: args.batch_size], settings, progress=False)  # warm-up
     hf_forward_seconds(hf_model, token_lists[: args.batch_size], args.batch_size, pad_id)
     ours, theirs = [], []
     for _ in range(args.repeats):  # interleaved so drift in machine load hits both alike
         start = time.perf_counter()
-        extract_activations(model, texts, settings, progress=False)
+        pooled_activations(model, texts, settings, progress=False)
         ours.append(time.perf_counter() - start)
         theirs.append(hf_forward_seconds(hf_model, token_lists, args.batch_size, pad_id))
     ours_tps, hf_tps = n_tokens / min(ours), n_tokens / min(theirs)

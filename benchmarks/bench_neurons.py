@@ -26,12 +26,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from probes.activations import ExtractionSettings, extract_activations
-from probes.datasets import load_dataset
-from probes.models import load_model
-from probes.neurons import NEURON_KS, k_sparse_probe
-from probes.probing import ProbeSettings, cv_splits
-from probes.stages.models import convert_model
+from probes.activations.extraction import ExtractionSettings, pooled_activations
+from probes.datasets.concepts import load_dataset
+from probes.dictionaries.neurons import NEURON_KS, k_sparse_probe
+from probes.models.cache import load_model
+from probes.probing.protocol import cv_splits
+from probes.probing.settings import ProbeSettings
+from probes.workflow.stages.models import convert_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ def sklearn_k_sparse(X: np.ndarray, y: np.ndarray, settings: ProbeSettings, ks, 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from probes.neurons import neuron_scores, ranked_neurons
+    from probes.dictionaries.neurons import neuron_scores, ranked_neurons
 
     correct = {}
     for _, _, train in cv_splits(y, settings, groups):
@@ -78,7 +79,7 @@ def main() -> None:
     settings = ProbeSettings()
 
     # 1. precision
-    pooled, _ = extract_activations(
+    pooled, _ = pooled_activations(
         model, texts, ExtractionSettings(poolings=("last",), batch_size=64), mlp_sites=("mlp_post",)
     )
     fp32 = pooled["mlp_post/last"].numpy()
@@ -104,7 +105,7 @@ def main() -> None:
     for _ in range(2):
         for name, sites in (("without", ()), ("with", ("mlp_post", "mlp_in"))):
             start = time.perf_counter()
-            extract_activations(model, subset, timing, progress=False, mlp_sites=sites)
+            pooled_activations(model, subset, timing, progress=False, mlp_sites=sites)
             seconds[name].append(time.perf_counter() - start)
     best = {name: min(values) for name, values in seconds.items()}
     print(

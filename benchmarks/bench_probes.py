@@ -1,7 +1,7 @@
 """Probe-stage speed and agreement: batched ``probe_layers`` vs a plain scikit-learn loop of the same fits.
 
 Both run in this process on the same activations, layers, folds, seeds, control labels and null
-permutations: the whole protocol but MDL (``probes.mdl`` has its own fits). The loop is what a
+permutations: the whole protocol but MDL (``probes.probing.mdl`` has its own fits). The loop is what a
 straightforward implementation does: per layer, seed, fold and task/control, and per layer, null
 permutation and fold of the first seed, a StandardScaler and a default ``LogisticRegression(C=1.0)``
 (lbfgs, tol=1e-4, max_iter=100), plus accuracy, F1 and ROC-AUC. Targets: speed-up >= 10x, per-layer
@@ -33,7 +33,8 @@ from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-from probes.probing import ProbeSettings, control_labels, null_labels, probe_layers
+from probes.probing.protocol import control_labels, null_labels, probe_layers
+from probes.probing.settings import ProbeSettings
 
 
 def synthetic_activations(n: int, n_layers: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

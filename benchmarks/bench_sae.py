@@ -22,11 +22,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from probes.datasets import load_dataset
-from probes.models import load_model
-from probes.sae import SAESettings, sae_trainer, train_sae, training_sae
-from probes.stages.models import convert_model
-from probes.token_cache import TokenCache, TokenCacheSettings, cache_token_activations
+from probes.activations.token_cache import TokenCache, TokenCacheSettings, cache_token_activations
+from probes.datasets.concepts import load_dataset
+from probes.dictionaries.sae import SAESettings, sae_trainer, train_sae, training_sae
+from probes.models.cache import load_model
+from probes.workflow.stages.models import convert_model
 
 REPO = Path(__file__).resolve().parents[1]
 

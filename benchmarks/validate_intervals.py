@@ -1,5 +1,5 @@
 """Do the concept-depth intervals cover, and do the estimates sit where they should? Replicate datasets with a
-known population curve, through the real summary code (``probes.depth.summarise_concept_depth``).
+known population curve, through the real summary code (``probes.probing.depth.summarise_predictions``).
 
 Two generators, both drawing a new sample of examples for every replicate (which is what a reviewer's
 "another dataset of the same task" is):
@@ -9,7 +9,7 @@ Two generators, both drawing a new sample of examples for every replicate (which
   each CV seed adds its own split noise; an example is right at layer l with probability exactly p_l.
   The null's sweeps are drawn from the same generator at p_l = chance.
 - ``probes``: Gaussian activations whose class separation follows the shape, through the real
-  ``probes.probing.probe_layers`` (folds, seeds, the permutation null). The population curve of a probe
+  ``probes.probing.protocol.probe_layers`` (folds, seeds, the permutation null). The population curve of a probe
   trained on n(1 - 1/k) examples is not known in closed form, so it is the mean over replicates.
 
 For every shape it prints, per statistic, the truth, the median estimate, the median bias, the coverage of
@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from probes.depth import summarise_concept_depth
+from probes.probing.depth import summarise_predictions
 
 N_LAYERS = 25  # layers 0..24, depth L = 24
 CHANCE = 0.5
@@ -103,7 +103,8 @@ def oof_tables(p: np.ndarray, n: int, seeds: int, permutations: int, rng: np.ran
 def probe_tables(p: np.ndarray, n: int, seeds: int, permutations: int, rng: np.random.Generator) -> tuple:
     """(predictions, null) of one replicate through the real probes: d = 16 Gaussian features per layer whose
     class separation gives Bayes accuracy ``p``, the noise drifting over layers like a residual stream."""
-    from probes.probing import ProbeSettings, probe_layers
+    from probes.probing.protocol import probe_layers
+    from probes.probing.settings import ProbeSettings
 
     d, rho = 16, 0.9
     y = rng.permutation(np.arange(n) % 2)
@@ -127,7 +128,7 @@ def replicate_rows(generator: str, shape: str, replicates: int, n: int, n_boot: 
         predictions, null = draw(p, n, 3, 19, rng)
         accuracy = predictions.assign(right=(predictions["decision"] > 0) == predictions["label"].astype(bool))
         curve = accuracy.groupby("layer")["right"].mean().to_numpy()
-        summary = summarise_concept_depth(predictions, null, CHANCE, N_LAYERS - 1, n_boot=n_boot, seed=r).row
+        summary = summarise_predictions(predictions, null, CHANCE, N_LAYERS - 1, n_boot=n_boot, seed=r).row
         rows.append({"replicate": r, "curve": curve, **{k: summary[k] for k in summary if not k.endswith("_depth")}})
     return pd.DataFrame(rows)
 

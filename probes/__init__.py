@@ -1,3 +1,51 @@
-"""probes: layer-wise interpretability experiments as one reproducible Snakemake DAG."""
+"""probes: layer-wise interpretability experiments on language models.
 
-__version__ = "0.1.0"
+The public API, the same functions the pipeline's stages call, so a notebook's numbers equal the pipeline's on
+the same inputs::
+
+    import probes
+
+    model = probes.load_model("smollm2-135m")
+    data = probes.load_dataset("data/concepts/cities.csv", group_column="group", type_column="country")
+    acts = probes.extract_activations(model, data.texts, layers=range(0, 31, 5))
+    result = probes.probe_layers(acts, data.labels, groups=data.groups, types=data.types)
+    summary = probes.summarise_concept_depth(result)
+
+Subpackages, one concern each: :mod:`probes.models` (loading and converting models, perturbations),
+:mod:`probes.datasets` (concept tasks, word lists, corpora), :mod:`probes.activations` (extraction and token
+caches), :mod:`probes.probing` (the probe protocol, its solver, MDL, depth summaries, shortcut audit),
+:mod:`probes.lenses` (logit and tuned lens, latent-language curves), :mod:`probes.dictionaries` (SAEs,
+transcoders, neurons, feature pages), :mod:`probes.depth_usage` (what each layer does), :mod:`probes.plotting`
+(one module of figures per family) and, never imported by the others, :mod:`probes.workflow` (the Snakemake
+stages, config, provenance, report and result tables).
+"""
+
+from probes.activations.extraction import Activations, ExtractionSettings, extract_activations
+from probes.activations.storage import load_activations
+from probes.datasets.concepts import load_dataset
+from probes.dictionaries.scoring import load_sae, score_sae
+from probes.lenses.readout import LensReadout, read_lens
+from probes.lenses.tuned import load_tuned_lens
+from probes.models.cache import load_model
+from probes.probing.depth import DepthSummary, summarise_concept_depth
+from probes.probing.protocol import LayerProbes, probe_layers
+from probes.probing.settings import ProbeSettings
+
+__all__ = [
+    "Activations",
+    "DepthSummary",
+    "ExtractionSettings",
+    "LayerProbes",
+    "LensReadout",
+    "ProbeSettings",
+    "extract_activations",
+    "load_activations",
+    "load_dataset",
+    "load_model",
+    "load_sae",
+    "load_tuned_lens",
+    "probe_layers",
+    "read_lens",
+    "score_sae",
+    "summarise_concept_depth",
+]

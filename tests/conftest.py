@@ -39,7 +39,7 @@ def gemma_manifest() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_manifest):
-    from probes.models import load_model
+    from probes.models.cache import load_model
 
     return load_model(smollm2_manifest)
 

@@ -17,7 +17,7 @@ MODEL_CACHE = Path(os.environ.get("PROBES_TEST_MODEL_CACHE", REPO / "results" / 
 
 
 def embedded_manifest(name: str) -> Path:
-    from probes.stages.models import convert_model
+    from probes.workflow.stages.models import convert_model
 
     manifest = MODEL_CACHE / name / "manifest.json"
     if not manifest.is_file():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, fastest checks first, so a lint error or a broken unit fails in minutes:
-# lint and format checks, then the fast lane (-m "not slow", under 5 minutes), then the slow tests.
+# lint and format checks, the documentation build, then the fast lane (-m "not slow", under 5 minutes), then the slow tests.
 #   PROBES_VENV=path   the environment install.sh made (default .venv); "active" uses the current one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,5 +11,6 @@ if [ "$venv" = active ]; then bin=""; else bin="$venv/bin/"; fi
 "${bin}ruff" check .
 "${bin}ruff" format --check .
 "${bin}snakefmt" --check Snakefile workflow
+"${bin}mkdocs" build --strict --quiet   # the documentation site: a broken link, reference or schema key fails
 "${bin}python" -m pytest -m "not slow"
 "${bin}python" -m pytest -m slow

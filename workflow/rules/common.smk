@@ -3,21 +3,21 @@ import re
 
 from snakemake.utils import validate
 
-import probes.activations
-import probes.config
-import probes.models
-import probes.perturbations
-import probes.token_cache
-import probes.wordlists
-from probes.stages import run_stage
-import probes.stages.concept_depth
-import probes.stages.depth_usage
-import probes.stages.latent_language
-import probes.stages.models
-import probes.stages.neurons
-import probes.stages.result_tables
-import probes.stages.run_info
-import probes.stages.sae
+import probes.activations.extraction
+import probes.workflow.config
+import probes.models.loading
+import probes.models.perturbations
+import probes.activations.token_cache
+import probes.datasets.wordlists
+from probes.workflow.stages import run_stage
+import probes.workflow.stages.concept_depth
+import probes.workflow.stages.depth_usage
+import probes.workflow.stages.latent_language
+import probes.workflow.stages.models
+import probes.workflow.stages.neurons
+import probes.workflow.stages.result_tables
+import probes.workflow.stages.run_info
+import probes.workflow.stages.sae
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -31,16 +31,16 @@ SAE = config["sae"]
 SAE_MODELS = SAE["models"]
 SAE_CONCEPT_DATASETS = DATASETS if SAE["corpus"]["concept_texts"] else []
 PERTURB = config["perturbations"]
-BASE_WEIGHTS = probes.perturbations.format_name(config["dtype"])
-CLEAN = probes.perturbations.CLEAN
-NOISES = [probes.perturbations.InputNoise(**entry).name for entry in PERTURB["noise"]]
-EXPERIMENTS = probes.config.experiments(config)
+BASE_WEIGHTS = probes.models.perturbations.format_name(config["dtype"])
+CLEAN = probes.models.perturbations.CLEAN
+NOISES = [probes.models.perturbations.InputNoise(**entry).name for entry in PERTURB["noise"]]
+EXPERIMENTS = probes.workflow.config.experiments(config)
 NEURONS = config["neurons"]
-NEURON_MODELS = probes.config.neuron_models(config)
+NEURON_MODELS = probes.workflow.config.neuron_models(config)
 TRANSCODER_MODELS = config["transcoders"]["models"]
 MLP_MODELS = sorted(set(NEURON_MODELS) | set(SAE_MODELS))  # their extractions also pool the MLP sites
 DEPTH = config["depth_usage"]
-DEPTH_MODELS = probes.config.depth_usage_models(config)
+DEPTH_MODELS = probes.workflow.config.depth_usage_models(config)
 GPU = 1 if config["device"].startswith("cuda") else 0
 
 
@@ -48,33 +48,33 @@ wildcard_constraints:
     model="|".join(map(re.escape, MODELS)),
     dataset="|".join(map(re.escape, DATASETS)),
     word_list="|".join(map(re.escape, WORD_LISTS)),
-    task="|".join(probes.wordlists.TASKS),
+    task="|".join(probes.datasets.wordlists.TASKS),
     src="[A-Za-z0-9_]+",
     tgt="[A-Za-z0-9_]+",
     layer="[0-9]+",
-    weights="|".join(probes.perturbations.WEIGHT_FORMATS),
-    noise=rf"{probes.perturbations.CLEAN}|[a-z]+-[a-z]+-[0-9.e+-]+",
+    weights="|".join(probes.models.perturbations.WEIGHT_FORMATS),
+    noise=rf"{probes.models.perturbations.CLEAN}|[a-z]+-[a-z]+-[0-9.e+-]+",
 
 
 def model_source(model):
-    return probes.config.model_source(config, model)
+    return probes.workflow.config.model_source(config, model)
 
 
 def dataset_config(dataset):
-    return probes.config.dataset_config(config, dataset)
+    return probes.workflow.config.dataset_config(config, dataset)
 
 
 def dataset_columns(dataset):
-    return probes.config.dataset_columns(config, dataset)
+    return probes.workflow.config.dataset_columns(config, dataset)
 
 
 def repo_path(path):
-    return probes.config.repo_path(path, workflow.basedir)
+    return probes.workflow.config.repo_path(path, workflow.basedir)
 
 
 def is_embedded(model):
     """Whether a model is one of the embedded 4-bit GGUF models, whose float weights are dequantised."""
-    return model_source(model) in probes.models.EMBEDDED_MODELS
+    return model_source(model) in probes.models.loading.EMBEDDED_MODELS
 
 
 def conditions(model, dataset):
@@ -101,7 +101,7 @@ def condition_outputs(template, models=None):
 def mlp_sites_of(model, weights, noise):
     """The MLP sites an extraction pools: all of them for a neuron or SAE model's own weights on clean inputs."""
     unperturbed_run = (weights, noise) == (BASE_WEIGHTS, CLEAN)
-    return list(probes.activations.MLP_SITES) if model in MLP_MODELS and unperturbed_run else []
+    return list(probes.activations.extraction.MLP_SITES) if model in MLP_MODELS and unperturbed_run else []
 
 
 def unperturbed(template):
@@ -118,7 +118,7 @@ def word_list_path(word_list, kind):
 
 
 def sae_layers(model):
-    return probes.config.sae_layers(config, model)
+    return probes.workflow.config.sae_layers(config, model)
 
 
 def sae_outputs(template, model):
@@ -291,7 +291,7 @@ def all_targets():
 
 
 if workflow.is_main_process:  # jobs re-parse the Snakefile in their own process; check once
-    probes.config.check_inputs(config, workflow.basedir)
+    probes.workflow.config.check_inputs(config, workflow.basedir)
 
 
 def result_table_inputs():

@@ -12,7 +12,7 @@ rule probe_layers:
         metrics_meta="results/probes/{model}/{weights}/{noise}/{dataset}.meta.json",
         provenance="results/provenance/probe_layers/{model}/{weights}/{noise}/{dataset}.json",
     params:
-        settings=lambda wc: probes.config.probe_settings(
+        settings=lambda wc: probes.workflow.config.probe_settings(
             config, perturbed=(wc.weights, wc.noise) != (BASE_WEIGHTS, CLEAN)
         ),
         pooling=config["probe"]["pooling"],
@@ -25,7 +25,7 @@ rule probe_layers:
         runtime=30,
         gpu=GPU,
     run:
-        run_stage(probes.stages.concept_depth.probe_layers, input, output, params, log, threads, **wildcards)
+        run_stage(probes.workflow.stages.concept_depth.probe_layers, input, output, params, log, threads, **wildcards)
 
 
 rule audit_shortcuts:
@@ -41,7 +41,7 @@ rule audit_shortcuts:
         provenance="results/provenance/audit_shortcuts/{dataset}.json",
     params:
         models=MODELS,
-        settings=probes.config.probe_settings(config),
+        settings=probes.workflow.config.probe_settings(config),
         pooling=config["probe"]["pooling"],
         columns=lambda wc: dataset_columns(wc.dataset),
     log:
@@ -51,7 +51,7 @@ rule audit_shortcuts:
         mem_mb=4000,
         runtime=20,
     run:
-        run_stage(probes.stages.concept_depth.audit_shortcuts, input, output, params, log, threads)
+        run_stage(probes.workflow.stages.concept_depth.audit_shortcuts, input, output, params, log, threads)
 
 
 rule summarise_concept_depth:
@@ -102,7 +102,7 @@ rule summarise_concept_depth:
         "logs/summarise_concept_depth.log",
     localrule: True
     run:
-        run_stage(probes.stages.concept_depth.summarise_concept_depth, input, output, params, log)
+        run_stage(probes.workflow.stages.concept_depth.summarise_concept_depth, input, output, params, log)
 
 
 rule plot_concept_depth:
@@ -126,7 +126,7 @@ rule plot_concept_depth:
         "logs/plot_concept_depth/{model}.log",
     localrule: True
     run:
-        run_stage(probes.stages.concept_depth.plot_concept_depth, input, output, params, log, **wildcards)
+        run_stage(probes.workflow.stages.concept_depth.plot_concept_depth, input, output, params, log, **wildcards)
 
 
 rule plot_concept_depth_relative:
@@ -149,7 +149,7 @@ rule plot_concept_depth_relative:
         "logs/plot_concept_depth_relative.log",
     localrule: True
     run:
-        run_stage(probes.stages.concept_depth.plot_concept_depth_relative, input, output, params, log)
+        run_stage(probes.workflow.stages.concept_depth.plot_concept_depth_relative, input, output, params, log)
 
 
 rule plot_concept_depth_levels:
@@ -170,7 +170,7 @@ rule plot_concept_depth_levels:
         "logs/plot_concept_depth_levels.log",
     localrule: True
     run:
-        run_stage(probes.stages.concept_depth.plot_concept_depth_levels, input, output, params, log)
+        run_stage(probes.workflow.stages.concept_depth.plot_concept_depth_levels, input, output, params, log)
 
 
 rule plot_perturbations:
@@ -193,4 +193,4 @@ rule plot_perturbations:
         "logs/plot_perturbations/{model}.log",
     localrule: True
     run:
-        run_stage(probes.stages.concept_depth.plot_perturbations, input, output, params, log, **wildcards)
+        run_stage(probes.workflow.stages.concept_depth.plot_perturbations, input, output, params, log, **wildcards)

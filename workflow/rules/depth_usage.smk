@@ -18,8 +18,8 @@ rule depth_usage:
         provenance="results/provenance/depth_usage/{model}.json",
     params:
         dataset_columns=[dataset_columns(dataset) for dataset in SAE_CONCEPT_DATASETS],
-        settings=probes.config.depth_usage_settings(config),
-        corpus_settings=probes.config.token_cache_settings(config),
+        settings=probes.workflow.config.depth_usage_settings(config),
+        corpus_settings=probes.workflow.config.token_cache_settings(config),
         quality_settings=DEPTH["quality"],
         hf_dataset=SAE["corpus"]["hf_dataset"],
         n_boot=config["concept_depth"]["n_boot"],
@@ -33,7 +33,9 @@ rule depth_usage:
         runtime=60,
         gpu=GPU,
     run:
-        run_stage(probes.stages.depth_usage.depth_usage, input, output, params, log, threads, model=wildcards.model)
+        run_stage(
+            probes.workflow.stages.depth_usage.depth_usage, input, output, params, log, threads, model=wildcards.model
+        )
 
 
 rule layer_maps:
@@ -60,7 +62,7 @@ rule layer_maps:
         mem_mb=4000,
         runtime=30,
     run:
-        run_stage(probes.stages.depth_usage.layer_maps, input, output, params, log, threads)
+        run_stage(probes.workflow.stages.depth_usage.layer_maps, input, output, params, log, threads)
 
 
 rule summarise_depth_usage:
@@ -98,7 +100,7 @@ rule summarise_depth_usage:
         "logs/summarise_depth_usage.log",
     localrule: True
     run:
-        run_stage(probes.stages.depth_usage.summarise_depth_usage, input, output, params, log)
+        run_stage(probes.workflow.stages.depth_usage.summarise_depth_usage, input, output, params, log)
 
 
 rule plot_depth_usage:
@@ -153,7 +155,7 @@ rule plot_depth_usage:
         "logs/plot_depth_usage.log",
     localrule: True
     run:
-        run_stage(probes.stages.depth_usage.plot_depth_usage, input, output, params, log)
+        run_stage(probes.workflow.stages.depth_usage.plot_depth_usage, input, output, params, log)
 
 
 rule plot_layer_skipping:
@@ -173,4 +175,6 @@ rule plot_layer_skipping:
         "logs/plot_layer_skipping/{model}.log",
     localrule: True
     run:
-        run_stage(probes.stages.depth_usage.plot_layer_skipping, input, output, params, log, model=wildcards.model)
+        run_stage(
+            probes.workflow.stages.depth_usage.plot_layer_skipping, input, output, params, log, model=wildcards.model
+        )

@@ -14,7 +14,7 @@ rule train_tuned_lens:
         provenance="results/provenance/train_tuned_lens/{model}.json",
     params:
         word_lists=WORD_LISTS,
-        settings=probes.config.tuned_lens_settings(config),
+        settings=probes.workflow.config.tuned_lens_settings(config),
         seed=config["seed"],
         ci=config["concept_depth"]["ci"],
         n_boot=config["concept_depth"]["n_boot"],
@@ -26,7 +26,9 @@ rule train_tuned_lens:
         runtime=60,
         gpu=GPU,
     run:
-        run_stage(probes.stages.latent_language.train_tuned_lens, input, output, params, log, threads, **wildcards)
+        run_stage(
+            probes.workflow.stages.latent_language.train_tuned_lens, input, output, params, log, threads, **wildcards
+        )
 
 
 rule latent_language:
@@ -45,9 +47,9 @@ rule latent_language:
     params:
         shots=LATENT["shots"],
         max_concepts=LATENT["max_concepts"],
-        settings=probes.config.extraction_settings(config),
+        settings=probes.workflow.config.extraction_settings(config),
         word_lists=WORD_LISTS,
-        train_concepts=probes.config.tuned_lens_settings(config)["train_concepts"],
+        train_concepts=probes.workflow.config.tuned_lens_settings(config)["train_concepts"],
         seed=config["seed"],
     log:
         "logs/latent_language/{model}/{word_list}/{task}_{src}-{tgt}.log",
@@ -57,7 +59,9 @@ rule latent_language:
         runtime=60,
         gpu=GPU,
     run:
-        run_stage(probes.stages.latent_language.latent_language, input, output, params, log, threads, **wildcards)
+        run_stage(
+            probes.workflow.stages.latent_language.latent_language, input, output, params, log, threads, **wildcards
+        )
 
 
 rule summarise_latent_language:
@@ -89,7 +93,7 @@ rule summarise_latent_language:
         "logs/summarise_latent_language.log",
     localrule: True
     run:
-        run_stage(probes.stages.latent_language.summarise_latent_language, input, output, params, log)
+        run_stage(probes.workflow.stages.latent_language.summarise_latent_language, input, output, params, log)
 
 
 rule plot_latent_language:
@@ -112,7 +116,7 @@ rule plot_latent_language:
         "logs/plot_latent_language/{model}_{word_list}_{task}_{src}-{tgt}.log",
     localrule: True
     run:
-        run_stage(probes.stages.latent_language.plot_latent_language, input, output, params, log, **wildcards)
+        run_stage(probes.workflow.stages.latent_language.plot_latent_language, input, output, params, log, **wildcards)
 
 
 rule plot_latent_language_relative:
@@ -132,7 +136,7 @@ rule plot_latent_language_relative:
         "logs/plot_latent_language_relative.log",
     localrule: True
     run:
-        run_stage(probes.stages.latent_language.plot_latent_language_relative, input, output, params, log)
+        run_stage(probes.workflow.stages.latent_language.plot_latent_language_relative, input, output, params, log)
 
 
 rule plot_tuned_lens_kl:
@@ -152,4 +156,4 @@ rule plot_tuned_lens_kl:
         "logs/plot_tuned_lens_kl.log",
     localrule: True
     run:
-        run_stage(probes.stages.latent_language.plot_tuned_lens_kl, input, output, params, log)
+        run_stage(probes.workflow.stages.latent_language.plot_tuned_lens_kl, input, output, params, log)

@@ -13,7 +13,7 @@ rule convert_model:
         mem_mb=8000,
         runtime=30,
     run:
-        run_stage(probes.stages.models.convert_model, input, output, params, log, model=wildcards.model)
+        run_stage(probes.workflow.stages.models.convert_model, input, output, params, log, model=wildcards.model)
 
 
 rule extract_activations:
@@ -26,7 +26,7 @@ rule extract_activations:
         mlp="results/activations/{model}/{weights}/{noise}/{dataset}/mlp.safetensors",
         provenance="results/provenance/extract_activations/{model}/{weights}/{noise}/{dataset}.json",
     params:
-        settings=probes.config.extraction_settings(config),
+        settings=probes.workflow.config.extraction_settings(config),
         mlp_sites=lambda wc: mlp_sites_of(wc.model, wc.weights, wc.noise),
         mlp_dtype=config["neurons"]["dtype"],
         columns=lambda wc: dataset_columns(wc.dataset),
@@ -40,7 +40,7 @@ rule extract_activations:
         gpu=GPU,
     run:
         run_stage(
-            probes.stages.models.extract_activations,
+            probes.workflow.stages.models.extract_activations,
             input,
             output,
             params,

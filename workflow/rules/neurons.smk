@@ -14,7 +14,7 @@ rule probe_neurons:
         task=lambda wc: wc.dataset,
         level=lambda wc: dataset_config(wc.dataset)["level"],
         pooling=config["probe"]["pooling"],
-        probe_settings=probes.config.probe_settings(config),
+        probe_settings=probes.workflow.config.probe_settings(config),
         ks=NEURONS["ks"],
         criteria=NEURONS["criteria"],
     log:
@@ -25,7 +25,9 @@ rule probe_neurons:
         runtime=30,
         gpu=GPU,
     run:
-        run_stage(probes.stages.neurons.probe_neurons, input, output, params, log, threads, model=wildcards.model)
+        run_stage(
+            probes.workflow.stages.neurons.probe_neurons, input, output, params, log, threads, model=wildcards.model
+        )
 
 
 rule summarise_neurons:
@@ -60,7 +62,7 @@ rule summarise_neurons:
         "logs/summarise_neurons.log",
     localrule: True
     run:
-        run_stage(probes.stages.neurons.summarise_neurons, input, output, params, log)
+        run_stage(probes.workflow.stages.neurons.summarise_neurons, input, output, params, log)
 
 
 rule plot_neuron_probing:
@@ -81,4 +83,4 @@ rule plot_neuron_probing:
         "logs/plot_neuron_probing/{model}_{dataset}.log",
     localrule: True
     run:
-        run_stage(probes.stages.neurons.plot_neuron_probing, input, output, params, log, **wildcards)
+        run_stage(probes.workflow.stages.neurons.plot_neuron_probing, input, output, params, log, **wildcards)

@@ -1,4 +1,5 @@
-# The README's result tables, rendered from the summary tables (python -m probes.result_tables puts them in).
+# The results page and its tables, rendered from the summary tables (python -m probes.workflow.result_tables
+# copies the page to docs/results.md).
 
 
 rule result_tables:
@@ -8,12 +9,14 @@ rule result_tables:
         levels=rules.summarise_concept_depth.output.levels_csv,
         perturbations=rules.summarise_concept_depth.output.perturbations_csv,
         shortcuts=rules.summarise_concept_depth.output.shortcuts_csv,
+        run_info=rules.run_info.output.table,
     output:
         **result_table_outputs(),
         concept_depth_md="results/tables/markdown/concept_depth.md",
         concept_depth_by_level_md="results/tables/markdown/concept_depth_by_level.md",
         concept_depth_perturbations_md="results/tables/markdown/concept_depth_perturbations.md",
         shortcut_audit_md="results/tables/markdown/shortcut_audit.md",
+        results_page="results/tables/markdown/results.md",
         provenance="results/provenance/result_tables.json",
     params:
         weights=BASE_WEIGHTS,
@@ -21,4 +24,4 @@ rule result_tables:
         "logs/result_tables.log",
     localrule: True
     run:
-        run_stage(probes.stages.result_tables.result_tables, input, output, params, log)
+        run_stage(probes.workflow.stages.result_tables.result_tables, input, output, params, log)

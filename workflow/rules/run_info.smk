@@ -21,4 +21,4 @@ rule run_info:
         "logs/run_info.log",
     localrule: True
     run:
-        run_stage(probes.stages.run_info.run_info, input, output, params, log)
+        run_stage(probes.workflow.stages.run_info.run_info, input, output, params, log)

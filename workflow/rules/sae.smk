@@ -14,10 +14,10 @@ rule cache_token_activations:
         dataset_columns=[dataset_columns(dataset) for dataset in SAE_CONCEPT_DATASETS],
         layers=lambda wc: sae_layers(wc.model),
         site=SITE,
-        settings=probes.config.token_cache_settings(config),
+        settings=probes.workflow.config.token_cache_settings(config),
         hf_dataset=SAE["corpus"]["hf_dataset"],
         seed=config["seed"],
-        streams=list(probes.token_cache.MLP_STREAMS),
+        streams=list(probes.activations.token_cache.MLP_STREAMS),
     log:
         "logs/cache_token_activations/{model}.log",
     threads: 8
@@ -26,7 +26,7 @@ rule cache_token_activations:
         runtime=120,
         gpu=GPU,
     run:
-        run_stage(probes.stages.sae.cache_token_activations, input, output, params, log, threads)
+        run_stage(probes.workflow.stages.sae.cache_token_activations, input, output, params, log, threads)
 
 
 rule train_sae:
@@ -37,7 +37,7 @@ rule train_sae:
         meta="results/sae/{model}/layer_{layer}/training.json",
         provenance="results/provenance/train_sae/{model}/layer_{layer}.json",
     params:
-        settings=probes.config.sae_settings(config),
+        settings=probes.workflow.config.sae_settings(config),
         seed=config["seed"],
     log:
         "logs/train_sae/{model}/layer_{layer}.log",
@@ -47,7 +47,7 @@ rule train_sae:
         runtime=120,
         gpu=GPU,
     run:
-        run_stage(probes.stages.sae.train_sae, input, output, params, log, threads, **wildcards)
+        run_stage(probes.workflow.stages.sae.train_sae, input, output, params, log, threads, **wildcards)
 
 
 rule train_transcoder:
@@ -58,7 +58,7 @@ rule train_transcoder:
         meta="results/transcoders/{model}/layer_{layer}/training.json",
         provenance="results/provenance/train_transcoder/{model}/layer_{layer}.json",
     params:
-        settings=probes.config.transcoder_settings(config),
+        settings=probes.workflow.config.transcoder_settings(config),
         seed=config["seed"],
     log:
         "logs/train_transcoder/{model}/layer_{layer}.log",
@@ -68,7 +68,7 @@ rule train_transcoder:
         runtime=120,
         gpu=GPU,
     run:
-        run_stage(probes.stages.sae.train_transcoder, input, output, params, log, threads, **wildcards)
+        run_stage(probes.workflow.stages.sae.train_transcoder, input, output, params, log, threads, **wildcards)
 
 
 rule evaluate_sae:
@@ -85,7 +85,7 @@ rule evaluate_sae:
         provenance="results/provenance/evaluate_sae/{model}.json",
     params:
         layers=lambda wc: sae_layers(wc.model),
-        settings=probes.config.sae_eval_settings(config),
+        settings=probes.workflow.config.sae_eval_settings(config),
         dtype=config["dtype"],
     log:
         "logs/evaluate_sae/{model}.log",
@@ -95,7 +95,7 @@ rule evaluate_sae:
         runtime=60,
         gpu=GPU,
     run:
-        run_stage(probes.stages.sae.evaluate_sae, input, output, params, log, threads, model=wildcards.model)
+        run_stage(probes.workflow.stages.sae.evaluate_sae, input, output, params, log, threads, model=wildcards.model)
 
 
 rule sparse_probing:
@@ -113,7 +113,7 @@ rule sparse_probing:
         level=lambda wc: dataset_config(wc.dataset)["level"],
         layers=lambda wc: sae_layers(wc.model),
         pooling=config["probe"]["pooling"],
-        probe_settings=probes.config.probe_settings(config),
+        probe_settings=probes.workflow.config.probe_settings(config),
         ks=SAE["sparse_probing"]["ks"],
     log:
         "logs/sparse_probing/{model}/{dataset}.log",
@@ -123,7 +123,7 @@ rule sparse_probing:
         runtime=30,
         gpu=GPU,
     run:
-        run_stage(probes.stages.sae.sparse_probing, input, output, params, log, threads, model=wildcards.model)
+        run_stage(probes.workflow.stages.sae.sparse_probing, input, output, params, log, threads, model=wildcards.model)
 
 
 rule feature_pages:
@@ -163,7 +163,7 @@ rule feature_pages:
         runtime=30,
         gpu=GPU,
     run:
-        run_stage(probes.stages.sae.feature_pages, input, output, params, log, threads, model=wildcards.model)
+        run_stage(probes.workflow.stages.sae.feature_pages, input, output, params, log, threads, model=wildcards.model)
 
 
 rule summarise_sae:
@@ -208,7 +208,7 @@ rule summarise_sae:
         "logs/summarise_sae.log",
     localrule: True
     run:
-        run_stage(probes.stages.sae.summarise_sae, input, output, params, log)
+        run_stage(probes.workflow.stages.sae.summarise_sae, input, output, params, log)
 
 
 rule plot_sae_metrics:
@@ -228,7 +228,7 @@ rule plot_sae_metrics:
         "logs/plot_sae_metrics.log",
     localrule: True
     run:
-        run_stage(probes.stages.sae.plot_sae_metrics, input, output, params, log)
+        run_stage(probes.workflow.stages.sae.plot_sae_metrics, input, output, params, log)
 
 
 rule plot_sparse_probing:
@@ -252,4 +252,4 @@ rule plot_sparse_probing:
         "logs/plot_sparse_probing/{model}_{dataset}.log",
     localrule: True
     run:
-        run_stage(probes.stages.sae.plot_sparse_probing, input, output, params, log, **wildcards)
+        run_stage(probes.workflow.stages.sae.plot_sparse_probing, input, output, params, log, **wildcards)

@@ -1,0 +1,1 @@
+"""Figures from the tidy tables alone, one module per family, sharing one style (style)."""

@@ -1,0 +1,201 @@
+"""Latent-language figures: each language's probability per layer under the logit and tuned lens, and the lens KL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from probes.plotting.style import apply_style, relative_depth_axis
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+LANGUAGE_COLOURS = {
+    "en": "#1f4e9c",
+    "fr": "#c0392b",
+    "de": "#2e8b57",
+    "es": "#17a2b8",
+    "zh": "#e69f00",
+    "ja": "#8e44ad",
+    "ru": "#7f5539",
+}
+
+
+LENS_TITLES = {"logit": "logit lens", "tuned": "tuned lens"}
+
+
+def _language_colour(language: str, languages: Sequence[str]) -> str:
+    import matplotlib.pyplot as plt
+
+    if language in LANGUAGE_COLOURS:
+        return LANGUAGE_COLOURS[language]
+    extra = [l for l in languages if l not in LANGUAGE_COLOURS]
+    return plt.cm.Dark2(extra.index(language) % 8)
+
+
+def _language_label(language: str, src: str, tgt: str) -> str:
+    role = "target" if language == tgt else "source" if language == src else None
+    return f"{language} ({role})" if role else language
+
+
+def _probability_lines(ax, frame: pd.DataFrame, x_of, src: str, tgt: str, languages: Sequence[str]) -> None:
+    """Mean over concepts per language with its bootstrap interval over concepts (``prob_lo``/``prob_hi``);
+    target and English drawn heavier than the rest."""
+    present = set(frame["language"])
+    ordered = sorted((l for l in languages if l in present), key=lambda l: (l != tgt, l != "en", l))
+    for language in reversed(ordered):
+        curve = frame[frame["language"] == language].sort_values("layer")
+        x = x_of(curve["layer"].to_numpy())
+        heavy = language in (tgt, "en")
+        colour = _language_colour(language, languages)
+        ax.plot(
+            x,
+            curve["prob"],
+            color=colour,
+            lw=2.0 if heavy else 1.0,
+            alpha=1.0 if heavy else 0.85,
+            ls="-" if language != "en" or tgt == "en" else "--",
+            label=_language_label(language, src, tgt),
+            zorder=3 if heavy else 2,
+        )
+        ax.fill_between(x, curve["prob_lo"], curve["prob_hi"], color=colour, alpha=0.18 if heavy else 0.08, lw=0)
+
+
+def _interval_label(frame: pd.DataFrame) -> str:
+    return f"{frame['ci'].iloc[0]:.0%} CI over concepts" if "ci" in frame else "CI over concepts"
+
+
+def latent_language_figure(frame: pd.DataFrame, model: str, word_list: str, task: str, src: str, tgt: str) -> Figure:
+    """One model and pair: P(language) per layer under each lens, entropy strip below (docs/methods.md §3).
+
+    ``frame`` is :func:`probes.lenses.curves.curve_intervals` of the pair's curves: means over concepts with
+    percentile intervals from resampling concepts.
+    """
+    apply_style()
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    lenses = [lens for lens in LENS_TITLES if lens in set(frame["lens"])]
+    languages = sorted(frame["language"].unique())
+    n_layers = int(frame["layer"].max())
+    n_concepts = int(frame["n_concepts"].iloc[0])
+    fig, axes = plt.subplots(
+        2,
+        len(lenses),
+        figsize=(4.4 * len(lenses), 4.6),
+        sharex=True,
+        squeeze=False,
+        gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08},
+    )
+    for column, lens in enumerate(lenses):
+        part = frame[frame["lens"] == lens]
+        top, strip = axes[0, column], axes[1, column]
+        _probability_lines(top, part, lambda layers: layers, src, tgt, languages)
+        top.set_ylim(0, 1)
+        top.set_title(LENS_TITLES[lens], pad=26)
+        relative_depth_axis(top, n_layers)
+        entropy = part[part["language"] == tgt].sort_values("layer")
+        strip.plot(entropy["layer"], entropy["entropy_bits"], color="#333333", lw=1.4)
+        strip.fill_between(
+            entropy["layer"], entropy["entropy_lo"], entropy["entropy_hi"], color="#333333", alpha=0.15, lw=0
+        )
+        strip.set_xlabel("layer")
+        strip.xaxis.set_major_locator(MaxNLocator(integer=True))
+        strip.set_xlim(0, n_layers)
+        strip.set_ylim(bottom=0)
+    axes[0, 0].set_ylabel(f"P(language)  (mean, {_interval_label(frame)})")
+    axes[1, 0].set_ylabel("entropy (bits)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    order = sorted(
+        range(len(labels)), key=lambda i: (not labels[i].endswith("(target)"), labels[i][:2] != "en", labels[i])
+    )
+    axes[0, -1].legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7, loc="upper left")
+    fig.suptitle(f"{model} · {task} {src}→{tgt} · {n_concepts} concepts ({word_list})", y=1.04)
+    return fig
+
+
+def latent_language_relative_figure(frame: pd.DataFrame) -> Figure:
+    """Every model and pair on relative depth: target, English and the strongest other language.
+
+    ``frame`` is :func:`probes.lenses.curves.curve_intervals` of every run (the summary's intervals table).
+    """
+    apply_style()
+    import matplotlib.pyplot as plt
+
+    keys = ["model", "word_list", "task", "src", "tgt"]
+    runs = frame[keys].drop_duplicates().sort_values(keys).itertuples(index=False)
+    runs = list(runs)
+    lenses = [lens for lens in LENS_TITLES if lens in set(frame["lens"])]
+    languages = sorted(frame["language"].unique())
+    fig, axes = plt.subplots(
+        len(lenses),
+        len(runs),
+        figsize=(2.9 * len(runs) + 0.6, 2.5 * len(lenses)),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+    )
+    for column, run in enumerate(runs):
+        selected = frame
+        for key, value in zip(keys, run):
+            selected = selected[selected[key] == value]
+        n_layers = int(selected["layer"].max())
+        for row, lens in enumerate(lenses):
+            part = selected[selected["lens"] == lens]
+            means = part.groupby("language")["prob"].mean().drop([run.tgt, "en"], errors="ignore")
+            shown = [run.tgt] + (["en"] if run.tgt != "en" else []) + ([means.idxmax()] if len(means) else [])
+            _probability_lines(
+                axes[row, column],
+                part[part["language"].isin(shown)],
+                lambda l: l / n_layers,
+                run.src,
+                run.tgt,
+                languages,
+            )
+            axes[row, column].legend(fontsize=6, loc="upper left")
+            if row == 0:
+                axes[row, column].set_title(f"{run.model}\n{run.task} {run.src}→{run.tgt}", fontsize=8)
+            if column == 0:
+                axes[row, column].set_ylabel(f"{LENS_TITLES[lens]}\nP(language)")
+    for ax in axes[-1]:
+        ax.set_xlabel("relative depth (layer / L)")
+        ax.set_xlim(0, 1)
+    axes[0, 0].set_ylim(0, 1)
+    fig.suptitle(f"Latent language across models and pairs (mean, {_interval_label(frame)})", y=1.01)
+    fig.tight_layout()
+    return fig
+
+
+def tuned_lens_kl_figure(frame: pd.DataFrame) -> Figure:
+    """Held-out KL to the model's output per layer: how much each lens misses of the final prediction.
+
+    Bands are the table's bootstrap intervals (``kl_lo``/``kl_hi``, resampling held-out sentences).
+    """
+    apply_style()
+    import matplotlib.pyplot as plt
+
+    models = sorted(frame["model"].unique())
+    fig, axes = plt.subplots(1, len(models), figsize=(4.0 * len(models), 3.0), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        part = frame[frame["model"] == model]
+        n_layers = int(part["layer"].max())
+        for lens, colour in (("logit", "#555555"), ("tuned", "#d95f02")):
+            curve = part[(part["lens"] == lens) & (part["layer"] < n_layers)].sort_values("layer")
+            ax.plot(curve["layer"], curve["kl_bits"], "o-", ms=3, color=colour, label=LENS_TITLES[lens])
+            ax.fill_between(
+                curve["layer"], curve["kl_lo"].clip(lower=1e-3), curve["kl_hi"], color=colour, alpha=0.2, lw=0
+            )
+        ax.set_yscale("log")
+        ax.set_xlabel("layer")
+        first = part.iloc[0]
+        ax.set_title(
+            f"{model} ({int(first['n_tokens'])} held-out tokens, {int(first['n_texts'])} sentences)", fontsize=9
+        )
+        relative_depth_axis(ax, n_layers)
+        ax.legend(fontsize=7)
+    ci = frame["ci"].iloc[0]
+    axes[0, 0].set_ylabel(f"KL(model ‖ lens), bits ({ci:.0%} CI)")
+    fig.tight_layout()
+    return fig

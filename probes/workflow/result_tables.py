@@ -1,0 +1,300 @@
+"""The results page, rendered from the summary tables, so that no result number is typed by hand.
+
+The ``result_tables`` rule writes one markdown file per table under ``results/tables/markdown/``, every
+estimate with its interval, and ``results.md``: all of them as one page whose header names the commit, date
+and machine of the run. ``python -m probes.workflow.result_tables`` copies that page to ``docs/results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+
+def interval(frame: pd.Series | dict, name: str, digits: int = 2) -> str:
+    """``value [lo, hi]`` of a column with ``_lo`` / ``_hi`` siblings; an en dash where the value is undefined."""
+    value = frame[name]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    lo, hi = frame.get(f"{name}_lo"), frame.get(f"{name}_hi")
+    text = f"{value:.{digits}f}"
+    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return text
+    return f"{text} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(row) -> str:
+    return "yes" if row["decodable"] else f"no (p = {row['null_p_value']:.2f})"
+
+
+def concept_depth_table(summary: pd.DataFrame, weights: str) -> str:
+    """Every model x task on its own weights and clean inputs: decodability, depths, accuracy, control, MDL."""
+    from probes.models.perturbations import unperturbed
+
+    rows = summary[unperturbed(summary, weights)]
+    body = []
+    for _, row in rows.iterrows():
+        body.append(
+            [
+                row["model"],
+                f"{row['dataset']} ({row['level']})",
+                _verdict(row),
+                interval(row, "half_rise_depth"),
+                interval(row, "best_accuracy"),
+                interval(row, "converging_depth"),
+                f"{row['control']}: {interval(row, 'max_control_accuracy')}",
+                interval(row, "max_selectivity"),
+                interval(row, "max_mdl_compression", 1) if "max_mdl_compression" in row else "–",
+            ]
+        )
+    header = [
+        "model",
+        "task",
+        "decodable",
+        "half-rise layer / L",
+        "best accuracy",
+        "converging layer / L",
+        "control accuracy (max over layers)",
+        "selectivity (max)",
+        "MDL compression (max)",
+    ]
+    return markdown(header, body)
+
+
+def shortcut_audit_table(audit: pd.DataFrame, summary: pd.DataFrame, weights: str) -> str:
+    """Per task: what words, length and each model's input embeddings reach under the task's folds, beside the
+    model's best layer probe."""
+    from probes.models.perturbations import unperturbed
+
+    probes = summary[unperturbed(summary, weights)].set_index(["dataset", "model"])
+    models = list(dict.fromkeys(probes.index.get_level_values("model")))
+    audit = audit.fillna({"model": ""}).set_index(["dataset", "shortcut", "model"])
+    body = []
+    for dataset in dict.fromkeys(audit.index.get_level_values("dataset")):
+        level = probes.loc[dataset, "level"].iloc[0]
+        row = [f"{dataset} ({level})"]
+        row += [interval(audit.loc[(dataset, name, "")], "accuracy") for name in ("bag_of_words", "length")]
+        for model in models:
+            row += [
+                interval(audit.loc[(dataset, "embedding", model)], "accuracy"),
+                interval(probes.loc[(dataset, model)], "best_accuracy"),
+            ]
+        body.append(row)
+    header = ["task", "bag of words", "length"]
+    header += [f"{column} ({model})" for model in models for column in ("input embedding", "best layer")]
+    return markdown(header, body)
+
+
+def levels_table(levels: pd.DataFrame) -> str:
+    """Each model's mean half-rise and converging depth over the decodable tasks of each level."""
+    body = [
+        [
+            model,
+            level,
+            f"{int(rows['decodable'].sum())} of {len(rows)}",
+            interval(rows.iloc[0], "level_mean_half_rise_depth"),
+            interval(rows.iloc[0], "level_mean_converging_depth"),
+        ]
+        for (model, level), rows in levels.groupby(["model", "level"], sort=False)
+    ]
+    header = ["model", "level", "decodable tasks", "mean half-rise layer / L", "mean converging layer / L"]
+    return markdown(header, body)
+
+
+def perturbations_table(effects: pd.DataFrame) -> str:
+    """Each perturbed run against the unperturbed one: the shifts with their paired intervals."""
+    body = [
+        [
+            row["model"],
+            f"{row['dataset']} ({row['level']})",
+            row["weights"] if row["noise"] == "clean" else f"noise {row['noise']}",
+            "yes" if row["decodable"] else "no",
+            interval(row, "half_rise_depth_shift"),
+            interval(row, "converging_depth_shift"),
+            interval(row, "best_accuracy_shift"),
+        ]
+        for _, row in effects.iterrows()
+    ]
+    header = [
+        "model",
+        "task",
+        "perturbation",
+        "decodable",
+        "half-rise depth shift",
+        "converging depth shift",
+        "best accuracy shift",
+    ]
+    return markdown(header, body)
+
+
+def latent_language_table(summary: pd.DataFrame, lens: str = "logit") -> str:
+    """Per model and pair, through one lens: P(target) at the output, what dominates before it, English."""
+    rows = summary[summary["lens"] == lens]
+    body = []
+    for _, row in rows.iterrows():
+        pair = row["src"] if row["task"] == "repetition" else f"{row['src']}→{row['tgt']}"
+        takeover = interval(row, "target_takeover_layer", 0)
+        body.append(
+            [
+                row["model"],
+                f"{row['task']} {pair}",
+                int(row["n_concepts"]),
+                interval(row, "p_target_final"),
+                row["top_intermediate_language"],
+                "–" if row["tgt"] == "en" else interval(row, "p_en_max_intermediate"),
+                f"{takeover} of {int(row['n_layers'])}" if takeover != "–" else "never",
+            ]
+        )
+    header = [
+        "model",
+        "task",
+        "concepts",
+        "P(target) at the output",
+        "top language before the takeover",
+        "P(English), highest before the output",
+        "target takes over at layer",
+    ]
+    return markdown(header, body)
+
+
+def sae_metrics_table(metrics: pd.DataFrame) -> str:
+    """Per model, kind (SAE, transcoder) and layer: reconstruction, sparsity, dead and dense latents, loss
+    recovered."""
+    body = [
+        [
+            row["model"],
+            row.get("kind", "sae"),
+            int(row["layer"]),
+            f"{row['fvu']:.2f}",
+            f"{row['l0']:.0f}",
+            f"{100 * row['dead_fraction']:.1f}% / {100 * row['dense_fraction']:.1f}%",
+            interval(row, "loss_recovered"),
+        ]
+        for _, row in metrics.iterrows()
+    ]
+    return markdown(["model", "kind", "layer", "FVU", "L0", "dead / dense", "loss recovered"], body)
+
+
+def depth_usage_table(summary: pd.DataFrame) -> str:
+    """The depth-usage findings per model (or model pair), each with its interval."""
+    body = [[row["model"], row["finding"], interval(row, "estimate")] for _, row in summary.iterrows()]
+    return markdown(["model", "finding", f"estimate [{summary['ci'].iloc[0]:.0%} interval]"], body)
+
+
+def sparse_probing_table(summary: pd.DataFrame) -> str:
+    """Per model, task and SAE layer: one latent (SAE, transcoder) or residual dimension, the largest k of each,
+    and the dense probe."""
+    smallest, largest = summary["k"].min(), summary["k"].max()
+    names = {"sae": "SAE", "transcoder": "transcoder", "residual": "residual"}
+    sets = [features for features in names if summary.get(f"{features}_topk_accuracy", pd.Series()).notna().any()]
+    body = []
+    for (model, dataset, layer), rows in summary.groupby(["model", "dataset", "layer"], sort=False):
+        by_k = rows.set_index("k")
+        cells = [interval(by_k.loc[k], f"{features}_topk_accuracy") for k in (smallest, largest) for features in sets]
+        body.append([model, dataset, int(layer), *cells, interval(by_k.loc[largest], "dense_accuracy")])
+    header = ["model", "task", "layer", *(f"{names[f]} top-{k}" for k in (smallest, largest) for f in sets)]
+    return markdown([*header, "dense probe"], body)
+
+
+def neuron_probing_table(summary: pd.DataFrame, best: pd.DataFrame, criterion: str = "f_statistic") -> str:
+    """Per model and task, at a third and two thirds of the depth: the top-1 and top-k neurons, the dense probe,
+    and the best single neuron with its out-of-fold k = 1 F1."""
+    summary, best = summary[summary["criterion"] == criterion], best[best["criterion"] == criterion]
+    smallest, largest = summary["k"].min(), summary["k"].max()
+    body = []
+    for (model, dataset), rows in summary.groupby(["model", "dataset"], sort=False):
+        n_layers = int(rows["n_layers"].iloc[0])
+        for layer in sorted({round(n_layers / 3), round(2 * n_layers / 3)}):
+            by_k = rows[rows["layer"] == layer].set_index("k")
+            single = best[(best["model"] == model) & (best["dataset"] == dataset) & (best["layer"] == layer)].iloc[0]
+            body.append(
+                [
+                    model,
+                    dataset,
+                    layer,
+                    interval(by_k.loc[smallest], "accuracy"),
+                    interval(by_k.loc[largest], "accuracy"),
+                    interval(by_k.loc[largest], "dense_accuracy"),
+                    f"{int(single['neuron'])} ({single['fold_agreement']:.0%} of folds)",
+                    interval(single, "f1"),
+                ]
+            )
+    header = ["model", "task", "layer", f"neurons top-{smallest}", f"neurons top-{largest}", "dense probe"]
+    return markdown([*header, "best single neuron", "its k = 1 F1"], body)
+
+
+# (table name, section title, what the table shows), in the page's order
+SECTIONS = (
+    ("concept_depth", "Concept depth", "Every model and task on its own weights and clean inputs."),
+    ("shortcut_audit", "Shortcut audit", "Each task solved without the concept, under the task's own folds."),
+    ("concept_depth_by_level", "Depth by task level", "Half-rise and converging depth grouped by task level."),
+    ("concept_depth_perturbations", "Perturbations", "Shifts against the unperturbed run, paired resamples."),
+    ("latent_language", "Latent language", "Each language's probability per layer under the logit lens."),
+    ("sae_metrics", "SAEs and transcoders", "Reconstruction and loss recovered on held-out text."),
+    ("sparse_probing", "Sparse probing", "Top-k latents, neurons and residual dimensions against the dense probe."),
+    ("neuron_probing", "Neurons", "k-sparse neuron probes and the best single neuron."),
+    ("depth_usage", "Depth usage", "What each layer does: contributions, skipping, shortcuts, layer maps."),
+)
+
+
+def machine_description() -> str:
+    """CPU model, cores, memory and OS of this machine, for the page header (numbers move between machines)."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        cpu = names[0] if names else cpu
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else math.nan
+    return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, {platform.system()} {platform.release()}"
+
+
+def results_page(tables: dict[str, str], run_info: pd.DataFrame, date: str, machine: str) -> str:
+    """One markdown page of every rendered table, headed by the commit(s), date and machine of the run."""
+    commits = sorted(run_info["git_commit"].dropna().astype(str).unique())
+    versions = {package: sorted(run_info[package].dropna().astype(str).unique()) for package in ("torch", "sae-lens")}
+    lines = [
+        "# Results of the default run",
+        "",
+        "Rendered by the `result_tables` rule from the summary tables of one run; every estimate carries its 95%",
+        "interval (bootstrap over examples, groups, concepts or documents, as each table's page in the report says).",
+        "Another machine or library build may move the last digits.",
+        "",
+        f"- **commit**: {', '.join(f'`{commit}`' for commit in commits) or 'unknown'}",
+        f"- **date**: {date}",
+        f"- **machine**: {machine}",
+        f"- **versions**: torch {', '.join(versions['torch'])}, SAELens {', '.join(versions['sae-lens'])}",
+        "",
+    ]
+    for name, title, what in SECTIONS:
+        if name in tables:
+            lines += [f"## {title}", "", what, "", tables[name].rstrip("\n"), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Copy the default run's rendered results page into the docs.")
+    parser.add_argument("--page", default="results/tables/markdown/results.md")
+    parser.add_argument("--docs", default="docs/results.md")
+    args = parser.parse_args()
+    page = Path(args.page)
+    if not page.is_file():
+        raise SystemExit(f"{page} does not exist: run the pipeline (its result_tables rule renders it) first")
+    Path(args.docs).write_text(page.read_text(encoding="utf-8"), encoding="utf-8")
+    print(f"{args.docs}: the results page of {page}")
+
+
+if __name__ == "__main__":
+    main()

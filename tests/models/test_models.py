@@ -1,0 +1,92 @@
+"""The embedded models load offline into TransformerLens and agree with their Hugging Face twins."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from probes.models.cache import load_model
+from probes.models.loading import ModelError, load_hf_model, model_depth, resolve_source
+from probes.workflow.stages.models import convert_model
+
+PROMPTS = [
+    "The capital of France is",
+    "A coin is heads up. Alice flips the coin. Is the coin still heads up? Answer:",
+    'Français: "fleur" - English: "',
+]
+
+
+def next_token_probabilities(model, tokens: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(tokens)[0, -1].softmax(-1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_transformer_lens_matches_hugging_face(name, request):
+    manifest = request.getfixturevalue("smollm2_manifest" if name.startswith("smollm2") else "gemma_manifest")
+    tl_model = load_model(manifest)
+    hf_model, _ = load_hf_model(manifest)
+    for prompt in PROMPTS:
+        tokens = tl_model.to_tokens(prompt)
+        tl_probs = next_token_probabilities(tl_model, tokens)
+        with torch.inference_mode():
+            hf_probs = hf_model(tokens).logits[0, -1].softmax(-1)
+        assert (tl_probs - hf_probs).abs().max().item() <= 1e-4, prompt
+    assert tl_model.cfg.n_layers == {"smollm2-135m": 30, "gemma3-270m": 18}[name] == model_depth(name)
+
+
+@pytest.mark.slow
+def test_embedded_model_predicts_sensibly(smollm2):
+    """A dequantised checkpoint that got the weight layout wrong would still load; it would not know Paris."""
+    probs = next_token_probabilities(smollm2, smollm2.to_tokens("The capital of France is"))
+    assert smollm2.tokenizer.decode(probs.argmax()).strip() == "Paris"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_cached_transformer_lens_weights_equal_a_fresh_conversion(name, request):
+    """load_model reads the processed weights convert_model cached; they must be TransformerLens's own."""
+    from probes.io import read_json
+    from probes.models.loading import build_hooked
+
+    manifest = request.getfixturevalue("smollm2_manifest" if name.startswith("smollm2") else "gemma_manifest")
+    record = read_json(manifest)
+    assert record["hooked_state"].endswith("hooked_transformer.safetensors")
+    cached, fresh = load_model(manifest), build_hooked(record, "cpu", "float32")
+    for prompt in PROMPTS:
+        assert torch.equal(cached.to_tokens(prompt), fresh.to_tokens(prompt))
+        assert torch.equal(
+            next_token_probabilities(cached, cached.to_tokens(prompt)),
+            next_token_probabilities(fresh, fresh.to_tokens(prompt)),
+        )
+
+
+@pytest.mark.slow
+def test_manifest_records_gguf_checksum(smollm2_manifest):
+    manifest = json.loads(smollm2_manifest.read_text())
+    assert len(manifest["gguf_sha256"]) == 64
+    assert manifest["hf_dir"].endswith(manifest["gguf_sha256"][:16])
+    assert "4-bit" in manifest["note"]
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(ModelError, match="unknown model 'no-such-model'.*embedded model"):
+        resolve_source("no-such-model")
+
+
+def test_directory_without_config_is_rejected(tmp_path):
+    with pytest.raises(ModelError, match="no config.json"):
+        resolve_source(str(tmp_path))
+
+
+def test_transformer_lens_name_without_cached_weights_says_how_to_provide_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    with pytest.raises(ModelError, match="not in the local Hugging Face cache.*HF_HOME"):
+        convert_model("gpt2", "gpt2", tmp_path / "gpt2" / "manifest.json")
+    assert not (tmp_path / "gpt2" / "manifest.json").exists()
