@@ -268,7 +268,9 @@ def extract_activations(
     """Per-layer pooled activations of ``texts`` at ``layers`` of ``site`` (default: every layer of the residual
     stream), as the pipeline's ``extract_activations`` rule stores them.
 
-    ``settings`` default to :class:`ExtractionSettings` on the model's device; ``site`` overrides its site.
+    ``settings`` default to :class:`ExtractionSettings` on the model's device; ``site`` overrides its site. Texts
+    are batched by length, so the batch size moves the last float32 digits: with the run's ``activations``
+    settings the vectors are the pipeline's to the bit.
     ``noise`` perturbs the inputs (:class:`probes.models.perturbations.InputNoise`); ``mlp_sites`` adds the MLP
     neurons (``mlp_post``) or inputs (``mlp_in``) of every layer from the same pass.
     """

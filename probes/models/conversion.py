@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def convert_model(model: str, source: str, manifest: str | os.PathLike, tl_name: str | None = None) -> dict[str, Any]:
-    """Make a model loadable offline and describe it in the manifest :func:`probes.models.load_model` reads.
+    """Make a model loadable offline and describe it in the manifest :func:`probes.models.cache.load_model` reads.
 
     Embedded models are dequantised into ``<manifest dir>/<gguf sha256>/``; other sources are checked for
     offline availability and only described, since their weights already sit on disk. The model cache is

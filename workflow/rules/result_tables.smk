@@ -1,4 +1,4 @@
-# The results page and its tables, rendered from the summary tables (python -m probes.workflow.result_tables
+# The results page and its tables, rendered from the summary tables (python -m probes.workflow.results_page
 # copies the page to docs/results.md).
 
 

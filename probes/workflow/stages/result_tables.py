@@ -35,12 +35,12 @@ def result_tables(
     neuron_probing_md: str | os.PathLike | None = None,
 ) -> None:
     """The ``result_tables`` rule: one markdown file per table, and the results page of them all
-    (``python -m probes.workflow.result_tables`` copies it to ``docs/results.md``).
+    (``python -m probes.workflow.results_page`` copies it to ``docs/results.md``).
 
     The latent-language, SAE, neuron and depth-usage tables exist when the config runs those experiments. The
     page names the commit of the run's jobs (from ``run_info``), the date it was rendered and this machine.
     """
-    from probes.workflow import result_tables as render
+    from probes.workflow import results_page as render
 
     summary = pd.read_parquet(concept_depth)
     tables = {

@@ -2,7 +2,7 @@
 
 The ``result_tables`` rule writes one markdown file per table under ``results/tables/markdown/``, every
 estimate with its interval, and ``results.md``: all of them as one page whose header names the commit, date
-and machine of the run. ``python -m probes.workflow.result_tables`` copies that page to ``docs/results.md``.
+and machine of the run. ``python -m probes.workflow.results_page`` copies that page to ``docs/results.md``.
 """
 
 from __future__ import annotations

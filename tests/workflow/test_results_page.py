@@ -7,7 +7,7 @@ import sys
 
 import pandas as pd
 
-from probes.workflow.result_tables import concept_depth_table, interval, machine_description, results_page
+from probes.workflow.results_page import concept_depth_table, interval, machine_description, results_page
 
 
 def test_interval_formats_a_value_with_its_bounds_and_undefined_as_a_dash():
@@ -52,7 +52,7 @@ def test_the_results_page_names_commit_date_and_machine_and_holds_every_table_in
     rendered = tmp_path / "results.md"
     rendered.write_text(page, encoding="utf-8")
     docs = tmp_path / "docs.md"
-    command = [sys.executable, "-m", "probes.workflow.result_tables", "--page", str(rendered), "--docs", str(docs)]
+    command = [sys.executable, "-m", "probes.workflow.results_page", "--page", str(rendered), "--docs", str(docs)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     assert docs.read_text(encoding="utf-8") == page and str(docs) in done.stdout
     missing = subprocess.run([*command[:4], str(tmp_path / "none.md"), *command[5:]], capture_output=True, text=True)
@@ -60,7 +60,7 @@ def test_the_results_page_names_commit_date_and_machine_and_holds_every_table_in
 
 
 def test_latent_language_and_sae_tables_carry_their_intervals():
-    from probes.workflow.result_tables import latent_language_table, sae_metrics_table, sparse_probing_table
+    from probes.workflow.results_page import latent_language_table, sae_metrics_table, sparse_probing_table
 
     pair = {"model": "m", "word_list": "w", "task": "translation", "src": "fr", "tgt": "zh", "n_concepts": 40}
     values = {"p_target_final": 0.2, "p_target_final_lo": 0.1, "p_target_final_hi": 0.3, "n_layers": 18}
@@ -87,7 +87,7 @@ def test_latent_language_and_sae_tables_carry_their_intervals():
 
 
 def test_neuron_table_reads_a_third_and_two_thirds_of_the_depth_with_the_best_neuron():
-    from probes.workflow.result_tables import neuron_probing_table
+    from probes.workflow.results_page import neuron_probing_table
 
     summary = pd.DataFrame(
         [
@@ -114,7 +114,7 @@ def test_neuron_table_reads_a_third_and_two_thirds_of_the_depth_with_the_best_ne
 
 
 def test_shortcut_audit_table_sets_each_model_beside_its_input_embedding():
-    from probes.workflow.result_tables import shortcut_audit_table
+    from probes.workflow.results_page import shortcut_audit_table
 
     audit = pd.DataFrame(
         [
