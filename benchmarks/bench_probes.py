@@ -14,7 +14,8 @@ loop run to convergence, the optimum both implementations aim at, to tell solver
 
     python benchmarks/bench_probes.py                      # synthetic SmolLM2-sized tensor (n=400, 31 x 576)
     python benchmarks/bench_probes.py --layers 8           # a quick run on 8 evenly spaced layers
-    python benchmarks/bench_probes.py --activations results/activations/smollm2-135m/cities.safetensors --converged
+    python benchmarks/bench_probes.py --converged --activations FILE  # an extraction's file, e.g.
+                                    # results/activations/smollm2-135m/fp32/clean/cities/resid.safetensors
 """
 
 from __future__ import annotations

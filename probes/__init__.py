@@ -21,7 +21,7 @@ stages, config, provenance, report and result tables).
 """
 
 from probes.activations.extraction import Activations, ExtractionSettings, extract_activations
-from probes.activations.storage import load_activations
+from probes.activations.storage import StoredActivations, load_activations
 from probes.datasets.concepts import load_dataset
 from probes.dictionaries.scoring import load_sae, score_sae
 from probes.lenses.readout import LensReadout, read_lens
@@ -38,6 +38,7 @@ __all__ = [
     "LayerProbes",
     "LensReadout",
     "ProbeSettings",
+    "StoredActivations",
     "extract_activations",
     "load_activations",
     "load_dataset",

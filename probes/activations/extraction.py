@@ -31,6 +31,11 @@ MLP_SITES = {"mlp_post": "mlp.hook_post", "mlp_in": "ln2.hook_normalized"}
 
 @dataclass(frozen=True)
 class ExtractionSettings:
+    """How activations are read: the ``site`` (one of :data:`SITES`: the residual stream, the MLP input, attention
+    or MLP output), the ``poolings`` over a text's tokens (the last token, the mean over tokens after a prepended
+    BOS), texts per forward pass (``batch_size``), the tokens kept per text (``max_tokens``, the rest truncated with
+    a warning) and the model's ``device`` and ``dtype``. One site per extraction: extract once per site."""
+
     site: str = "resid"
     poolings: tuple[str, ...] = POOLINGS
     batch_size: int = 16

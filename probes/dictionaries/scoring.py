@@ -66,7 +66,8 @@ def _token_rows(
     import torch
 
     skip_first = int(bool(model.cfg.default_prepend_bos))
-    stop_at = max(int(hook.split(".")[1]) for hook in hooks if hook.startswith("blocks.")) + 1
+    blocks = [int(hook.split(".")[1]) for hook in hooks if hook.startswith("blocks.")]
+    stop_at = max(blocks) + 1 if blocks else None  # a hook outside the blocks (hook_embed) needs no block at all
     captured: dict[str, list[torch.Tensor]] = {hook: [] for hook in set(hooks)}
     for first in range(0, len(token_lists), batch_size):
         tokens, mask = right_padded(model, token_lists[first : first + batch_size])

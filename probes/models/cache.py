@@ -31,11 +31,12 @@ def load_model(
 
     ``model`` is an embedded model id (``smollm2-135m``, ``gemma3-270m``), a local Hugging Face checkpoint
     directory, a TransformerLens model name whose weights are in the local Hugging Face cache, or a
-    ``manifest.json`` the pipeline wrote (or its folder). Embedded and local models are converted once into
-    ``cache_dir/<name>/`` (the pipeline's ``model_cache``, so a notebook and the pipeline share one
-    conversion); ``tl_name`` names the TransformerLens architecture of a local fine-tune. ``weights`` is a
-    weight format of :mod:`probes.models.perturbations` (``fp32``, ``bf16``, ``fp16``, ``int8``) that
-    replaces ``dtype``.
+    ``manifest.json`` the pipeline wrote (or its folder). Models are converted once into ``cache_dir/<name>/``:
+    with the pipeline's ``model_cache``, an embedded model or TransformerLens name shares the pipeline's
+    conversion; a local checkpoint is cached under its folder's name (the pipeline's under the config's id, so
+    pass that manifest to share it). ``tl_name`` names the TransformerLens architecture of a local fine-tune.
+    ``weights`` is a weight format of :mod:`probes.models.perturbations` (``fp32``, ``bf16``, ``fp16``,
+    ``int8``) that replaces ``dtype``.
     """
     path = Path(model).expanduser()
     manifest = path / MANIFEST if (path / MANIFEST).is_file() else path
@@ -51,8 +52,17 @@ def _cached_manifest(model: str, tl_name: str | None, cache_dir: Path) -> Path:
     manifest = cache_dir / name / MANIFEST
     if manifest.is_file():
         record = read_json(manifest)
-        current = record.get("source") == model and record.get("tl_name") == resolved.tl_name
-        if current and (resolved.kind != "local" or record["weights_sha256"] == directory_fingerprint(Path(model))):
+        same = record.get("kind") == resolved.kind and record.get("tl_name") == resolved.tl_name
+        if resolved.kind == "local":
+            location = Path(resolved.location)
+            same = (
+                same
+                and record.get("hf_dir") == str(location)
+                and record["weights_sha256"] == directory_fingerprint(location)
+            )
+        else:
+            same = same and record.get("source") == model
+        if same:
             return manifest
     convert_model(name, model, manifest, tl_name)
     return manifest

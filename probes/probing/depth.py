@@ -96,7 +96,7 @@ def null_test(best_accuracy: float, null: pd.DataFrame, alpha: float) -> dict:
 
 
 def summarise_concept_depth(
-    probes: LayerProbes,
+    layer_probes: LayerProbes,
     delta: float | str = DELTA_AUTO,
     jump_min: float = 0.03,
     n_boot: int = 1000,
@@ -111,13 +111,13 @@ def summarise_concept_depth(
     interval of ``n_boot`` bootstrap resamples of the examples (of whole groups where the probes had groups);
     per-layer curves with the same intervals. ``delta`` is the converging tolerance, a number or ``"auto"``.
     """
-    metrics = probes.metrics
+    metrics = layer_probes.metrics
     control_train = metrics[metrics["metric"] == "control_train_accuracy"].groupby("layer")["value"].mean()
     return summarise_predictions(
-        probes.predictions,
-        probes.null,
-        chance=probes.chance,
-        depth=probes.n_layers,
+        layer_probes.predictions,
+        layer_probes.null,
+        chance=layer_probes.chance,
+        depth=layer_probes.n_layers,
         delta=delta,
         jump_min=jump_min,
         n_boot=n_boot,

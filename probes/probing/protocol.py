@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from probes.activations.extraction import Activations
+from probes.activations.storage import StoredActivations
 from probes.probing.settings import ProbeSettings
 from probes.probing.solver import fit_probes, probe_inputs
 
@@ -68,7 +69,7 @@ def resolve_control(control: str, has_types: bool) -> str:
 
 
 def probe_layers(
-    X: np.ndarray | Activations,
+    X: np.ndarray | Activations | StoredActivations,
     y: np.ndarray,
     settings: ProbeSettings | None = None,
     groups: np.ndarray | None = None,
@@ -81,18 +82,22 @@ def probe_layers(
 ) -> LayerProbes:
     """Probe every layer with repeated stratified (group) CV, a control task and a permutation null.
 
-    ``X`` is (n_examples, n_layers, d) pooled activations, or :class:`probes.activations.Activations` (its
-    ``pooling`` vectors, layers and depth), ``y`` binary labels; ``groups`` keeps rows in one fold, ``types``
+    ``X`` is (n_examples, n_layers, d) pooled activations, or :class:`~probes.activations.extraction.Activations` (its
+    ``pooling`` vectors, layers and depth) or a stored file's :class:`~probes.activations.storage.StoredActivations`,
+    ``y`` binary labels; ``groups`` keeps rows in one fold, ``types``
     are what the type control labels. ``layers`` are the layer numbers of ``X``'s columns (default 0, 1, ...)
-    and ``n_layers`` the model's depth L (default the last of ``layers``). ``settings`` default to
-    :class:`ProbeSettings`, the pipeline's defaults. The same inputs and settings always give the same numbers.
+    and ``n_layers`` the model's depth L (default the largest of ``layers``). ``settings`` default to
+    :class:`ProbeSettings`, the config schema's defaults. The same inputs and settings always give the same numbers.
     """
-    if isinstance(X, Activations):
-        if pooling not in X.vectors:
-            raise ValueError(f"pooling {pooling!r} was not extracted; the activations hold {sorted(X.vectors)}")
+    if isinstance(X, Activations | StoredActivations):
         layers = X.layers if layers is None else layers
         n_layers = X.n_layers if n_layers is None else n_layers
-        X = X.vectors[pooling]
+        if isinstance(X, Activations):
+            if pooling not in X.vectors:
+                raise ValueError(f"pooling {pooling!r} was not extracted; the activations hold {sorted(X.vectors)}")
+            X = X.vectors[pooling]
+        else:
+            X = X.vectors
     settings = settings or ProbeSettings()
     X, y = _validate(X, y, settings)
     layers = np.arange(X.shape[1]) if layers is None else np.asarray(layers, dtype=np.int64)
@@ -114,7 +119,7 @@ def probe_layers(
     # The task's and the null's fits share one solve, the null's at its looser tolerance.
     tol = np.where(np.arange(len(design.labels)) < 2 * runs, settings.tol, max(settings.tol, NULL_TOL))
     fit = fit_probes(X, design.labels, design.train, settings.solver, progress=progress, tol=tol)
-    n, n_layers = X.shape[0], X.shape[1]
+    n, n_columns = X.shape[0], X.shape[1]
     test = ~design.train
     decision = fit.decision[:, : 2 * runs]
     correct = (decision > 0) == design.labels[: 2 * runs].astype(bool)[None]  # (layer, problem, n)
@@ -124,7 +129,7 @@ def probe_layers(
     values = np.concatenate(
         [scores[:, :, task], scores[:1, :, ctrl], train_control[None], (scores[0][:, task] - scores[0][:, ctrl])[None]]
     )  # (metric, layer, run)
-    layer, run = np.meshgrid(np.arange(n_layers), np.arange(runs), indexing="ij")
+    layer, run = np.meshgrid(np.arange(n_columns), np.arange(runs), indexing="ij")
     metrics = pd.DataFrame(
         {
             "layer": np.tile(layer.ravel(), len(METRICS)),
@@ -141,16 +146,16 @@ def probe_layers(
 
         orders = replace(settings, seeds=settings.seeds[: settings.mdl_orders])
         code = online_code(X, y, orders, settings.mdl_C_grid, settings.mdl_inner_folds, groups)
-        bits = np.broadcast_to(code.bits.mean(1, keepdims=True), (n_layers, len(settings.seeds), n))
+        bits = np.broadcast_to(code.bits.mean(1, keepdims=True), (n_columns, len(settings.seeds), n))
         predictions["mdl_bits"] = bits.reshape(-1)  # (layer, seed, example), the predictions' order
     n_perm = settings.null_permutations
     labels, train = design.labels[2 * runs :], design.train[2 * runs :]
     null_correct = (((fit.decision[:, 2 * runs :] > 0) == labels.astype(bool)[None]) & ~train[None]).sum(-1)
-    null_accuracy = null_correct.reshape(n_layers, n_perm, settings.folds).sum(-1) / n  # every row tested once
+    null_accuracy = null_correct.reshape(n_columns, n_perm, settings.folds).sum(-1) / n  # every row tested once
     null = pd.DataFrame(
         {
-            "permutation": np.tile(np.arange(n_perm), n_layers),
-            "layer": np.repeat(np.arange(n_layers), n_perm),
+            "permutation": np.tile(np.arange(n_perm), n_columns),
+            "layer": np.repeat(np.arange(n_columns), n_perm),
             "accuracy": null_accuracy.reshape(-1),
         }
     )

@@ -76,18 +76,18 @@ def shortcut_audit_table(audit: pd.DataFrame, summary: pd.DataFrame, weights: st
     model's best layer probe."""
     from probes.models.perturbations import unperturbed
 
-    probes = summary[unperturbed(summary, weights)].set_index(["dataset", "model"])
-    models = list(dict.fromkeys(probes.index.get_level_values("model")))
+    layer_probes = summary[unperturbed(summary, weights)].set_index(["dataset", "model"])
+    models = list(dict.fromkeys(layer_probes.index.get_level_values("model")))
     audit = audit.fillna({"model": ""}).set_index(["dataset", "shortcut", "model"])
     body = []
     for dataset in dict.fromkeys(audit.index.get_level_values("dataset")):
-        level = probes.loc[dataset, "level"].iloc[0]
+        level = layer_probes.loc[dataset, "level"].iloc[0]
         row = [f"{dataset} ({level})"]
         row += [interval(audit.loc[(dataset, name, "")], "accuracy") for name in ("bag_of_words", "length")]
         for model in models:
             row += [
                 interval(audit.loc[(dataset, "embedding", model)], "accuracy"),
-                interval(probes.loc[(dataset, model)], "best_accuracy"),
+                interval(layer_probes.loc[(dataset, model)], "best_accuracy"),
             ]
         body.append(row)
     header = ["task", "bag of words", "length"]

@@ -29,7 +29,10 @@ def test_committed_files_are_what_the_generators_write(repo, tmp_path):
 
 
 def test_command_line_writes_the_committed_files(repo, tmp_path):
-    """The command data/README.md gives for regenerating the files writes the same bytes."""
+    """The command data/README.md gives for regenerating the files writes the same bytes, by default in place."""
+    from probes.datasets.tasks.__main__ import DEFAULT_OUT
+
+    assert repo / "data" / "concepts" == DEFAULT_OUT
     run = subprocess.run(
         [sys.executable, "-m", "probes.datasets.tasks", "--out", str(tmp_path)],
         cwd=repo,

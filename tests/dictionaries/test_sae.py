@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import corpus
+from helpers import corpus, exact_sae
 from probes.activations.extraction import site_hooks
 from probes.activations.token_cache import TokenCache, TokenCacheSettings, cache_token_activations, split_documents
 from probes.dictionaries.sae import (
@@ -205,20 +205,6 @@ def test_unknown_saelens_option_is_a_clear_error():
         training_sae(8, SAESettings(options={"no_such_field": 1}), "blocks.0.hook_resid_post", "m", 16, 0)
     with pytest.raises(ValueError, match="architecture must be one of"):
         SAESettings(architecture="gated")
-
-
-def exact_sae(d: int):
-    """A standard SAE with W_enc = [I, -I], W_dec = [I; -I]: relu(x) - relu(-x) = x, a perfect reconstruction."""
-    from sae_lens import StandardSAE, StandardSAEConfig
-
-    sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=2 * d, apply_b_dec_to_input=False))
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
 
 
 def test_reconstruction_metrics_on_a_known_sae():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from probes.datasets.tasks import write_builtin_datasets
 
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "data" / "concepts"
+DEFAULT_OUT = Path(__file__).resolve().parents[3] / "data" / "concepts"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -149,7 +149,7 @@ def summarise_concept_depth(
         metrics, predictions, null, metrics_meta, strict=True
     ):
         tidy, meta = pd.read_parquet(metrics_path), read_json(meta_path)
-        probes = LayerProbes(
+        layer_probes = LayerProbes(
             tidy,
             pd.read_parquet(predictions_path),
             pd.read_parquet(null_path),
@@ -159,7 +159,7 @@ def summarise_concept_depth(
             meta["chance"],
         )
         result = summarise_concept_depth(
-            probes, delta=delta, jump_min=jump_min, n_boot=n_boot, seed=seed, ci=ci, alpha=alpha
+            layer_probes, delta=delta, jump_min=jump_min, n_boot=n_boot, seed=seed, ci=ci, alpha=alpha
         )
         keys = {key: meta[key] for key in SUMMARY_KEYS}
         rows.append(keys | result.row)

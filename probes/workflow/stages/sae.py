@@ -129,10 +129,9 @@ def evaluate_sae(
     resamples for the intervals. A transcoder's target is its layer's MLP output (FVU), and its loss is the
     model's with that MLP replaced by it, at the same documents and positions as the SAEs'.
     """
-    from sae_lens import SAE
-
     from probes.activations.token_cache import TokenCache
     from probes.dictionaries import sae as sae_lib
+    from probes.dictionaries.scoring import dictionary_hooks, load_sae
 
     settings = sae_lib.SAEEvalSettings(**settings)
     layers = [int(layer) for layer in layers]
@@ -149,9 +148,10 @@ def evaluate_sae(
     evaluated = {}
     for kind, paths, metas in (("sae", saes, sae_metas), ("transcoder", transcoders, transcoder_metas)):
         for layer, path, meta in zip(layers if paths else [], paths, metas, strict=True):
-            loaded = SAE.load_from_disk(path, device=settings.device)
-            written = token_cache.hook_names[layer] if kind == "sae" else loaded.cfg.metadata.hook_name_out
-            read = token_cache.hook_names[layer] if kind == "sae" else loaded.cfg.metadata.hook_name
+            loaded = load_sae(path, device=settings.device)
+            read, written = dictionary_hooks(loaded)
+            if kind == "sae" and written != token_cache.hook_names[layer]:
+                raise ValueError(f"{path} reads {written}, not {token_cache.hook_names[layer]} (layer {layer})")
             evaluated[kind, layer] = (loaded, read_json(meta), written, read)
     written_hooks = [written for _, _, written, _ in evaluated.values()]
     if len(set(written_hooks)) < len(written_hooks):
