@@ -34,7 +34,13 @@ rule depth_usage:
         gpu=GPU,
     run:
         run_stage(
-            probes.workflow.stages.depth_usage.depth_usage, input, output, params, log, threads, model=wildcards.model
+            probes.workflow.stages.depth_usage.depth_usage,
+            input,
+            output,
+            params,
+            log,
+            threads,
+            model=wildcards.model,
         )
 
 
@@ -176,5 +182,10 @@ rule plot_layer_skipping:
     localrule: True
     run:
         run_stage(
-            probes.workflow.stages.depth_usage.plot_layer_skipping, input, output, params, log, model=wildcards.model
+            probes.workflow.stages.depth_usage.plot_layer_skipping,
+            input,
+            output,
+            params,
+            log,
+            model=wildcards.model,
         )

@@ -27,7 +27,13 @@ rule train_tuned_lens:
         gpu=GPU,
     run:
         run_stage(
-            probes.workflow.stages.latent_language.train_tuned_lens, input, output, params, log, threads, **wildcards
+            probes.workflow.stages.latent_language.train_tuned_lens,
+            input,
+            output,
+            params,
+            log,
+            threads,
+            **wildcards,
         )
 
 
