@@ -149,9 +149,8 @@ def evaluate_sae(
     for kind, paths, metas in (("sae", saes, sae_metas), ("transcoder", transcoders, transcoder_metas)):
         for layer, path, meta in zip(layers if paths else [], paths, metas, strict=True):
             loaded = load_sae(path, device=settings.device)
-            read, written = dictionary_hooks(loaded)
-            if kind == "sae" and written != token_cache.hook_names[layer]:
-                raise ValueError(f"{path} reads {written}, not {token_cache.hook_names[layer]} (layer {layer})")
+            # an SAE sits at its layer's hook of the token cache; a transcoder names the MLP's input and output
+            read, written = (token_cache.hook_names[layer],) * 2 if kind == "sae" else dictionary_hooks(loaded)
             evaluated[kind, layer] = (loaded, read_json(meta), written, read)
     written_hooks = [written for _, _, written, _ in evaluated.values()]
     if len(set(written_hooks)) < len(written_hooks):
