@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from probes.activations.extraction import check_finite, right_padded, site_hooks, tokenize
+from probes.activations.extraction import check_finite, chosen_layers, right_padded, site_hooks, tokenize
 from probes.io import read_json, write_json
 
 if TYPE_CHECKING:
@@ -153,12 +153,9 @@ def cache_token_activations(
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    hooks = site_hooks(site, model.cfg.n_layers)
-    unknown = sorted(set(layers) - set(hooks))
-    if unknown or not layers:
-        raise ValueError(f"layers {list(layers)} must be a non-empty subset of the {site} layers {sorted(hooks)}")
-    layers = sorted(set(layers))
-    folder_of = {hooks[layer]: [_folder(layer)] for layer in layers}
+    hooks = chosen_layers(site_hooks(site, model.cfg.n_layers), layers, site)
+    layers = sorted(hooks)
+    folder_of = {hook: [_folder(layer)] for layer, hook in hooks.items()}
     stream_hooks = {stream: site_hooks(stream, model.cfg.n_layers) for stream in streams}
     for stream, by_layer in stream_hooks.items():
         missing = sorted(set(layers) - set(by_layer))
