@@ -38,7 +38,7 @@ class ExtractionSettings:
 
     site: str = "resid"
     poolings: tuple[str, ...] = POOLINGS
-    batch_size: int = 16
+    batch_size: int = 64
     max_tokens: int = 256
     device: str = "cpu"
     dtype: str = "float32"

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from probes.io import atomic_path, sha256_file, write_json
 from probes.models.loading import (
+    MANIFEST_PATHS,
     build_hooked,
     dequantised_gguf,
     directory_fingerprint,
     gguf_path,
-    require_offline_weights,
     resolve_source,
 )
 from probes.versions import package_versions
@@ -30,8 +30,9 @@ def convert_model(model: str, source: str, manifest: str | os.PathLike, tl_name:
     """Make a model loadable offline and describe it in the manifest :func:`probes.models.cache.load_model` reads.
 
     Embedded models are dequantised into ``<manifest dir>/<gguf sha256>/``; other sources are checked for
-    offline availability and only described, since their weights already sit on disk. The model cache is
-    shared between working directories, so the manifest (with package versions) is this job's record.
+    offline availability (by :func:`probes.models.loading.resolve_source`) and only described, since their
+    weights already sit on disk. The model cache is shared between working directories, so the manifest (with
+    package versions) is this job's record; its paths into the cache are relative, so the cache may move.
     """
     resolved = resolve_source(source, tl_name)
     record: dict[str, Any] = {"model": model, "source": source, "kind": resolved.kind, "tl_name": resolved.tl_name}
@@ -48,7 +49,7 @@ def convert_model(model: str, source: str, manifest: str | os.PathLike, tl_name:
             tokenizer.save_pretrained(tmp_dir)
             os.replace(tmp_dir, hf_dir)
         record.update(
-            hf_dir=str(hf_dir.resolve()),
+            hf_dir=str(hf_dir),
             gguf_file=gguf.name,
             gguf_sha256=digest,
             weights_sha256=sha256_file(hf_dir / "model.safetensors"),
@@ -59,15 +60,24 @@ def convert_model(model: str, source: str, manifest: str | os.PathLike, tl_name:
     elif resolved.kind == "local":
         record.update(hf_dir=resolved.location, weights_sha256=directory_fingerprint(Path(resolved.location)))
     else:
-        require_offline_weights(resolved.location)
         record.update(weights_sha256=None)
     record["versions"] = package_versions()
     if "hf_dir" in record:
         hooked = cache_dir / "hooked_transformer.safetensors"
         _save_hooked(build_hooked(record, "cpu", "float32"), hooked)
-        record.update(hooked_state=str(hooked.resolve()), hooked_state_sha256=sha256_file(hooked))
+        record.update(hooked_state=str(hooked), hooked_state_sha256=sha256_file(hooked))
+    record = _relative_paths(record, cache_dir)
     write_json(manifest, record)
     return record
+
+
+def _relative_paths(record: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Paths inside ``folder`` relative to it, the others absolute: they do not move with the cache."""
+    folder = folder.resolve()
+    paths = {key: Path(record[key]).resolve() for key in MANIFEST_PATHS if key in record}
+    return record | {
+        key: str(path.relative_to(folder) if path.is_relative_to(folder) else path) for key, path in paths.items()
+    }
 
 
 def _save_hooked(model: HookedTransformer, path: Path) -> None:

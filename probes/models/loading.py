@@ -11,6 +11,7 @@ cached copies.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 from contextlib import contextmanager
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "bfloat16", "float16")
+# Manifest values that are paths. Those inside the manifest's folder are stored relative to it, so a copied or
+# moved model cache still finds its own files; others (a user's checkpoint) are absolute, as they do not move.
+MANIFEST_PATHS = ("hf_dir", "hooked_state")
+# Weight files of a Hugging Face repository, in any of the formats transformers and TransformerLens load.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")
 
 
 class ModelError(ValueError):
@@ -90,6 +96,7 @@ def resolve_source(source: str, tl_name: str | None = None) -> ModelSource:
     except ValueError:
         official = None
     if official in OFFICIAL_MODEL_NAMES:
+        require_offline_weights(official, source)
         return ModelSource("transformer_lens", official, official)
     raise ModelError(
         f"unknown model {source!r}: it is not an embedded model ({', '.join(EMBEDDED_MODELS)}), "
@@ -169,8 +176,6 @@ def _gguf_parsed_once():
 
 
 def _load_hooked(manifest: dict[str, Any], device: str, dtype: str) -> HookedTransformer:
-    import json
-
     import torch
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -201,16 +206,39 @@ def directory_fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def require_offline_weights(official_name: str) -> None:
-    from huggingface_hub import try_to_load_from_cache
+def require_offline_weights(repo: str, source: str) -> None:
+    """Fail before any job starts, not inside the first: models load offline, so a TransformerLens name needs
+    its Hugging Face repository's config and weights in the local cache. Looks only at the cache's files."""
+    from huggingface_hub import constants, try_to_load_from_cache
 
-    if not isinstance(try_to_load_from_cache(official_name, "config.json"), str):
+    config = try_to_load_from_cache(repo, "config.json")
+    if not (isinstance(config, str) and _has_weights(Path(config).parent)):
         raise ModelError(
-            f"model {official_name!r} is not in the local Hugging Face cache and this run is offline. "
-            f"Download it where the internet is reachable (`huggingface-cli download {official_name}`), "
-            "then point HF_HOME at that cache (e.g. on shared storage), or give a local checkpoint "
-            "directory as the model's `source` in the config."
+            f"model {source!r} needs the Hugging Face repository {repo!r} (config.json and weights), which is "
+            f"not in the local Hugging Face cache {constants.HF_HUB_CACHE} (HF_HUB_CACHE, by default "
+            "$HF_HOME/hub), and models load offline. Where the internet is reachable, run "
+            f"`hf download {repo}`, then copy that cache's hub folder to {constants.HF_HUB_CACHE} or point "
+            "HF_HOME at that cache (e.g. on shared storage); or give a local checkpoint directory as the "
+            "model's `source` in the config."
         )
+
+
+def _has_weights(snapshot: Path) -> bool:
+    """A sharded checkpoint counts only with every shard its index names; a download can stop between them."""
+    indexes = list(snapshot.glob("*.index.json"))
+    if indexes:
+        return any(
+            all((snapshot / shard).is_file() for shard in json.loads(index.read_text())["weight_map"].values())
+            for index in indexes
+        )
+    return any(path.suffix in WEIGHT_SUFFIXES and path.is_file() for path in snapshot.iterdir())
+
+
+def read_manifest(manifest_path: str | os.PathLike) -> dict[str, Any]:
+    """A manifest with its paths made absolute; old manifests' absolute paths are kept as they are."""
+    manifest = read_json(manifest_path)
+    folder = Path(manifest_path).resolve().parent
+    return manifest | {key: str(folder / manifest[key]) for key in MANIFEST_PATHS if key in manifest}
 
 
 def load_converted(
@@ -224,7 +252,7 @@ def load_converted(
     from probes.models.perturbations import quantise_model_int8
 
     dtype, int8 = model_format(dtype, weights)
-    manifest = read_json(manifest_path)
+    manifest = read_manifest(manifest_path)
     if Path(manifest.get("hooked_state", "")).is_file():
         model = _load_hooked(manifest, device, dtype)
     else:
@@ -310,7 +338,7 @@ def build_hooked(manifest: dict[str, Any], device: str, dtype: str) -> HookedTra
 
 def load_hf_model(manifest_path: str | os.PathLike) -> tuple[Any, Any]:
     """The Hugging Face twin of :func:`load_converted`, for cross-checks and baselines."""
-    return _load_hf(read_json(manifest_path))
+    return _load_hf(read_manifest(manifest_path))
 
 
 def _load_hf(manifest: dict[str, Any]) -> tuple[Any, Any]:

@@ -34,7 +34,7 @@ class ProbeSettings:
     """
 
     folds: int = 5
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0,)
     C: float = 1.0
     tol: float = 1e-6
     max_iter: int = 500
@@ -42,7 +42,7 @@ class ProbeSettings:
     null_permutations: int = 19
     device: str = "cpu"
     dtype: str = "float32"
-    mdl: bool = False
+    mdl: bool = True
     mdl_C_grid: tuple[float, ...] = MDL_C_GRID
     mdl_inner_folds: int = MDL_INNER_FOLDS
     mdl_orders: int = 1

@@ -1,12 +1,16 @@
-"""From the validated config to what the rules need: settings as dicts, paths, and the checks made before any job.
+"""From the config file to what the rules need: validation, settings as dicts, paths, and the checks before any job.
 
-The Snakefile validates the config against ``workflow/schemas/config.schema.yaml`` (which fills in every
-default) and calls these functions; they live in the package, not in ``common.smk``, so fast unit tests reach
-them. Settings are plain dicts, so Snakemake's params trigger sees every change (it ignores opaque objects).
+The Snakefile calls :func:`validate_config` (the schema, ``workflow/schemas/config.schema.yaml``, fills in every
+default, and every list of models a default leaves open is resolved against the declared models) and then these
+functions; they live in the package, not in ``common.smk``, so fast unit tests reach them. Settings are plain
+dicts, so Snakemake's params trigger sees every change (it ignores opaque objects).
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
+from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,90 @@ from probes.lenses.tuned import TunedLensSettings
 from probes.probing.settings import ProbeSettings
 
 Config = dict[str, Any]
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+MAX_ERRORS = 5
+
+
+class ConfigError(ValueError):
+    """A config that breaks the schema, reported in a few lines that name the file and the key."""
+
+
+def validate_config(config: Config, sources: Sequence[str] = (), schema: str | Path = SCHEMA) -> Config:
+    """Check ``config`` against the schema, fill in its defaults and resolve its model lists, in place.
+
+    A broken config raises :class:`ConfigError` naming ``sources`` (the config files), each bad key's path and,
+    for an unknown key, the closest valid one; the schema itself is never printed.
+    """
+    import yaml
+    from jsonschema import Draft202012Validator, validators
+
+    schema = yaml.safe_load(Path(schema).read_text(encoding="utf-8"))
+    properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def with_defaults(validator, props, instance, node):
+        for name, sub in props.items():
+            if "default" in sub and isinstance(instance, dict):
+                instance.setdefault(name, copy.deepcopy(sub["default"]))
+        yield from properties(validator, props, instance, node)
+
+    validator = validators.extend(Draft202012Validator, {"properties": with_defaults})(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda error: [str(part) for part in error.absolute_path])
+    if errors:
+        where = ", ".join(map(str, sources)) or "the config"
+        lines = [line for error in errors for line in _described(error)]
+        more = f"\n  ... and {len(lines) - MAX_ERRORS} more" if len(lines) > MAX_ERRORS else ""
+        raise ConfigError(
+            f"{where}: {len(lines)} problem{'s' if len(lines) > 1 else ''}\n  "
+            + "\n  ".join(lines[:MAX_ERRORS])
+            + more
+            + "\nEvery key is described in docs/configuration.md (from workflow/schemas/config.schema.yaml)."
+        )
+    resolve_models(config)
+    return config
+
+
+def _described(error: Any) -> list[str]:
+    """One line per problem of a schema error: its key path, and for an unknown key the closest valid one."""
+    path = ".".join(str(part) for part in error.absolute_path)
+    if error.validator == "additionalProperties" and "properties" in error.schema:
+        valid = list(error.schema["properties"])
+        lines = []
+        for key in sorted(set(error.instance) - set(valid)):
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
+            lines.append(f"{path + '.' if path else ''}{key}: unknown key; {hint}")
+        return lines
+    if error.validator == "contains" and "const" in error.validator_value:
+        return [f"{path}: must include {error.validator_value['const']!r}"]
+    message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
+    return [f"{path or '(top level)'}: {message}"]
+
+
+def resolve_models(config: Config) -> None:
+    """Every family's model list as the models it runs on: a default (null) is every declared model, and a
+    family that ``families`` leaves out (perturbations: that list none) runs on none, so no default can name a
+    model the user did not declare."""
+    models, families = list(config["models"]), set(config["families"])
+
+    def chosen(value: list[str] | None, family: str | None = None) -> list[str]:
+        if family is not None and family not in families:
+            return []
+        return models if value is None else list(value)
+
+    perturb = config["perturbations"]
+    perturb["models"] = chosen(perturb["models"]) if perturb["weights"] or perturb["noise"] else []
+    config["sae"]["models"] = chosen(config["sae"]["models"], "sae")
+    transcoders = config["transcoders"]["models"]
+    config["transcoders"]["models"] = config["sae"]["models"] if transcoders is None else chosen(transcoders, "sae")
+    config["neurons"]["models"] = chosen(config["neurons"]["models"], "neurons")
+    config["depth_usage"]["models"] = chosen(config["depth_usage"]["models"], "depth_usage")
+    latent = config["latent_language"]
+    listed = latent["experiments"]
+    latent["experiments"] = (
+        {model: listed.get(model, latent["tasks"]) for model in [*models, *(m for m in listed if m not in models)]}
+        if "latent_language" in families
+        else {}
+    )
 
 
 def repo_path(path: str, basedir: str) -> str:
@@ -28,6 +116,24 @@ def repo_path(path: str, basedir: str) -> str:
     if candidate.is_absolute() or candidate.exists() or not (Path(basedir) / candidate).exists():
         return str(candidate)
     return str(Path(basedir) / candidate)
+
+
+def existing_path(path: str, basedir: str, key: str) -> str:
+    """:func:`repo_path` of a file the config names, or an error that says where it was looked for."""
+    found = repo_path(path, basedir)
+    if not Path(found).is_file():
+        places = [Path(path).expanduser().resolve()]
+        if not Path(path).is_absolute():
+            places.append((Path(basedir) / path).resolve())
+        raise FileNotFoundError(f"{key}: file {path!r} not found; looked for {' and '.join(map(str, places))}")
+    return found
+
+
+def model_cache(config: Config) -> str:
+    """The model cache folder, absolute: see the schema's ``model_cache``."""
+    from probes.models.cache import model_cache_dir
+
+    return str(model_cache_dir(config["model_cache"]))
 
 
 def model_source(config: Config, model: str) -> str:
@@ -63,6 +169,28 @@ def sae_layers(config: Config, model: str) -> list[int]:
     sae = config["sae"]
     depth = model_depth(model_source(config, model), config["models"][model].get("tl_name"))
     return select_layers(depth, config["activations"]["site"], sae["layers"], sae["n_layers"])
+
+
+def layers_of(config: Config, model: str) -> list[int] | None:
+    """The layers a model's extraction keeps (None: all): ``activations.layers`` and the model's SAE layers."""
+    from probes.activations.extraction import site_hooks
+    from probes.models.loading import model_depth
+
+    chosen = config["activations"]["layers"]
+    if chosen is None:
+        return None
+    depth = model_depth(model_source(config, model), config["models"][model].get("tl_name"))
+    available = sorted(site_hooks(config["activations"]["site"], depth))
+    if isinstance(chosen, int):
+        chosen = [*available[::chosen], available[-1]]
+    layers = set(chosen) | (set(sae_layers(config, model)) if model in config["sae"]["models"] else set())
+    missing = sorted(layers - set(available))
+    if missing:
+        raise ValueError(
+            f"activations.layers: {missing} are not layers of {model} at site {config['activations']['site']!r}, "
+            f"which has {available[0]}..{available[-1]}"
+        )
+    return sorted(layers)
 
 
 def extraction_settings(config: Config) -> dict[str, Any]:
@@ -123,16 +251,6 @@ def transcoder_settings(config: Config) -> dict[str, Any]:
     )
 
 
-def neuron_models(config: Config) -> list[str]:
-    models = config["neurons"]["models"]
-    return list(config["models"]) if models is None else list(models)
-
-
-def depth_usage_models(config: Config) -> list[str]:
-    models = config["depth_usage"]["models"]
-    return list(config["models"]) if models is None else list(models)
-
-
 def depth_usage_settings(config: Config) -> dict[str, Any]:
     section = config["depth_usage"]
     return asdict(
@@ -162,7 +280,8 @@ def check_inputs(config: Config, basedir: str) -> None:
     for model in models:
         resolve_source(model_source(config, model), config["models"][model].get("tl_name"))
     for dataset in datasets:
-        load_dataset(repo_path(dataset_config(config, dataset)["path"], basedir), **dataset_columns(config, dataset))
+        path = existing_path(dataset_config(config, dataset)["path"], basedir, f"datasets.{dataset}.path")
+        load_dataset(path, **dataset_columns(config, dataset))
     if config["probe"]["control"] == "type":
         untyped = [dataset for dataset in datasets if dataset_config(config, dataset)["type_column"] is None]
         if untyped:
@@ -177,7 +296,14 @@ def check_inputs(config: Config, basedir: str) -> None:
         if model not in models:
             raise ValueError(f"sae.models: model {model!r} is not in `models` ({models})")
         sae_layers(config, model)
-    unknown = sorted(set(neuron_models(config)) - set(models))
+    for model in models:
+        layers_of(config, model)
+    if config["activations"]["layers"] is not None and config["depth_usage"]["models"]:
+        raise ValueError(
+            "depth_usage compares every layer, but activations.layers keeps only some: set activations.layers "
+            "to null, or leave depth_usage out of `families`"
+        )
+    unknown = sorted(set(config["neurons"]["models"]) - set(models))
     if unknown:
         raise ValueError(f"neurons.models: {unknown} not in `models` ({models})")
     unknown = sorted(set(config["transcoders"]["models"]) - set(sae["models"]))
@@ -186,10 +312,10 @@ def check_inputs(config: Config, basedir: str) -> None:
     if config["transcoders"]["models"]:
         transcoder_settings(config)
     depth = config["depth_usage"]
-    unknown = sorted(set(depth_usage_models(config)) - set(models))
+    unknown = sorted(set(depth["models"]) - set(models))
     if unknown:
         raise ValueError(f"depth_usage.models: {unknown} not in `models` ({models})")
-    if depth_usage_models(config):
+    if depth["models"]:
         if depth["context"] >= sae["corpus"]["context"]:
             raise ValueError(
                 f"depth_usage.context ({depth['context']}) must be below sae.corpus.context "
@@ -201,10 +327,10 @@ def check_inputs(config: Config, basedir: str) -> None:
                 f"activations.poolings {config['activations']['poolings']}"
             )
         depth_usage_settings(config)
-    if sae["models"] or depth_usage_models(config):
+    if sae["models"] or depth["models"]:
         corpus = sae["corpus"]
         for path in corpus["files"]:
-            read_documents(repo_path(path, basedir))
+            read_documents(existing_path(path, basedir, "sae.corpus.files"))
         if not (corpus["files"] or corpus["concept_texts"] or corpus["hf_dataset"]):
             raise ValueError("sae.corpus names no text: give files, concept_texts: true or an hf_dataset")
     runs = experiments(config)
@@ -214,9 +340,9 @@ def check_inputs(config: Config, basedir: str) -> None:
     word_lists = {
         name: load_word_list(
             name,
-            repo_path(paths["words"], basedir),
-            repo_path(paths["cloze"], basedir),
-            repo_path(latent["languages"], basedir),
+            existing_path(paths["words"], basedir, f"latent_language.word_lists.{name}.words"),
+            existing_path(paths["cloze"], basedir, f"latent_language.word_lists.{name}.cloze"),
+            existing_path(latent["languages"], basedir, "latent_language.languages"),
         )
         for name, paths in latent["word_lists"].items()
     }

@@ -36,10 +36,21 @@ def schema_keys(schema: dict[str, Any]) -> list[KeyDoc]:
     """Every key of the schema, depth first in schema order; raises ``ValueError`` naming undescribed keys."""
     keys: list[KeyDoc] = []
     undescribed: list[str] = []
-    _walk(schema, "", keys, undescribed)
+    _walk(_inlined(schema, schema.get("$defs", {})), "", keys, undescribed)
     if undescribed:
         raise ValueError(f"config schema keys without a description: {', '.join(undescribed)}")
     return keys
+
+
+def _inlined(node: Any, defs: dict[str, Any]) -> Any:
+    """The schema with every local ``$ref`` replaced by its definition, so a shared item is documented where used."""
+    if isinstance(node, list):
+        return [_inlined(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        return _inlined(defs[node["$ref"].removeprefix("#/$defs/")], defs)
+    return {key: _inlined(value, defs) for key, value in node.items() if key != "$defs"}
 
 
 def _walk(node: dict[str, Any], prefix: str, keys: list[KeyDoc], undescribed: list[str]) -> None:

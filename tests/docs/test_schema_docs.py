@@ -10,6 +10,7 @@ import yaml
 from helpers import REPO
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+DEFS = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))["$defs"]
 
 
 def schema_keys(node: dict, prefix: str = ""):
@@ -20,6 +21,8 @@ def schema_keys(node: dict, prefix: str = ""):
 
 
 def nested_keys(prop: dict, path: str):
+    if "$ref" in prop:
+        prop = DEFS[prop["$ref"].removeprefix("#/$defs/")]
     if "properties" in prop:
         yield from schema_keys(prop, f"{path}.")
     if isinstance(prop.get("additionalProperties"), dict):

@@ -54,9 +54,9 @@ def word_list_tokenizer(everyday):
 def gemma_tokenizer(gemma_manifest):
     from transformers import AutoTokenizer
 
-    from probes.io import read_json
+    from probes.models.loading import read_manifest
 
-    return AutoTokenizer.from_pretrained(read_json(gemma_manifest)["hf_dir"])
+    return AutoTokenizer.from_pretrained(read_manifest(gemma_manifest)["hf_dir"])
 
 
 @pytest.fixture(scope="module")

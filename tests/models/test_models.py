@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from probes.models.cache import load_model
-from probes.models.loading import ModelError, load_hf_model, model_depth, resolve_source
+from probes.models.loading import ModelError, ModelSource, load_hf_model, model_depth, resolve_source
 from probes.workflow.stages.models import convert_model
 
 PROMPTS = [
@@ -49,11 +50,10 @@ def test_embedded_model_predicts_sensibly(smollm2):
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
 def test_cached_transformer_lens_weights_equal_a_fresh_conversion(name, request):
     """load_model reads the processed weights convert_model cached; they must be TransformerLens's own."""
-    from probes.io import read_json
-    from probes.models.loading import build_hooked
+    from probes.models.loading import build_hooked, read_manifest
 
     manifest = request.getfixturevalue("smollm2_manifest" if name.startswith("smollm2") else "gemma_manifest")
-    record = read_json(manifest)
+    record = read_manifest(manifest)
     assert record["hooked_state"].endswith("hooked_transformer.safetensors")
     cached, fresh = load_model(manifest), build_hooked(record, "cpu", "float32")
     for prompt in PROMPTS:
@@ -82,11 +82,70 @@ def test_directory_without_config_is_rejected(tmp_path):
         resolve_source(str(tmp_path))
 
 
-def test_transformer_lens_name_without_cached_weights_says_how_to_provide_them(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache of this test's own. huggingface_hub reads its environment once, on import,
+    and every loader (transformers, TransformerLens, our check) then takes the folder from its constants."""
     import huggingface_hub.constants
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
-    with pytest.raises(ModelError, match="not in the local Hugging Face cache.*HF_HOME"):
+    cache = tmp_path / "hf" / "hub"
+    monkeypatch.setenv("HF_HOME", str(cache.parent))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HOME", str(cache.parent))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def cache_files(hub_cache: Path, repo: str, files: dict[str, str]) -> None:
+    """Put ``files`` into the cached snapshot of ``repo`` as ``hf download`` lays them out: content-addressed
+    blobs, linked from ``snapshots/<commit>/``, which ``refs/main`` names."""
+    import hashlib
+
+    from huggingface_hub.file_download import repo_folder_name
+
+    folder = hub_cache / repo_folder_name(repo_id=repo, repo_type="model")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    (folder / "blobs").mkdir(exist_ok=True)
+    (folder / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        blob = folder / "blobs" / hashlib.sha256(text.encode()).hexdigest()
+        blob.write_text(text)
+        (folder / "snapshots" / commit / name).symlink_to(Path("..", "..", "blobs", blob.name))
+
+
+def test_transformer_lens_name_without_cached_weights_fails_up_front_saying_how_to_provide_them(hub_cache, tmp_path):
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    repo = get_official_model_name("gpt2")
+    for cached in ({}, {"config.json": "{}"}):  # nothing, then a config without weights
+        cache_files(hub_cache, repo, cached)
+        with pytest.raises(ModelError, match="not in the local Hugging Face cache") as error:
+            resolve_source("gpt2")
+        message = str(error.value)
+        assert f"`hf download {repo}`" in message and str(hub_cache) in message and "HF_HOME" in message
+    with pytest.raises(ModelError, match=f"hf download {repo}"):
         convert_model("gpt2", "gpt2", tmp_path / "gpt2" / "manifest.json")
     assert not (tmp_path / "gpt2" / "manifest.json").exists()
+
+
+def test_transformer_lens_name_with_cached_weights_passes_without_loading_them(hub_cache):
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    repo = get_official_model_name("gpt2")
+    cache_files(hub_cache, repo, {"config.json": "{}", "model.safetensors": "weights"})
+    assert resolve_source("gpt2") == ModelSource("transformer_lens", repo, repo)
+
+
+def test_a_sharded_checkpoint_counts_as_cached_only_with_every_shard(hub_cache):
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    repo = get_official_model_name("pythia-70m")
+    shards = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    index = {"config.json": "{}", "model.safetensors.index.json": json.dumps(shards)}
+    cache_files(hub_cache, repo, index | {"model-00001-of-00002.safetensors": "first"})
+    with pytest.raises(ModelError, match=f"hf download {repo}"):
+        resolve_source("pythia-70m")
+    cache_files(hub_cache, repo, {"model-00002-of-00002.safetensors": "second"})
+    assert resolve_source("pythia-70m").location == repo

@@ -23,6 +23,7 @@ from probes.probing.solver import fit_probes
 
 N = 400
 ONE_SEED = ProbeSettings(seeds=(0,))
+THREE_SEEDS = ProbeSettings(seeds=(0, 1, 2))
 
 
 def balanced_labels(n: int, seed: int = 0) -> np.ndarray:
@@ -46,7 +47,7 @@ def separable(y: np.ndarray, n_layers: int, d: int, shift: float = 4.0, seed: in
 @pytest.fixture(scope="module")
 def random_code():
     y = balanced_labels(N)
-    return y, online_code(noise(N, 3, 64), y, ProbeSettings())
+    return y, online_code(noise(N, 3, 64), y, THREE_SEEDS)
 
 
 def test_random_labels_compress_to_about_one(random_code):
@@ -203,7 +204,7 @@ def test_every_layer_and_seed_of_smollm2_gets_a_finite_codelength(smollm2_manife
     )
     stored = load_activations(tensors, "last")
     X, y = stored.vectors, stored.labels
-    settings = ProbeSettings()
+    settings = THREE_SEEDS
     code = online_code(X, y, settings)
     assert code.bits.shape == (X.shape[1], 3, len(y))
     assert np.isfinite(code.codelength).all() and np.isfinite(code.compression).all()
@@ -212,7 +213,7 @@ def test_every_layer_and_seed_of_smollm2_gets_a_finite_codelength(smollm2_manife
     shuffled = online_code(X[:, ::6], np.random.default_rng(7).permutation(y), ONE_SEED)
     assert ((shuffled.compression >= 0.9) & (shuffled.compression <= 1.05)).all(), shuffled.compression
 
-    # The regression behind the NaN: every 3-row prefix of the default seeds, fitted at C = 1.
+    # The regression behind the NaN: every 3-row prefix of seeds 0, 1 and 2, fitted at C = 1.
     prefixes = [np.random.default_rng([seed, 0x3D1]).permutation(len(y))[:3] for seed in settings.seeds]
     train = np.zeros((len(prefixes), len(y)), dtype=bool)
     for row, prefix in zip(train, prefixes):

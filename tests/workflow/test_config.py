@@ -38,6 +38,8 @@ def node(path: str) -> dict:
         current = current["properties"][part.removesuffix("[]")]
         if items:
             current = current["items"]
+        if "$ref" in current:
+            current = SCHEMA["$defs"][current["$ref"].removeprefix("#/$defs/")]
     return current
 
 
@@ -71,7 +73,7 @@ def as_schema(value):
         ("perturbations.weights[]", perturbations.WEIGHT_FORMATS),
         ("perturbations.noise[].kind", perturbations.NOISE_KINDS),
         ("perturbations.noise[].position", perturbations.NOISE_POSITIONS),
-        ("latent_language.experiments", wordlists.TASKS),
+        ("latent_language.tasks[].task", wordlists.TASKS),
         ("sae.architecture", sae.ARCHITECTURES),
         ("neurons.dtype", neurons.STORAGE_DTYPES),
         ("neurons.criteria[]", neurons.CRITERIA),
@@ -82,14 +84,12 @@ def test_schema_choice_lists_equal_the_package_constants(path, constant):
     schema = node(path)
     if path == "datasets":
         schema = schema["additionalProperties"]["properties"]["level"]
-    if path == "latent_language.experiments":
-        schema = schema["additionalProperties"]["items"]["properties"]["task"]
     assert schema["enum"] == list(constant)
 
 
 # (schema section, dataclass, schema keys that configure something else, fields set from the top level or fixed)
 SETTINGS = [
-    ("activations", activations.ExtractionSettings, set(), {"device", "dtype"}),
+    ("activations", activations.ExtractionSettings, {"layers"}, {"device", "dtype"}),
     ("probe", probing.ProbeSettings, {"pooling"}, {"device", "dtype"}),  # dtype: the solver's, float32 always
     ("tuned_lens", lens.TunedLensSettings, set(), {"device", "dtype"}),
     ("sae.corpus", token_cache.TokenCacheSettings, {"files", "concept_texts", "hf_dataset"}, {"device", "dtype"}),
@@ -156,12 +156,9 @@ def test_sparse_probing_ks_default_is_the_library_default():
 
 def validated(**changes) -> dict:
     """The test config with changes, validated and filled in by the schema, as the Snakefile does."""
-    from snakemake.utils import validate
-
     data = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     data.update(changes)
-    validate(data, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
-    return data
+    return config.validate_config(data, ["test.yaml"])
 
 
 def test_settings_builders_carry_the_config_and_its_device():
@@ -199,5 +196,87 @@ def test_check_inputs_names_what_is_wrong():
         config.check_inputs(
             validated(probe={"control": "type"}, datasets={"cities": cities, "coinflip": coinflip}), str(REPO)
         )
-    with pytest.raises(datasets.DatasetError, match="missing.csv: dataset file not found"):
+    with pytest.raises(FileNotFoundError, match="datasets.x.path: file 'missing.csv' not found; looked for /"):
         config.check_inputs(validated(datasets={"x": {"path": "missing.csv", "level": "other"}}), str(REPO))
+
+
+def test_a_misspelt_key_names_the_file_the_key_and_the_closest_valid_key():
+    with pytest.raises(config.ConfigError) as error:
+        validated(probe={"seedz": [0]})
+    message = str(error.value)
+    assert message.startswith("test.yaml: 1 problem\n  probe.seedz: unknown key; did you mean 'seeds'?")
+    assert len(message.splitlines()) <= 3 and "properties" not in message  # no schema dump
+    with pytest.raises(config.ConfigError, match=r"(?s)2 problems.*dataset: unknown key; did you mean 'datasets'"):
+        config.validate_config({"dataset": {}}, ["mine.yaml"])
+    with pytest.raises(config.ConfigError, match="families: must include 'concept_depth'"):
+        validated(families=["sae"])
+
+
+def test_defaults_that_name_models_resolve_against_the_declared_models():
+    def minimal(**changes):
+        tasks = {"cities": {"path": "data/concepts/cities.csv", "level": "factual"}}
+        return config.validate_config({"models": {"mine": {"source": "smollm2-135m"}}, "datasets": tasks, **changes})
+
+    every = ["concept_depth", "latent_language", "sae", "neurons", "depth_usage"]
+    resolved = minimal(families=every, perturbations={"weights": ["int8"]})
+    for section in ("perturbations", "sae", "transcoders", "neurons", "depth_usage"):
+        assert resolved[section]["models"] == ["mine"], section
+    assert resolved["latent_language"]["experiments"] == {
+        "mine": [{"task": "translation", "src": "fr", "tgt": "en", "word_list": "everyday"}]
+    }
+    config.check_inputs(resolved, str(REPO))
+    alone = minimal()
+    assert alone["families"] == ["concept_depth"]
+    assert [alone[s]["models"] for s in ("sae", "transcoders", "neurons", "depth_usage")] == [[]] * 4
+    assert alone["latent_language"]["experiments"] == {} and alone["perturbations"]["models"] == []
+    narrowed = minimal(families=every, sae={"models": []}, latent_language={"experiments": {"mine": []}})
+    assert narrowed["transcoders"]["models"] == [] and narrowed["latent_language"]["experiments"] == {"mine": []}
+
+
+def test_layers_are_every_layer_a_list_or_a_stride_plus_the_sae_layers():
+    resolved = validated(families=["concept_depth"])
+    assert config.layers_of(resolved, "smollm2-135m") is None
+    strided = validated(families=["concept_depth"], activations={"layers": 4})
+    assert config.layers_of(strided, "smollm2-135m") == [*range(0, 30, 4), 30]
+    with_saes = validated(families=["concept_depth", "sae"], activations={"layers": [3, 7]})
+    assert config.layers_of(with_saes, "smollm2-135m") == [3, 7, 10, 20]  # the SAE layers of the test config
+    with pytest.raises(ValueError, match=r"activations.layers: \[31\] are not layers of smollm2-135m"):
+        config.check_inputs(validated(families=["concept_depth"], activations={"layers": [0, 31]}), str(REPO))
+    with pytest.raises(ValueError, match="depth_usage compares every layer"):
+        config.check_inputs(validated(activations={"layers": 2}), str(REPO))
+
+
+def test_the_default_config_states_only_choices_each_with_its_reason():
+    """config/config.yaml holds what the default experiment chooses, not the schema's defaults: every key in it
+    carries a comment on its line (or the line above) saying why, and the settings builders see its values."""
+    path = REPO / "config" / "config.yaml"
+    lines = path.read_text().splitlines()
+    defaults = config.validate_config({"datasets": {"x": {"path": "x.csv", "level": "other"}}})
+
+    def keys(node, where=()):
+        for key_node, value_node in node.value:
+            key = (*where, key_node.value)
+            schema = node_of(key)
+            if isinstance(value_node, yaml.MappingNode) and "properties" in schema:
+                yield from keys(value_node, key)
+            else:
+                yield key, key_node.start_mark.line
+
+    def node_of(key):
+        current = SCHEMA
+        for part in key:
+            current = current.get("properties", {}).get(part, {})
+        return current
+
+    checked = 0
+    for key, line in keys(yaml.compose(path.read_text())):
+        reason = "#" in lines[line] or lines[line - 1].lstrip().startswith("#")
+        assert reason, f"config/config.yaml line {line + 1}: {'.'.join(key)} has no reason beside it"
+        value = yaml.safe_load(path.read_text())
+        default = defaults
+        for part in key:
+            value, default = value[part], default.get(part) if isinstance(default, dict) else None
+        if key[0] not in ("models", "datasets", "families"):
+            assert value != default, f"config/config.yaml: {'.'.join(key)} repeats the schema's default {default!r}"
+        checked += 1
+    assert checked >= 10

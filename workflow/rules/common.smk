@@ -1,8 +1,6 @@
 # Config validation and the functions that turn the config into target lists.
 import re
 
-from snakemake.utils import validate
-
 import probes.activations.extraction
 import probes.workflow.config
 import probes.models.loading
@@ -19,9 +17,10 @@ import probes.workflow.stages.result_tables
 import probes.workflow.stages.run_info
 import probes.workflow.stages.sae
 
-validate(config, schema="../schemas/config.schema.yaml")
+probes.workflow.config.validate_config(config, workflow.overwrite_configfiles or workflow.configfiles)
 
 MODELS = list(config["models"])
+MODEL_CACHE = probes.workflow.config.model_cache(config)
 DATASETS = list(config["datasets"])
 SITE = config["activations"]["site"]
 FORMATS = config["figures"]["formats"]
@@ -36,11 +35,11 @@ CLEAN = probes.models.perturbations.CLEAN
 NOISES = [probes.models.perturbations.InputNoise(**entry).name for entry in PERTURB["noise"]]
 EXPERIMENTS = probes.workflow.config.experiments(config)
 NEURONS = config["neurons"]
-NEURON_MODELS = probes.workflow.config.neuron_models(config)
+NEURON_MODELS = config["neurons"]["models"]
 TRANSCODER_MODELS = config["transcoders"]["models"]
 MLP_MODELS = sorted(set(NEURON_MODELS) | set(SAE_MODELS))  # their extractions also pool the MLP sites
 DEPTH = config["depth_usage"]
-DEPTH_MODELS = probes.workflow.config.depth_usage_models(config)
+DEPTH_MODELS = config["depth_usage"]["models"]
 GPU = 1 if config["device"].startswith("cuda") else 0
 
 
@@ -131,7 +130,11 @@ def transcoder_outputs(template, model):
 
 
 def manifest_path(model):
-    return f"{config['model_cache']}/{model}/manifest.json"
+    return f"{MODEL_CACHE}/{model}/manifest.json"
+
+
+def layers_of(model):
+    return probes.workflow.config.layers_of(config, model)
 
 
 def figure_paths(stem):

@@ -3,7 +3,7 @@
 
 rule convert_model:
     output:
-        manifest=f"{config['model_cache']}/{{model}}/manifest.json",
+        manifest=f"{MODEL_CACHE}/{{model}}/manifest.json",
     params:
         source=lambda wc: model_source(wc.model),
         tl_name=lambda wc: config["models"][wc.model].get("tl_name"),
@@ -29,6 +29,7 @@ rule extract_activations:
         settings=probes.workflow.config.extraction_settings(config),
         mlp_sites=lambda wc: mlp_sites_of(wc.model, wc.weights, wc.noise),
         mlp_dtype=config["neurons"]["dtype"],
+        layers=lambda wc: layers_of(wc.model),
         columns=lambda wc: dataset_columns(wc.dataset),
         seed=config["seed"],
     log:

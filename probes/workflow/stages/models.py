@@ -33,6 +33,7 @@ def extract_activations(
     mlp: str | os.PathLike | None = None,
     mlp_sites: Sequence[str] = (),
     mlp_dtype: str = "float16",
+    layers: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The ``extract_activations`` rule: validate the data first, then load the model and write the files.
 
@@ -40,7 +41,7 @@ def extract_activations(
     perturbation (:mod:`probes.models.perturbations`); the defaults are none. The tensors file carries the labels
     and, when the dataset declares them, its groups and types, so the probes need not read the dataset.
     ``mlp`` gets ``mlp_sites`` (the MLP neurons and inputs, :data:`probes.activations.extraction.MLP_SITES`) of
-    every layer from the same pass, stored in ``mlp_dtype``
+    every layer from the same pass (whatever ``layers`` of the site it keeps, all by default), stored in ``mlp_dtype``
     (:func:`probes.dictionaries.neurons.store_mlp_activations`); it holds no tensor where the run reads
     none (a model without neuron probes or SAEs, a perturbed run). The meta
     file holds what later stages read: the layers, their hook names, the site and the class names.
@@ -58,7 +59,7 @@ def extract_activations(
     weights = weights or format_name(settings.dtype)
     model = shared_model(manifest, device=settings.device, dtype=settings.dtype, weights=weights)
     extracted = activations.extract_activations(
-        model, data.texts, settings, noise=InputNoise.parse(noise), seed=seed, mlp_sites=tuple(mlp_sites)
+        model, data.texts, settings, layers=layers, noise=InputNoise.parse(noise), seed=seed, mlp_sites=tuple(mlp_sites)
     )
     details = extracted.details
     if mlp is not None:
