@@ -130,3 +130,95 @@ def exact_sae(d: int):
         sae.b_enc.zero_()
         sae.b_dec.zero_()
     return sae
+
+
+def dash(line) -> str:
+    """What a reader sees of a line's dash pattern: none, solid, dotted, dashed or dash-dot (matplotlib names
+    every custom pattern "--", a dotted one included)."""
+    if line.get_linestyle() in ("None", "", " "):
+        return "none"
+    _, pattern = line._unscaled_dash_pattern
+    if not pattern:
+        return "solid"
+    lengths = {"dot" if on <= 1.5 else "dash" for on in pattern[::2]}
+    return {frozenset({"dot"}): "dotted", frozenset({"dash"}): "dashed"}.get(frozenset(lengths), "dash-dot")
+
+
+def named_lines(ax) -> dict[int, str]:
+    """The lines of an axis a legend names, by id: those with a label of their own and the data lines of
+    labelled error bars (``errorbar`` gives its label to the container)."""
+    from matplotlib.container import ErrorbarContainer
+
+    names = {id(line): line.get_label() for line in ax.lines if not line.get_label().startswith("_")}
+    for container in ax.containers:
+        labelled = not container.get_label().startswith("_")
+        if isinstance(container, ErrorbarContainer) and container[0] is not None and labelled:
+            names[id(container[0])] = container.get_label()
+    return names
+
+
+def line_looks(ax) -> list[tuple]:
+    """How a reader tells the lines of an axis apart: colour, dash, marker and marker fill of every line that is
+    drawn as a line or named in a legend (a series of points drawn one errorbar at a time shares its look)."""
+    from matplotlib.colors import to_hex
+
+    named = named_lines(ax)
+    looks = []
+    for line in ax.lines:
+        if line.get_visible() and (dash(line) != "none" or id(line) in named):
+            marker = line.get_marker()
+            fill = to_hex(line.get_markerfacecolor()) if marker not in ("None", "", " ", None) else None
+            looks.append((to_hex(line.get_color()), dash(line), str(marker), fill))
+    return looks
+
+
+def shared_looks(fig) -> dict[str, list[tuple]]:
+    """Per axis (by title), the line looks that more than one line has."""
+    shared = {}
+    for ax in fig.axes:
+        looks = line_looks(ax)
+        repeated = sorted({look for look in looks if looks.count(look) > 1})
+        if repeated:
+            shared[ax.get_title()] = repeated
+    return shared
+
+
+def clipped_markers(fig) -> list[tuple]:
+    """Markers the axis cuts: centre outside the axis or nearer its edge than the marker's radius. Errorbar
+    caps are left out (an interval may run past the limits)."""
+    import numpy as np
+    from matplotlib.container import ErrorbarContainer
+
+    fig.canvas.draw()
+    clipped = []
+    for ax in fig.axes:
+        bars = [container for container in ax.containers if isinstance(container, ErrorbarContainer)]
+        caps = {id(cap) for container in bars for cap in container[1]}
+        x0, y0, x1, y1 = ax.bbox.extents
+        for line in ax.lines:
+            if id(line) in caps or line.get_marker() in ("None", "", " ", None) or not line.get_clip_on():
+                continue
+            radius = line.get_markersize() * fig.dpi / 72 / 2
+            points = line.get_xydata()
+            points = points[np.isfinite(points).all(axis=1)]
+            for x, y in line.get_transform().transform(points):
+                if not (x0 + radius <= x <= x1 - radius and y0 + radius <= y <= y1 - radius):
+                    clipped.append((ax.get_title(), line.get_label(), round(float(x)), round(float(y))))
+    return clipped
+
+
+def singular_plurals(fig) -> list[str]:
+    """Texts that count one thing in the plural: "(1 tasks)"."""
+    import re
+
+    from matplotlib.text import Text
+
+    pattern = re.compile(r"(?<![\d.,])1 (task|document|example|group|concept|sentence|token|text|prompt|layer)s\b")
+    return [text.get_text() for text in fig.findobj(Text) if pattern.search(text.get_text())]
+
+
+def legibility_problems(fig) -> dict[str, list]:
+    """What keeps a reader from reading a figure: counts of one in the plural, lines that look alike within
+    an axis, markers the axis cuts."""
+    problems = {"plurals": singular_plurals(fig), "shared looks": shared_looks(fig), "clipped": clipped_markers(fig)}
+    return {name: found for name, found in problems.items() if found}

@@ -11,7 +11,9 @@ from probes.plotting.style import (
     CI,
     LINE_STYLES,
     MARKERS,
+    UNIT_LIMITS,
     apply_style,
+    count,
     curve_panels,
     interval_band,
     interval_errors,
@@ -94,7 +96,8 @@ def layer_skipping_figure(table: pd.DataFrame, model: str) -> Figure:
     agreement_ax.set_xlabel("skipped block (the residual layer it writes)")
     first = rows.iloc[0]
     fig.suptitle(
-        f"{model}: each block replaced by the identity in turn ({int(first['n_documents'])} held-out documents; "
+        f"{model}: each block replaced by the identity in turn "
+        f"({count(int(first['n_documents']), 'held-out document')}; "
         f"bands: {first['ci']:.0%} bootstrap intervals over documents)"
     )
     return fig
@@ -135,8 +138,8 @@ def linear_shortcuts_figure(table: pd.DataFrame) -> Figure:
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.set_xlabel("relative depth (layer / L)")
-        ax.set_xlim(0, 1)
-    axes[0].set_ylim(0, 1.02)
+        ax.set_xlim(*UNIT_LIMITS)
+    axes[0].set_ylim(*UNIT_LIMITS)
     handles = [
         Line2D([], [], color=SHORTCUT_LENS_STYLES[lens][1], lw=1.6, label=SHORTCUT_LENS_STYLES[lens][0])
         for lens in lenses
@@ -144,7 +147,7 @@ def linear_shortcuts_figure(table: pd.DataFrame) -> Figure:
     for m, model in enumerate(models):
         first = table[table["model"] == model].iloc[0]
         label = f"{model} (L = {int(table.loc[table['model'] == model, 'layer'].max())}, "
-        label += f"{int(first['n_documents'])} documents, {int(first['n_tokens'])} tokens)"
+        label += f"{count(int(first['n_documents']), 'document')}, {count(int(first['n_tokens']), 'token')})"
         style = {"ls": LINE_STYLES[m % len(LINE_STYLES)], "marker": MARKERS[m % len(MARKERS)], "ms": 3}
         handles.append(Line2D([], [], color="#333333", lw=1.3, label=label, **style))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, bbox_to_anchor=(0.5, 0.0))
@@ -192,7 +195,8 @@ def layer_maps_figure(r2: pd.DataFrame, best: pd.DataFrame) -> Figure:
             ax.pcolormesh(_cell_edges(grid.columns), _cell_edges(grid.index), values, norm=norm, cmap=cmap)
             ax.plot([0, 1], [0, 1], "--", color="white", lw=0.9)
             match = best[(best["source_model"] == source) & (best["target_model"] == target)]
-            ax.plot(match["best_depth"], match["source_depth"], "o", ms=2.5, color="#e31a1c")
+            # the map's cells end at depths 0 and 1: a best match there is drawn whole, over the edge
+            ax.plot(match["best_depth"], match["source_depth"], "o", ms=2.5, color="#e31a1c", clip_on=False)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)
             ax.set_aspect("equal")
@@ -203,8 +207,9 @@ def layer_maps_figure(r2: pd.DataFrame, best: pd.DataFrame) -> Figure:
     fig.colorbar(ScalarMappable(norm, cmap), ax=axes, shrink=0.8, label="held-out R² (clipped to [0, 1])")
     first = r2.iloc[0]
     fig.suptitle(
-        f"Layer maps: ridge from each source layer to each target layer ({int(first['n_texts'])} texts, "
-        f"{int(first['n_groups'])} groups)\nred: best target layer per source layer; dashed: equal relative depth",
+        f"Layer maps: ridge from each source layer to each target layer ({count(int(first['n_texts']), 'text')}, "
+        f"{count(int(first['n_groups']), 'group')})\n"
+        "red: best target layer per source layer; dashed: equal relative depth",
         fontsize=9,
     )
     return fig
@@ -234,8 +239,8 @@ def layer_map_matches_figure(best: pd.DataFrame, ci: float = CI) -> Figure:
             capsize=2,
             label=f"{source} → {target}",
         )
-    ax.set_xlim(-0.03, 1.03)
-    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlim(*UNIT_LIMITS)
+    ax.set_ylim(*UNIT_LIMITS)
     ax.set_aspect("equal")
     ax.set_xlabel("source depth (layer / L)")
     ax.set_ylabel("best-predicted target depth (layer / L)")
@@ -298,7 +303,7 @@ def quality_correlation_figure(table: pd.DataFrame) -> Figure:
             )
         ax.axvline(0, color="#999999", lw=0.8, zorder=0)
         ax.set_xlim(-1.05, 1.05)
-        ax.set_title(f"{model} ({int(rows['n_layers'].iloc[0])} residual layers)")
+        ax.set_title(f"{model} ({count(int(rows['n_layers'].iloc[0]), 'residual layer')})")
         ax.set_xlabel("Spearman ρ across layers")
     axes[0, 0].set_yticks(np.arange(len(tasks)), tasks)
     axes[0, 0].invert_yaxis()

@@ -8,72 +8,72 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from probes.plotting.style import CI, MARKERS, apply_style
+from probes.plotting.style import CI, MARKERS, UNIT_LIMITS, apply_style, categorical_colours, count, interval_errors
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 _SAE_PANELS = (
-    ("fvu", "fraction of variance unexplained", (0, None)),
-    ("l0", "mean L0 (active latents per token)", (0, None)),
-    ("loss_recovered", "loss recovered (vs zero-ablation)", (None, 1.02)),
-    ("dead_fraction", "dead / dense latent fraction", (0, None)),
+    ("fvu", "fraction of variance unexplained"),
+    ("l0", "mean L0 (active latents per token)"),
+    ("loss_recovered", "loss recovered (vs zero-ablation)"),
+    ("dead_fraction", "dead / dense latent fraction"),
 )
 
 
 def sae_metrics_figure(metrics: pd.DataFrame) -> Figure:
-    """SAE (and transcoder) quality across relative depth, one line per model and kind: is any layer's
-    dictionary too poor to read? A transcoder's FVU is of the MLP output it imitates."""
+    """SAE (and transcoder) quality across relative depth, one series of points per model and kind: is any
+    layer's dictionary too poor to read? Dictionaries sit at a few layers, so their values are points with
+    interval bars, never joined: a line would invent the layers between. A transcoder's FVU is of the MLP
+    output it imitates."""
     apply_style()
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(_SAE_PANELS), figsize=(3.2 * len(_SAE_PANELS), 2.8))
     by = ["model", "kind"] if "kind" in metrics else ["model"]
-    for (column, label, limits), ax in zip(_SAE_PANELS, axes):
-        for index, (key, rows) in enumerate(metrics.groupby(by, sort=True)):
-            marker = MARKERS[index % len(MARKERS)]
-            model = " ".join(key)
-            ax.plot(rows["relative_depth"], rows[column], marker=marker, lw=1.4, ms=4, label=model)
+    series = list(metrics.groupby(by, sort=True))
+    legend_rows = math.ceil(2 * len(series) / 4)
+    fig, axes = plt.subplots(
+        1, len(_SAE_PANELS), figsize=(3.2 * len(_SAE_PANELS), 3.0 + 0.16 * legend_rows), layout="constrained"
+    )
+    colours = categorical_colours(len(series))
+    dodge = np.linspace(-0.01, 0.01, len(series)) if len(series) > 1 else [0.0]
+    for (column, label), ax in zip(_SAE_PANELS, axes):
+        for index, (key, rows) in enumerate(series):
+            style = {"marker": MARKERS[index % len(MARKERS)], "color": colours[index], "ls": "none", "ms": 4}
+            depth = rows["relative_depth"] + dodge[index]
+            name = " ".join(key)
             if f"{column}_lo" in rows:  # bootstrap interval over held-out documents
-                ax.errorbar(
-                    rows["relative_depth"],
-                    rows[column],
-                    yerr=[rows[column] - rows[f"{column}_lo"], rows[f"{column}_hi"] - rows[column]],
-                    fmt="none",
-                    lw=1.0,
-                    capsize=2,
-                    color=ax.lines[-1].get_color(),
-                )
+                errors = interval_errors(rows[column], rows[f"{column}_lo"], rows[f"{column}_hi"])
+                ax.errorbar(depth, rows[column], yerr=errors, lw=1.0, capsize=2, label=name, **style)
+            else:
+                ax.plot(depth, rows[column], label=name, **style)
             if column == "dead_fraction":
-                ax.plot(
-                    rows["relative_depth"],
-                    rows["dense_fraction"],
-                    marker=marker,
-                    ls="--",
-                    lw=1.0,
-                    ms=3,
-                    color=ax.lines[-1].get_color(),
-                    label=f"{model} (dense)",
-                )
+                ax.plot(depth, rows["dense_fraction"], mfc="white", label=f"{name} (dense)", **style)
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("relative depth (layer / L)")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(*limits)
-    axes[-1].legend(fontsize=7)
+        ax.set_xlim(*UNIT_LIMITS)
+        ax.margins(y=0.1)  # a fraction of 0 or a loss recovered of 1 keeps its whole marker
+    fig.legend(*axes[-1].get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize=7)
     first = metrics.iloc[0]
     documents = (
-        f";\nloss recovered over {int(first['n_loss_documents'])} held-out documents, bars: bootstrap interval "
-        "over documents"
+        f";\nloss recovered over {count(int(first['n_loss_documents']), 'held-out document')}, bars: bootstrap "
+        "interval over documents"
         if "loss_recovered_lo" in metrics and "n_loss_documents" in metrics
         else ""
     )
     fig.suptitle(
         f"SAEs per layer on held-out corpus tokens ({first['architecture']}, d_sae = {first['d_sae']}, "
-        f"{first['training_tokens']:,} training tokens; dead = never fires, dashed = dense{documents})",
-        y=1.02,
+        f"{first['training_tokens']:,} training tokens; dead = never fires, open = dense{documents})",
     )
-    fig.tight_layout()
     return fig
+
+
+# Sparse probes run at the SAE layers only: points with interval bars, one colour and marker per feature set.
+_SPARSE_STYLES = {
+    "sae": {"color": "#d95f02", "marker": "o"},
+    "transcoder": {"color": "#7570b3", "marker": "s"},
+    "residual": {"color": "#1b9e77", "marker": "D"},
+}
 
 
 def sparse_probing_figure(
@@ -81,7 +81,8 @@ def sparse_probing_figure(
 ) -> Figure:
     """One panel per k: top-k SAE latents, transcoder latents and residual dimensions against the dense probe,
     across depth, with top-k neurons at every layer where ``neurons`` (the neuron summary's F-statistic
-    rows, the same ranking) is given.
+    rows, the same ranking) is given. The feature sets are probed at the SAE layers only, so they are points
+    with interval bars, a little apart where they share a layer.
 
     ``summary`` holds one task's rows of the sparse-probing summary (``<features>_topk_accuracy`` with its
     ``_lo``/``_hi`` bootstrap interval over examples); ``dense`` the dense probe's table, whose mean
@@ -106,11 +107,12 @@ def sparse_probing_figure(
     fig, axes = plt.subplots(
         n_rows, n_cols, figsize=(3.4 * n_cols, 2.7 * n_rows), squeeze=False, sharey=True, sharex=True
     )
-    colours = {
-        features: colour
-        for features, colour in {"sae": "#d95f02", "transcoder": "#7570b3", "residual": "#1b9e77"}.items()
+    styles = {
+        features: style
+        for features, style in _SPARSE_STYLES.items()
         if f"{features}_topk_accuracy" in summary and summary[f"{features}_topk_accuracy"].notna().any()
     }
+    dodge = dict(zip(styles, 0.012 * n_layers * (np.arange(len(styles)) - (len(styles) - 1) / 2)))
     for ax, k in zip(axes.flat, ks):
         ax.plot(dense_curve.index, dense_curve.to_numpy(), color="#555555", lw=1.4)
         if dense_band is not None:
@@ -121,11 +123,10 @@ def sparse_probing_figure(
             ax.plot(at_k["layer"], at_k["accuracy"], color="#e7298a", lw=1.0)
             ax.fill_between(at_k["layer"], at_k["accuracy_lo"], at_k["accuracy_hi"], color="#e7298a", alpha=0.12, lw=0)
         rows = summary[summary["k"] == k].sort_values("layer")
-        for features, colour in colours.items():
+        for features, style in styles.items():
             mean, lo, hi = (rows[f"{features}_topk_accuracy{end}"] for end in ("", "_lo", "_hi"))
-            ax.errorbar(
-                rows["layer"], mean, yerr=[mean - lo, hi - mean], color=colour, marker="o", ms=4, lw=1.4, capsize=2
-            )
+            errors = interval_errors(mean, lo, hi)
+            ax.errorbar(rows["layer"] + dodge[features], mean, yerr=errors, ls="none", ms=4, lw=1.2, capsize=2, **style)
         ax.axhline(0.5, color="#bbbbbb", lw=0.8, zorder=0)
         ax.set_title(f"k = {k}")
         ax.set_xlim(dense_curve.index.min(), n_layers)
@@ -143,18 +144,15 @@ def sparse_probing_figure(
     }
     legend = [
         Line2D([], [], color="#555555", lw=1.4, label="dense probe, all dimensions"),
-        *(
-            Line2D([], [], color=colour, marker="o", lw=1.4, label=names[features])
-            for features, colour in colours.items()
-        ),
+        *(Line2D([], [], ls="none", ms=4, label=names[features], **style) for features, style in styles.items()),
         *([Line2D([], [], color="#e7298a", lw=1.0, label="top-k MLP neurons")] if neurons is not None else []),
         Line2D([], [], color="#bbbbbb", lw=0.8, label="chance"),
     ]
     fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=7, bbox_to_anchor=(0.5, -0.03))
     unit = (
-        f"{int(first['n_groups'])} groups"
+        count(int(first["n_groups"]), "group")
         if "n_groups" in summary and pd.notna(first["n_groups"])
-        else f"{int(first['n_examples'])} examples"
+        else count(int(first["n_examples"]), "example")
     )
     fig.suptitle(
         f"Sparse probing, {model} on {dataset}: features ranked on each training fold by standardised mean\n"
@@ -207,9 +205,9 @@ def neuron_probing_figure(summary: pd.DataFrame, ci: float = CI) -> Figure:
     axes[0, 0].set_ylabel("out-of-fold accuracy")
     axes[0, -1].legend(fontsize=7, loc="lower right", ncol=2)
     fig.suptitle(
-        f"k-sparse neuron probing, {model} on {dataset} ({first['n_examples']} examples): neurons ranked on each "
-        f"training fold;\nbands: {ci:.0%} bootstrap intervals over examples (or groups); dense probe on the residual "
-        "stream with the same folds",
+        f"k-sparse neuron probing, {model} on {dataset} ({count(int(first['n_examples']), 'example')}): neurons "
+        f"ranked on each training fold;\nbands: {ci:.0%} bootstrap intervals over examples (or groups); dense probe "
+        "on the residual stream with the same folds",
         y=1.03,
         fontsize=9,
     )

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from probes.plotting.style import apply_style, relative_depth_axis
+from probes.plotting.style import apply_style, count, relative_depth_axis
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -112,7 +112,7 @@ def latent_language_figure(frame: pd.DataFrame, model: str, word_list: str, task
         range(len(labels)), key=lambda i: (not labels[i].endswith("(target)"), labels[i][:2] != "en", labels[i])
     )
     axes[0, -1].legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7, loc="upper left")
-    fig.suptitle(f"{model} · {task} {src}→{tgt} · {n_concepts} concepts ({word_list})", y=1.04)
+    fig.suptitle(f"{model} · {task} {src}→{tgt} · {count(n_concepts, 'concept')} ({word_list})", y=1.04)
     return fig
 
 
@@ -191,7 +191,8 @@ def tuned_lens_kl_figure(frame: pd.DataFrame) -> Figure:
         ax.set_xlabel("layer")
         first = part.iloc[0]
         ax.set_title(
-            f"{model} ({int(first['n_tokens'])} held-out tokens, {int(first['n_texts'])} sentences)", fontsize=9
+            f"{model} ({count(int(first['n_tokens']), 'held-out token')}, {count(int(first['n_texts']), 'sentence')})",
+            fontsize=9,
         )
         relative_depth_axis(ax, n_layers)
         ax.legend(fontsize=7)

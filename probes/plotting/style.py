@@ -82,16 +82,57 @@ INTERVAL_NOTE = "{ci:.0%} bootstrap intervals over examples"
 NOT_DECODABLE = "#9a9a9a"
 
 
+UNIT_LIMITS = (-0.03, 1.03)  # an axis of values in [0, 1] (relative depth, a fraction): a marker at 0 or 1 stays whole
+
+
 def models_with_values(table: pd.DataFrame, column: str = "value", key: str = "model") -> list[str]:
     """The models in table order that have at least one finite ``column``: an all-NaN model is left out."""
     finite = table[column].notna().groupby(table[key], sort=False).any()
     return list(finite.index[finite])
 
 
-def _model_colours(models: Sequence[str]) -> dict[str, tuple]:
+def count(n: int, noun: str) -> str:
+    """``1 task``, ``3 tasks``: figures label counts that are often one in a small run."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def categorical_colours(n: int) -> list[tuple]:
+    """``n`` different colours: tab10 while it lasts, then tab20, then evenly spaced hues, so no two series of
+    one axis share a colour however many tasks or models a run has."""
     import matplotlib.pyplot as plt
 
-    return {model: plt.cm.tab10(index % 10) for index, model in enumerate(models)}
+    if n <= 10:
+        return [plt.cm.tab10(index) for index in range(n)]
+    if n <= 20:
+        return [plt.cm.tab20(index) for index in range(n)]
+    return [plt.cm.turbo(value) for value in np.linspace(0.05, 0.95, n)]
+
+
+def _model_colours(models: Sequence[str]) -> dict[str, tuple]:
+    return dict(zip(models, categorical_colours(len(models))))
+
+
+def edge_labels(ax, lines: Sequence[tuple[float, str, str]], gap: float = 0.08) -> None:
+    """Name horizontal reference lines (value, text, colour) just right of the axis at their height; names of
+    lines closer than ``gap`` (axes fraction) are stacked around their mean height: chance and the shortcut
+    baselines often all sit near 0.5."""
+    bottom, top = ax.get_ylim()
+    lines = sorted(lines, key=lambda line: line[0])
+    clusters = []
+    for value, _, _ in lines:
+        clusters.append([(value - bottom) / (top - bottom)])
+        while len(clusters) > 1 and _stacked(clusters[-1], gap)[0] - _stacked(clusters[-2], gap)[-1] < gap:
+            last = clusters.pop()
+            clusters[-1] += last
+    heights = [height for cluster in clusters for height in _stacked(cluster, gap)]
+    for height, (_, text, colour) in zip(heights, lines):
+        ax.text(1.02, height, text, transform=ax.transAxes, color=colour, fontsize=6, va="center")
+
+
+def _stacked(heights: list[float], gap: float) -> list[float]:
+    """Heights ``gap`` apart, centred on the mean of ``heights``."""
+    centre = float(np.mean(heights))
+    return [centre + gap * (i - (len(heights) - 1) / 2) for i in range(len(heights))]
 
 
 def interval_errors(value, lo, hi) -> list[np.ndarray]:
@@ -134,13 +175,13 @@ def curve_panels(table: pd.DataFrame, panels, title: str, unit: str) -> Figure:
         ax.set_title(panel_title)
         ax.set_ylabel(ylabel)
         ax.set_xlabel("relative depth (layer / L)")
-        ax.set_xlim(0, 1)
+        ax.set_xlim(*UNIT_LIMITS)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     labels = []
     for model in models:
         rows = table[table["model"] == model]
-        labels.append(f"{model} (L = {int(rows['layer'].max())}, {int(rows[f'n_{unit}'].iloc[0])} {unit})")
+        labels.append(f"{model} (L = {int(rows['layer'].max())}, {count(int(rows[f'n_{unit}'].iloc[0]), unit[:-1])})")
     handles = [Line2D([], [], color=colours[model], marker=".", lw=1.4) for model in models]
     fig.legend(handles, labels, loc="lower center", ncol=max(1, len(models)), fontsize=7, bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(f"{title}\nbands: {table['ci'].iloc[0]:.0%} bootstrap intervals over {unit}", y=1.0)

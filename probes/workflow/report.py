@@ -1,7 +1,9 @@
 """HTML for the Snakemake report, in one place: table pages and the feature pages.
 
 The report shows images and HTML inline but offers CSV or markdown only as a download, so every table that
-is a report item is also written as a small self-contained HTML page beside its CSV.
+is a report item is also written as a small self-contained HTML page beside its CSV. A summary with dozens of
+columns opens with the few a reader decides on, each estimate beside its interval, and keeps the full table one
+click below.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 STYLE = """
@@ -19,26 +22,79 @@ table { border-collapse: collapse; }
 th, td { padding: 3px 8px; border-bottom: 1px solid #e2e8f0; text-align: left; vertical-align: top; }
 th { position: sticky; top: 0; background: #f1f5f9; }
 tbody tr:hover { background: #f8fafc; }
+details { margin-top: 12px; } summary { cursor: pointer; color: #1d4ed8; }
 """
 
 
 def html_page(
-    title: str, sections: Mapping[str, pd.DataFrame], note: str = "", escape: bool = True, digits: int = 4
+    title: str,
+    sections: Mapping[str, pd.DataFrame],
+    note: str = "",
+    escape: bool = True,
+    digits: int = 4,
+    lead: Mapping[str, str] | None = None,
 ) -> str:
-    """One page with a table per section; ``escape=False`` for cells that already hold escaped HTML."""
+    """One page with a table per section; ``escape=False`` for cells that already hold escaped HTML.
+
+    ``lead`` (column: header) puts those columns first, so the decision is on screen: each table opens with
+    them and holds every column in a ``<details>`` block below."""
     body = [f"<h1>{html.escape(title)}</h1>"]
     if note:
         body.append(f"<p>{note if not escape else html.escape(note)}</p>")
+
+    def table(frame: pd.DataFrame) -> str:
+        return frame.to_html(index=False, escape=escape, border=0, na_rep="", float_format=lambda v: f"{v:.{digits}g}")
+
     for heading, frame in sections.items():
         if heading:
             body.append(f"<h2>{html.escape(heading)}</h2>")
-        body.append(
-            frame.to_html(index=False, escape=escape, border=0, na_rep="", float_format=lambda v: f"{v:.{digits}g}")
-        )
+        if lead is None:
+            body.append(table(frame))
+        else:
+            body.append(table(lead_columns(frame, lead)))
+            body.append(f"<details><summary>All {len(frame.columns)} columns</summary>\n{table(frame)}\n</details>")
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
+
+
+def lead_columns(frame: pd.DataFrame, columns: Mapping[str, str]) -> pd.DataFrame:
+    """The ``columns`` of ``frame`` that it has (a run without transcoders lacks theirs), renamed to their
+    headers, an estimate with ``<column>_lo``/``<column>_hi`` in one cell as ``0.91 [0.88, 0.94]``."""
+    lead = {}
+    for column, header in columns.items():
+        if column not in frame:
+            continue
+        values = frame[column]
+        if {f"{column}_lo", f"{column}_hi"} <= set(frame.columns):
+            lows, highs = frame[f"{column}_lo"], frame[f"{column}_hi"]
+            lead[header] = [with_interval(*estimate) for estimate in zip(values, lows, highs)]
+        else:
+            lead[header] = [_number(value) for value in values]
+    return pd.DataFrame(lead, index=frame.index)
+
+
+def with_interval(value, lo, hi) -> str:
+    """An estimate and its interval in one cell; only the estimate where the interval is missing."""
+    if pd.isna(value):
+        return ""
+    if pd.isna(lo) or pd.isna(hi):
+        return _number(value)
+    return f"{_number(value)} [{_number(lo)}, {_number(hi)}]"
+
+
+def _number(value) -> str:
+    """Three significant digits, whole numbers without a decimal point, booleans as yes/no, missing as blank."""
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
+    if pd.isna(value):
+        return ""
+    if not isinstance(value, int | float | np.number):
+        return str(value)
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
 def cell(text: str) -> str:

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from matplotlib.collections import QuadMesh
 
+from helpers import legibility_problems
 from probes.plotting import depth_usage as figures
 
 MODELS = {"smollm2-135m": 30, "gemma3-270m": 18}
@@ -284,3 +285,28 @@ def test_quality_correlation_figure_puts_tasks_on_the_y_axis_per_model(tmp_path)
     table.loc[table["model"] == "smollm2-135m", ["spearman", "lo", "hi"]] = np.nan
     axes = _drawn(figures.quality_correlation_figure(table), tmp_path, "correlations_nan")
     assert [ax.get_title() for ax in axes] == ["gemma3-270m (19 residual layers)"]
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda: figures.depth_usage_sublayers_figure(sublayers_table()),
+        lambda: figures.layer_skipping_figure(skipping_table(), "gemma3-270m"),
+        lambda: figures.linear_shortcuts_figure(shortcuts_table()),
+        lambda: figures.layer_maps_figure(*layer_map_tables()),
+        lambda: figures.layer_map_matches_figure(layer_map_tables()[1]),
+        lambda: figures.representation_quality_figure(quality_table()),
+        lambda: figures.quality_correlation_figure(correlations_table()),
+    ],
+    ids=["sublayers", "skipping", "shortcuts", "layer_maps", "matches", "quality", "correlations"],
+)
+def test_every_depth_usage_figure_is_legible(draw):
+    assert not legibility_problems(draw())
+
+
+def test_curve_panels_give_twelve_models_twelve_colours():
+    many = {f"model{m:02d}": 12 for m in range(12)}
+    table = pd.concat(
+        [quality_table().query("model == 'gemma3-270m'").assign(model=model) for model in many], ignore_index=True
+    )
+    assert not legibility_problems(figures.representation_quality_figure(table))

@@ -1,4 +1,5 @@
-"""The HTML report as a reader sees it: opened in headless Chromium, every figure and table clicked open."""
+"""The HTML report as a reader sees it: every caption renders as docutils means it, and the built report, opened in
+headless Chromium, shows every figure and table."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ import io
 import json
 import re
 import time
+from types import SimpleNamespace
 from urllib.parse import unquote
 
 import pytest
+import yaml
 
 from chromium import Browser, find_or_install_chromium
-from helpers import snakemake
-
-pytestmark = pytest.mark.slow
+from helpers import REPO, snakemake
 
 CATEGORIES = ["Concept depth", "Latent language", "Sparse autoencoders", "Neurons", "Depth usage", "Run info"]
 FIGURES = {
@@ -95,8 +96,91 @@ def filename(src: str) -> str:
     return re.search(r"filename=([^;]+);", src).group(1)
 
 
+CAPTIONS = sorted((REPO / "workflow" / "report").glob("*.rst"))
+# What docutils writes into the HTML when a caption's markup goes wrong; the report shows it to the reader.
+SYSTEM_MESSAGE = re.compile(r"System Message|system-message|Docutils System Messages")
+
+
+def caption_problems(text: str) -> list[str]:
+    """The docutils messages (warnings and errors, as the report shows them) of one rendered caption, and
+    single backquotes, which docutils renders as a citation in italics rather than as code."""
+    from docutils.core import publish_parts
+
+    stream = io.StringIO()
+    body = publish_parts(text, writer="html", settings_overrides={"warning_stream": stream})["body"]
+    problems = [line for line in stream.getvalue().splitlines() if line.strip()]
+    return problems + (["single backquotes: <cite>, not code; write ``double``"] if "<cite>" in body else [])
+
+
+def rendered_captions(config_name: str, embedded: bool) -> dict[str, str]:
+    """Every caption as Snakemake renders it (Jinja, as its report does) for a config of the repository,
+    validated and resolved as the Snakefile does, on the config's first model, task and experiment."""
+    import jinja2
+
+    from probes.workflow.config import validate_config
+
+    config = validate_config(yaml.safe_load((REPO / "config" / config_name).read_text()), [config_name])
+    experiments = [run for runs in config["latent_language"]["experiments"].values() for run in runs]
+    run = experiments[0] if experiments else {"word_list": "everyday", "task": "translation", "src": "fr", "tgt": "en"}
+    wildcards = SimpleNamespace(model=next(iter(config["models"])), dataset=next(iter(config["datasets"])), **run)
+    params = SimpleNamespace(weights="fp32", embedded=embedded)
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    snakemake = SimpleNamespace(config=config, wildcards=wildcards, params=params)
+    return {path.name: env.from_string(path.read_text()).render(snakemake=snakemake) for path in CAPTIONS}
+
+
+@pytest.mark.parametrize("embedded", [False, True])
+@pytest.mark.parametrize("config_name", ["config.yaml", "test.yaml"])
+def test_every_caption_renders_without_a_docutils_message(config_name, embedded):
+    problems = {name: caption_problems(text) for name, text in rendered_captions(config_name, embedded).items()}
+    assert not {name: found for name, found in problems.items() if found}
+
+
+def test_caption_check_catches_what_docutils_would_show():
+    assert "Undefined substitution" in caption_problems("ranked by |mean1 − mean0| (left)")[0]
+    assert "emphasis start-string" in caption_problems("hold dequantised weights (marked *).")[0]
+    assert caption_problems("intervals `_lo` / `_hi`")
+    assert not caption_problems(r"ranked by \|mean1 − mean0\| (marked \*), ``_lo``")
+
+
+def test_a_summary_page_leads_with_its_decision_columns_and_keeps_every_column_a_click_away(tmp_path):
+    import pandas as pd
+
+    from probes.workflow.stages import write_table
+
+    frame = pd.DataFrame(
+        {
+            "model": ["smollm2-135m", "gemma3-270m"],
+            "dataset": ["cities", "coinflip"],
+            "decodable": [True, False],
+            "best_accuracy": [0.91234, 0.52],
+            "best_accuracy_lo": [0.88, 0.47],
+            "best_accuracy_hi": [0.94, 0.57],
+            "half_rise_layer": [12.0, None],
+            "half_rise_layer_lo": [10.0, None],
+            "half_rise_layer_hi": [14.5, None],
+        }
+        | {f"extra_{i}": [i, i] for i in range(30)}
+    )
+    lead = {"model": "model", "dataset": "task", "decodable": "decodable", "half_rise_layer": "half-rise layer"}
+    lead |= {"best_accuracy": "best accuracy", "not_in_this_run": "never shown"}
+    write_table(frame, tmp_path / "t.csv", tmp_path / "t.html", "Summary", lead=lead)
+    page = (tmp_path / "t.html").read_text()
+    shown, rest = page.split("<details>")
+    headers = re.findall(r"<th>(.*?)</th>", shown)
+    assert headers == ["model", "task", "decodable", "half-rise layer", "best accuracy"]
+    assert "<td>0.912 [0.88, 0.94]</td>" in shown and "<td>12 [10, 14.5]</td>" in shown
+    assert "<td>yes</td>" in shown and "<td>no</td>" in shown
+    assert "<summary>All 39 columns</summary>" in rest and rest.count("<th>") == 39
+    assert list(pd.read_csv(tmp_path / "t.csv").columns) == list(frame.columns)  # the CSV keeps every column
+
+
+@pytest.mark.slow
 def test_report_shows_every_figure_and_table_in_chromium(run, browser, tmp_path):
     snakemake(run, "--report", "results/report.html")
+    # captions sit in the report as HTML inside a JSON blob; docutils' messages keep their class and title there
+    report = (run / "results/report.html").read_text(encoding="utf-8")
+    assert not SYSTEM_MESSAGE.search(report), sorted(set(re.findall(r"</p>\\n([^<]*)</div>", report)))
     browser.open((run / "results/report.html").as_uri())
     browser.wait_for("[...document.querySelectorAll('a')].some(a => a.innerText.trim() === 'Run info')")
     browser.wait_for(
@@ -130,4 +214,6 @@ def test_report_shows_every_figure_and_table_in_chromium(run, browser, tmp_path)
     assert all(width > 300 and height > 200 for width, height in figures.values()), figures  # decoded, not broken
     assert set(tables) == TABLES and all("<table" in page and "<td>" in page for page in tables.values())
     assert "smollm2-135m" in tables["sae_metrics.html"] and "everyday" in tables["latent_language_summary.html"]
+    lead = tables["concept_depth_summary.html"].split("<details>")[0]  # the decision columns, then every column
+    assert "<th>half-rise layer</th>" in lead and "<th>best accuracy</th>" in lead
     assert all("smollm2-135m" in caption for caption in captions)  # captions name the models, from the config

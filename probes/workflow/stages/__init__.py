@@ -176,13 +176,15 @@ def write_table(
     title: str,
     note: str = "",
     float_format: str | None = "%.6g",
+    lead: Mapping[str, str] | None = None,
 ) -> None:
-    """A table as CSV, for analysis, and as an HTML page, for the report."""
+    """A table as CSV, for analysis, and as an HTML page, for the report; ``lead`` (column: header) the
+    columns the page opens with (:func:`probes.workflow.report.html_page`)."""
     from probes.workflow.report import html_page
 
     with atomic_path(csv) as tmp:
         frame.to_csv(tmp, index=False, float_format=float_format)
-    write_text(page, html_page(title, {"": frame}, note))
+    write_text(page, html_page(title, {"": frame}, note, lead=lead))
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

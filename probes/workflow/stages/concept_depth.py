@@ -111,6 +111,43 @@ def audit_shortcuts(
 SUMMARY_KEYS = ("model", "weights", "noise", "dataset", "level", "site", "pooling", "n_layers", "control")
 
 
+# The columns each table page opens with (estimates with their intervals); every column stays one click below.
+SUMMARY_LEAD = {
+    "model": "model",
+    "weights": "weights",
+    "noise": "noise",
+    "dataset": "task",
+    "level": "level",
+    "decodable": "decodable",
+    "half_rise_layer": "half-rise layer",
+    "half_rise_depth": "half-rise depth",
+    "best_accuracy": "best accuracy",
+    "converging_layer": "converging layer",
+    "max_selectivity": "selectivity (max)",
+}
+PERTURBATIONS_LEAD = {
+    "model": "model",
+    "weights": "weights",
+    "noise": "noise",
+    "dataset": "task",
+    "decodable": "decodable",
+    "half_rise_depth_shift": "half-rise depth shift",
+    "converging_depth_shift": "converging depth shift",
+    "best_accuracy_shift": "best accuracy shift",
+}
+LEVELS_LEAD = {
+    "level": "level",
+    "dataset": "task",
+    "model": "model",
+    "decodable": "decodable",
+    "half_rise_depth": "half-rise depth",
+    "converging_depth": "converging depth",
+    "best_accuracy": "best accuracy",
+    "level_mean_half_rise_depth": "level mean half-rise depth",
+}
+SHORTCUTS_LEAD = {"dataset": "task", "shortcut": "shortcut", "model": "model", "accuracy": "accuracy"}
+
+
 def summarise_concept_depth(
     metrics: Sequence[str | os.PathLike],
     predictions: Sequence[str | os.PathLike],
@@ -183,6 +220,7 @@ def summarise_concept_depth(
         "bag_of_words: logistic regression on word unigrams and bigrams; length: a depth-4 tree on characters and "
         "words; embedding: the layer probe on the mean input embedding (layer 0) of each model. "
         + BOOTSTRAP_NOTE.format(ci=ci, n_boot=n_boot),
+        lead=SHORTCUTS_LEAD,
     )
     write_table(
         summary_table,
@@ -190,6 +228,7 @@ def summarise_concept_depth(
         summary_html,
         "Concept-depth summary: one row per model, perturbation and task",
         f"{WEIGHTS_NOTE} {INTERVAL_NOTE.format(ci=ci, n_boot=n_boot)}",
+        lead=SUMMARY_LEAD,
     )
     write_table(
         perturbation_effects(summary_table, replicates, weights, ci),
@@ -197,6 +236,7 @@ def summarise_concept_depth(
         perturbations_html,
         "Concept depth under perturbation: each perturbed run against the unperturbed one",
         f"{WEIGHTS_NOTE} Shifts: paired bootstrap, the same resampled rows in both runs.",
+        lead=PERTURBATIONS_LEAD,
     )
     write_table(
         depth_by_level(summary_table, replicates, weights, ci),
@@ -204,6 +244,7 @@ def summarise_concept_depth(
         levels_html,
         "Half-rise and converging depth by task level, every model (own weights, clean inputs)",
         f"{WEIGHTS_NOTE} Level means are over decodable tasks only.",
+        lead=LEVELS_LEAD,
     )
     write_parquet(summary, summary_table)
     write_parquet(metrics_table, pd.concat(tables, ignore_index=True))

@@ -375,7 +375,14 @@ def summarise_depth_usage(
         )
     headline = pd.DataFrame(headline).assign(ci=ci, n_boot=n_boot)
     write_parquet(summary, headline)
-    write_table(headline, summary_csv, summary_html, "Depth usage", INTERVAL_NOTE.format(ci=ci, n_boot=n_boot))
+    write_table(
+        headline,
+        summary_csv,
+        summary_html,
+        "Depth usage",
+        INTERVAL_NOTE.format(ci=ci, n_boot=n_boot),
+        lead={"model": "model", "finding": "finding", "estimate": "estimate"},
+    )
 
 
 def plot_depth_usage(

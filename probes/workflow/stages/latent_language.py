@@ -202,6 +202,22 @@ def latent_language(
     return details | {"n_kept": len(selection.concepts), "token_scheme": asdict(vocabulary.scheme)}
 
 
+# The columns the summary page opens with (estimates with their intervals); every column stays one click below.
+SUMMARY_LEAD = {
+    "model": "model",
+    "task": "task",
+    "src": "source",
+    "tgt": "target",
+    "lens": "lens",
+    "n_concepts": "concepts",
+    "p_target_final": "P(target), last layer",
+    "p_en_max_intermediate": "max P(English), intermediate layers",
+    "p_en_argmax_layer": "at layer",
+    "top_intermediate_language": "top intermediate language",
+    "target_takeover_layer": "target leads from layer",
+}
+
+
 def summarise_latent_language(
     curves: Sequence[str | os.PathLike],
     metas: Sequence[str | os.PathLike],
@@ -240,6 +256,7 @@ def summarise_latent_language(
         summary_html,
         "Latent-language summary: one row per model, language pair and lens",
         float_format="%.4g",
+        lead=SUMMARY_LEAD,
     )
     kl_frames = [pd.read_parquet(path) for path in kl]
     write_parquet(kl_table, pd.concat(kl_frames, ignore_index=True) if kl_frames else pd.DataFrame())

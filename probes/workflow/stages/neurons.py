@@ -52,6 +52,28 @@ def probe_neurons(
     return {"n_examples": len(y), "n_layers": X.shape[1], "d_mlp": X.shape[2]}
 
 
+# The columns each table page opens with (estimates with their intervals); every column stays one click below.
+SUMMARY_LEAD = {
+    "model": "model",
+    "dataset": "task",
+    "criterion": "ranking",
+    "layer": "layer",
+    "k": "k",
+    "accuracy": "accuracy",
+    "dense_accuracy": "dense probe",
+}
+BEST_LEAD = {
+    "model": "model",
+    "dataset": "task",
+    "criterion": "ranking",
+    "layer": "layer",
+    "neuron": "neuron",
+    "fold_agreement": "fold agreement",
+    "favours": "favours",
+    "f1": "F1 (k = 1)",
+}
+
+
 def summarise_neurons(
     predictions: Sequence[str | os.PathLike],
     best: Sequence[str | os.PathLike],
@@ -103,6 +125,7 @@ def summarise_neurons(
         summary_html,
         f"k-sparse neuron probing: accuracy per model, task, ranking, layer and k ({ci:.0%} bootstrap intervals over "
         "examples, or groups)",
+        lead=SUMMARY_LEAD,
     )
     write_table(
         singles,
@@ -111,6 +134,7 @@ def summarise_neurons(
         f"Best single neuron per model, task, ranking and layer: the neuron most folds ranked first, its mean "
         f"activation and firing rate per class, and the out-of-fold F1 of the k = 1 probe ({ci:.0%} bootstrap "
         "intervals)",
+        lead=BEST_LEAD,
     )
     write_parquet(summary_table, summary)
     write_parquet(best_table, singles)

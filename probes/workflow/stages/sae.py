@@ -341,6 +341,40 @@ def feature_pages(
     write_parquet(writes, writes_frame(described, {"model": model, "dataset": task}))
 
 
+# The columns each table page opens with (estimates with their intervals); every column stays one click below.
+METRICS_LEAD = {
+    "model": "model",
+    "kind": "kind",
+    "layer": "layer",
+    "fvu": "FVU",
+    "l0": "mean L0",
+    "loss_recovered": "loss recovered",
+    "kl_sae": "KL to clean (nats)",
+    "dead_fraction": "dead",
+    "dense_fraction": "dense",
+}
+SPARSE_LEAD = {
+    "model": "model",
+    "dataset": "task",
+    "layer": "layer",
+    "k": "k",
+    "sae_topk_accuracy": "top-k SAE latents",
+    "transcoder_topk_accuracy": "top-k transcoder latents",
+    "residual_topk_accuracy": "top-k residual dimensions",
+    "dense_accuracy": "dense probe",
+}
+COMPARISON_LEAD = {
+    "model": "model",
+    "layer": "layer",
+    "sae_l0": "SAE L0",
+    "transcoder_l0": "transcoder L0",
+    "sae_fvu": "SAE FVU",
+    "transcoder_fvu": "transcoder FVU",
+    "sae_loss_recovered": "SAE loss recovered",
+    "transcoder_loss_recovered": "transcoder loss recovered",
+}
+
+
 def summarise_sae(
     metrics: Sequence[str | os.PathLike],
     loss_documents: Sequence[str | os.PathLike],
@@ -379,12 +413,14 @@ def summarise_sae(
         metrics_csv,
         metrics_html,
         f"SAE metrics per model and layer (held-out corpus tokens; {ci:.0%} bootstrap intervals over documents)",
+        lead=METRICS_LEAD,
     )
     write_table(
         summary,
         sparse_summary_csv,
         sparse_summary_html,
         f"Sparse probing: top-k accuracy per model, task, SAE layer and k ({ci:.0%} bootstrap intervals over examples)",
+        lead=SPARSE_LEAD,
     )
     comparison = dictionary_comparison(metrics_rows)
     write_table(
@@ -393,6 +429,7 @@ def summarise_sae(
         comparison_html,
         f"SAE vs transcoder per model and layer, mean L0 {_k_note(metrics_rows)} ({ci:.0%} bootstrap intervals over "
         "documents; the SAE reconstructs the residual stream, the transcoder the MLP output)",
+        lead=COMPARISON_LEAD,
     )
     write_parquet(comparison_table, comparison)
     write_parquet(metrics_table, metrics_rows)
