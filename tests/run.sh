@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, fastest checks first, so a lint error or a broken unit fails in minutes:
-# lint and format checks, the documentation build, then the fast lane (-m "not slow", under 5 minutes), then the slow tests.
+# lint and format checks, the documentation build, then the fast lane (-m "not slow", under 2 minutes), then the slow tests.
 #   PROBES_VENV=path   the environment install.sh made (default .venv); "active" uses the current one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,4 +13,4 @@ if [ "$venv" = active ]; then bin=""; else bin="$venv/bin/"; fi
 "${bin}snakefmt" --check Snakefile workflow
 "${bin}mkdocs" build --strict --quiet   # the documentation site: a broken link, reference or schema key fails
 "${bin}python" -m pytest -m "not slow"
-"${bin}python" -m pytest -m slow
+"${bin}python" -m pytest -m slow --durations=20   # the slowest tests, for the benchmarks page

@@ -427,12 +427,13 @@ def test_depth_usage_outputs_and_an_independent_shortcut(run):
     import numpy as np
 
     from probes.activations.token_cache import TokenCacheSettings, tokenised_corpus
+    from probes.workflow.config import token_cache_settings, validate_config
     from probes.workflow.stages.sae import corpus_texts
 
-    config = yaml.safe_load((run / "test.yaml").read_text())
+    config = validate_config(yaml.safe_load((run / "test.yaml").read_text()))
     model = load_model(MODEL_CACHE / "smollm2-135m" / "manifest.json")
     texts = corpus_texts([REPO / "data/corpus/smollm2_generated.jsonl"], [], [])
-    settings = TokenCacheSettings(**{k: v for k, v in config["sae"]["corpus"].items() if k != "concept_texts"})
+    settings = TokenCacheSettings(**token_cache_settings(config))
     token_lists, train, heldout, _ = tokenised_corpus(model, texts, settings, config["seed"])
     train_windows, _ = corpus_windows(token_lists, train, 33, 1024 // 32)
     held, _ = corpus_windows(token_lists, heldout, 33, 8)
