@@ -89,6 +89,31 @@ def byte_level_bpe(texts: list[str], vocab_size: int, special_tokens: list[str],
     return PreTrainedTokenizerFast(tokenizer_object=bpe, **named)
 
 
+def tiny_llama_checkpoint(folder: Path, texts: list[str], special: str):
+    """A tiny random-weight Llama (2 layers, width 32) and its tokenizer saved to ``folder`` as a Hugging Face
+    directory, as a user's own checkpoint would be; returns the model."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = byte_level_bpe(texts * 5, 300, [special], bos_token=special, eos_token=special)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
 WORDS = [
     "the",
     "city",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import probes
-from helpers import MODEL_CACHE, REPO, byte_level_bpe
+from helpers import MODEL_CACHE, REPO, tiny_llama_checkpoint
 from probes.io import read_json
 
 TEXTS = [
@@ -75,25 +75,8 @@ def test_logit_lens_at_the_last_layer_is_the_models_own_next_token_distribution(
 @pytest.fixture(scope="module")
 def local_checkpoint(tmp_path_factory):
     """A tiny random-weight Llama saved as a Hugging Face directory, as a user's own checkpoint would be."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     folder = tmp_path_factory.mktemp("checkpoint")
-    specials = ["<|endoftext|>"]
-    tokenizer = byte_level_bpe(TEXTS * 5, 300, specials, bos_token=specials[0], eos_token=specials[0])
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    tiny_llama_checkpoint(folder, TEXTS, "<|endoftext|>")
     return folder
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, byte_level_bpe
+from helpers import REPO, tiny_llama_checkpoint
 from probes.io import read_json, write_json
 from probes.models import conversion
 from probes.models.cache import load_model, model_cache_dir
@@ -34,25 +34,8 @@ def test_the_cache_folder_is_the_argument_else_the_environment_else_the_reposito
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
     """A tiny random-weight Llama saved as a Hugging Face directory, and the model itself."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     folder = tmp_path_factory.mktemp("checkpoint")
-    tokenizer = byte_level_bpe([TEXT] * 5, 300, ["<s>"], bos_token="<s>", eos_token="<s>")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    model = tiny_llama_checkpoint(folder, [TEXT], "<s>")
     return folder, model
 
 
