@@ -29,16 +29,16 @@ def test_a_figure_is_the_same_bytes_when_drawn_again(tmp_path, fmt):
 
 @pytest.mark.slow
 def test_jobs_in_one_process_share_a_loaded_model_until_its_manifest_is_rewritten(smollm2_manifest, tmp_path):
-    import json
     import os
 
     import torch
 
+    from probes.io import write_json
     from probes.models.loading import read_manifest
     from probes.workflow.stages import shared_model
 
     manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps(read_manifest(smollm2_manifest)))  # same weights, a manifest of its own
+    write_json(manifest, read_manifest(smollm2_manifest))  # same weights, a manifest of its own
     first = shared_model(manifest)
     assert shared_model(manifest) is first and shared_model(manifest, weights="fp32") is first
     half = shared_model(manifest, weights="bf16")
