@@ -105,7 +105,7 @@ def sklearn_accuracy(
     for seed in settings.seeds:
         splitter = StratifiedKFold(settings.folds, shuffle=True, random_state=seed)
         for train, test in splitter.split(np.zeros((len(y), 1)), y):
-            fit(train, test, (y, control_labels(y, seed)), (0, 1))
+            fit(train, test, (y, control_labels(y, seed, synthetic_types(len(y)))), (0, 1))
     for permutation in range(settings.null_permutations):
         permuted = null_labels(y, permutation, settings.seeds[0])
         splitter = StratifiedKFold(settings.folds, shuffle=True, random_state=settings.seeds[0])
@@ -116,8 +116,13 @@ def sklearn_accuracy(
     return total / counts, float(np.mean(stopped))
 
 
+def synthetic_types(n: int) -> np.ndarray:
+    """Twenty types of consecutive rows, for the type control."""
+    return np.arange(n) * 20 // n
+
+
 def batched_accuracy(X: np.ndarray, y: np.ndarray, settings: ProbeSettings) -> np.ndarray:
-    result = probe_layers(X, y, settings)
+    result = probe_layers(X, y, settings, types=synthetic_types(len(y)))
     means = result.metrics.groupby(["layer", "metric"])["value"].mean().unstack()
     null = result.null.groupby("layer")["accuracy"].mean().reindex(means.index).to_numpy()
     return np.column_stack([means[["accuracy", "control_accuracy"]].to_numpy(), null])
@@ -149,7 +154,8 @@ def main() -> None:
         source = f"synthetic (seed 0, n={args.n}, layers={args.n_layers}, d={args.d})"
     if args.layers:
         X = X[:, np.unique(np.linspace(0, X.shape[1] - 1, args.layers).round().astype(int))]
-    settings = ProbeSettings(dtype=args.dtype, control="permuted")
+    # The naive loop fits what this protocol fits: task, type control and null (no MDL, no refitted resamples).
+    settings = ProbeSettings(dtype=args.dtype, control="type", mdl=False, refits=0)
     n, n_layers, d = X.shape
     n_fits = n_layers * settings.folds * (len(settings.seeds) * 2 + settings.null_permutations)
     print(f"activations: {source}; probing n={n}, layers={n_layers}, d={d}: {n_fits} fits, {args.threads} threads")

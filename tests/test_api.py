@@ -139,7 +139,7 @@ def test_a_notebook_reproduces_the_pipelines_activations_and_summary(run):
     settings = probes.ProbeSettings(**probing["settings"])
     result = probes.probe_layers(acts, data.labels, settings, groups=data.groups, types=data.types)
     summarising = read_json(run / "results/provenance/summarise_concept_depth.json")["arguments"]
-    options = ("delta", "jump_min", "n_boot", "seed", "ci", "alpha")
+    options = ("converging_rise", "jump_min", "n_boot", "seed", "ci", "alpha")
     summary = probes.summarise_concept_depth(result, **{key: summarising[key] for key in options})
 
     table = pd.read_parquet(run / "results/tables/concept_depth_summary.parquet")  # the CSV is rounded for reading

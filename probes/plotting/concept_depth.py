@@ -42,10 +42,6 @@ def _curve(curves: pd.DataFrame, metric: str) -> pd.DataFrame:
     return rows.set_index("layer")[["value", "lo", "hi"]]
 
 
-def _control_name(control: str) -> str:
-    return {"type": "type control (random label per type)", "permuted": "permuted-label control"}.get(control, control)
-
-
 # The shortcut audit's reference lines (probes.probing.shortcuts): what words alone and the input embeddings reach.
 SHORTCUT_LINES = {
     "bag_of_words": {"color": "#a6761d", "ls": (0, (4, 2)), "lw": 0.9},
@@ -101,7 +97,7 @@ def concept_depth_figure(
         decodable = bool(row.decodable)
         colour = LEVEL_COLOURS.get(row.level, "#333333") if decodable else NOT_DECODABLE
         for metric, style, shade in (("accuracy", "-", colour), ("control_accuracy", "--", "#999999")):
-            curve = _curve(task, metric)
+            curve = _curve(task, metric)  # a task whose control is the shortcut audit has no control curve
             ax.plot(curve.index, curve["value"], style, color=colour if metric == "accuracy" else "#555555", lw=1.6)
             ax.fill_between(curve.index, curve["lo"], curve["hi"], color=shade, alpha=0.25, lw=0)
         train = _curve(task, "control_train_accuracy")
@@ -133,11 +129,17 @@ def concept_depth_figure(
         ax.set_ylabel("accuracy")
     for ax in list(axes.flat)[n_panels:]:
         ax.set_visible(False)
-    controls = sorted(set(rows["control"]))
+    typed = (rows["control"] == "type").any()
     legend = [
         Line2D([], [], color="#333333", lw=1.6, label=f"probe (held-out, {INTERVAL_NOTE.format(ci=ci)})"),
-        Line2D([], [], color="#555555", ls="--", lw=1.6, label=" / ".join(map(_control_name, controls))),
-        Line2D([], [], color="#555555", ls=":", lw=1.0, label="control, training folds"),
+        *(
+            [
+                Line2D([], [], color="#555555", ls="--", lw=1.6, label="type control (one label per type)"),
+                Line2D([], [], color="#555555", ls=":", lw=1.0, label="type control, training folds"),
+            ]
+            if typed
+            else []
+        ),
         Line2D([], [], label="half-rise layer (band: interval)", **HALF_RISE_LINE),
         Line2D([], [], label="jump layer", **JUMP_LINE),
         Line2D([], [], label="converging layer (band: interval)", **CONVERGING_LINE),

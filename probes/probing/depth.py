@@ -22,9 +22,11 @@ from probes.resampling import bootstrap_weights, percentile_interval, resampled_
 
 _HALVES_STREAM = 0x4A1F  # mixed with the bootstrap seed for the cross-fitting halves
 _HALF_SPLITS = 5  # random half-splits averaged in the cross-fitted best accuracy
-DELTA_AUTO = "auto"  # delta = the bootstrap standard error of the best layer's accuracy
-CURVE_METRICS = ("accuracy", "control_accuracy", "selectivity", "f1", "roc_auc")
-MDL_CURVES = ("mdl_compression", "mdl_codelength")
+# Layers on each side whose refit and fixed-fit spreads are pooled into one layer's inflation (docs/methods.md §2.7).
+_INFLATION_WINDOW = 2
+# E[w^2] of a bootstrap multiplicity w: a row drawn w times pulls the refitted probe w times as hard and is scored w
+# times, so a refitted resample carries the covariance that fitting adds about twice (docs/methods.md §2.7).
+_REFIT_OVERCOUNT = 2.0
 LAYER_STATISTICS = ("half_rise", "best", "converging", "jump")
 # What a perturbation moves, shifts taken on paired bootstrap replicates.
 SHIFTED = ("half_rise_depth", "converging_depth", "best_accuracy")
@@ -46,15 +48,16 @@ class DepthSummary:
 
 
 def summarise_curve(
-    acc: np.ndarray, chance: float, delta: float, jump_min: float = 0.03, best: float | None = None
+    acc: np.ndarray, chance: float, converging_rise: float = 0.9, jump_min: float = 0.03, best: float | None = None
 ) -> dict:
     """Half-rise, jump and converging layers of one accuracy-vs-layer curve (index = layer 0..L).
 
-    The half-rise and converging thresholds are measured from ``best``, by default the curve's
-    maximum; the summary passes the cross-fitted best accuracy, because the maximum of a noisy curve
-    overshoots the plateau it estimates and would push both layers late. ``jump_layer`` is None when
-    no one-layer rise reaches ``jump_min``; ``jump_size`` is always the largest one-layer rise (NaN
-    for a single layer), so a "no jump" verdict can be checked.
+    The half-rise layer is the first to reach half the rise from ``chance`` to ``best``, the converging
+    layer the first to reach ``converging_rise`` of it: both are properties of the curve, not of the sample
+    size. ``best`` is by default the curve's maximum; the summary passes the cross-fitted best accuracy,
+    because the maximum of a noisy curve overshoots the plateau it estimates and would push both layers late.
+    ``jump_layer`` is None when no one-layer rise reaches ``jump_min``; ``jump_size`` is always the largest
+    one-layer rise (NaN for a single layer), so a "no jump" verdict can be checked.
     """
     acc = np.asarray(acc, dtype=np.float64)
     if acc.ndim != 1 or acc.size == 0 or not np.isfinite(acc).all():
@@ -69,7 +72,7 @@ def summarise_curve(
         "half_rise_layer": _first(acc >= chance + 0.5 * (best - chance)),
         "jump_layer": jump if steps.size and jump_size >= jump_min else None,
         "jump_size": jump_size,
-        "converging_layer": _first(acc >= best - delta),
+        "converging_layer": _first(acc >= chance + converging_rise * (best - chance)),
     }
 
 
@@ -97,7 +100,8 @@ def null_test(best_accuracy: float, null: pd.DataFrame, alpha: float) -> dict:
 
 def summarise_concept_depth(
     layer_probes: LayerProbes,
-    delta: float | str = DELTA_AUTO,
+    shortcuts: pd.DataFrame | None = None,
+    converging_rise: float = 0.9,
     jump_min: float = 0.03,
     n_boot: int = 1000,
     seed: int = 0,
@@ -108,24 +112,35 @@ def summarise_concept_depth(
 
     Decodability against the permutation null; half-rise, best, converging and jump layer (and depth = layer / L);
     cross-fitted best accuracy, F1, ROC-AUC, control accuracy, selectivity and MDL, each with a ``ci`` percentile
-    interval of ``n_boot`` bootstrap resamples of the examples (of whole groups where the probes had groups);
-    per-layer curves with the same intervals. ``delta`` is the converging tolerance, a number or ``"auto"``.
+    interval of ``n_boot`` bootstrap resamples of the examples (of whole groups where the probes had groups),
+    widened by what refitting the probes adds (the probes' ``refits``); per-layer curves with the same intervals.
+    ``converging_rise`` is the fraction of the rise above chance that defines the converging layer. Where the probes
+    ran no type control, selectivity is measured against the strongest of ``shortcuts`` (the shortcut audit's
+    predictions for this model and dataset, :func:`probes.probing.shortcuts.audit_shortcuts`).
     """
     metrics = layer_probes.metrics
     control_train = metrics[metrics["metric"] == "control_train_accuracy"].groupby("layer")["value"].mean()
-    return summarise_predictions(
+    summary = summarise_predictions(
         layer_probes.predictions,
         layer_probes.null,
         chance=layer_probes.chance,
         depth=layer_probes.n_layers,
-        delta=delta,
+        refits=layer_probes.refits,
+        converging_rise=converging_rise,
         jump_min=jump_min,
         n_boot=n_boot,
         seed=seed,
         ci=ci,
         alpha=alpha,
         control_train=control_train,
+        shortcuts=shortcuts,
     )
+    summary.row.update(
+        control=layer_probes.control,
+        control_chance=layer_probes.control_chance,
+        type_dependence=layer_probes.type_dependence,
+    )
+    return summary
 
 
 def summarise_predictions(
@@ -133,13 +148,15 @@ def summarise_predictions(
     null: pd.DataFrame,
     chance: float,
     depth: int,
-    delta: float | str = DELTA_AUTO,
+    refits: pd.DataFrame | None = None,
+    converging_rise: float = 0.9,
     jump_min: float = 0.03,
     n_boot: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
     alpha: float = 0.05,
     control_train: pd.Series | None = None,
+    shortcuts: pd.DataFrame | None = None,
 ) -> DepthSummary:
     """Concept-depth summary of one model x dataset from :class:`probes.probing.protocol.LayerProbes`' tables.
 
@@ -147,48 +164,70 @@ def summarise_predictions(
     ``n_boot`` resamples of the examples (groups) with ``seed``. Layer statistics are reported in the
     tables' layer numbers (0..L for the residual stream, 1..L inside blocks) and as relative depth
     layer / L with ``depth`` = L; a statistic undefined in a resample (no jump) is left out of its
-    interval. ``delta`` is the converging tolerance, a number or ``"auto"``. ``control_train`` is the
+    interval. ``refits`` (:class:`~probes.probing.protocol.LayerProbes`' table) widens every curve's resamples by
+    what refitting the probes adds, layer by layer (without it, the probes count as fixed). ``converging_rise``
+    is the fraction of the rise above chance that defines the converging layer. ``control_train`` is the
     control probe's mean training-fold accuracy per layer (memorisation capacity), shown as a curve.
+
+    Selectivity is accuracy minus the control's: the type control's where the predictions hold one, else the
+    strongest of ``shortcuts`` (the shortcut audit's out-of-fold correctness of this model and dataset: shortcut,
+    seed, example, correct), on the same folds and the same resamples; the row names which (``control_baseline``).
     """
     if depth < 1:
         raise ValueError("depth (the model's number of blocks L) must be >= 1 to define relative depth")
+    if not 0.5 < converging_rise <= 1:
+        raise ValueError(f"converging_rise must be in (0.5, 1], got {converging_rise}")
     rows = _Rows(predictions)
     W = bootstrap_weights(rows.n, n_boot, seed, rows.groups)
     correct = _correct(rows)
-    control_correct = ((rows.array("control_decision") > 0) == rows.array("control_label")).mean(1)
-    acc, acc_boot = correct.mean(1), resampled_means(W, correct)
-    control, control_boot = control_correct.mean(1), resampled_means(W, control_correct)
-    f1, f1_boot = _f1(rows, np.ones((1, rows.n)))[0], _f1(rows, W)
-    auc, auc_boot = _roc_auc(rows, np.ones((1, rows.n)))[0], _roc_auc(rows, W)
-    curves = {
-        "accuracy": (acc, acc_boot),
-        "control_accuracy": (control, control_boot),
-        "selectivity": (acc - control, acc_boot - control_boot),
-        "f1": (f1, f1_boot),
-        "roc_auc": (auc, auc_boot),
-    }
+    typed = "control_decision" in predictions
+    control_correct = ((rows.array("control_decision") > 0) == rows.array("control_label")).mean(1) if typed else None
+    decision, label = rows.array("decision"), rows.label
+    inflation = _fitting_inflation(rows, refits, correct, control_correct)
+    acc, acc_boot = correct.mean(1), _inflated(correct.mean(1), resampled_means(W, correct), inflation["accuracy"])
+    f1 = _f1(decision, label, np.ones((1, rows.n)))[0]
+    f1_boot = _inflated(f1, _f1(decision, label, W), inflation["f1"])
+    auc = _roc_auc(decision, label, np.ones((1, rows.n)))[0]
+    auc_boot = _inflated(auc, _roc_auc(decision, label, W), inflation["roc_auc"])
+    curves = {"accuracy": (acc, acc_boot), "f1": (f1, f1_boot), "roc_auc": (auc, auc_boot)}
+    baseline = None
+    if typed:
+        control = control_correct.mean(1)
+        control_boot = _inflated(control, resampled_means(W, control_correct), inflation["control_accuracy"])
+        curves["control_accuracy"] = (control, control_boot)
+        baseline = "type control"
+    elif shortcuts is not None and not shortcuts.empty:
+        baseline, per_example = _strongest_shortcut(shortcuts, rows.n)
+        control = np.full(len(rows.layers), per_example.mean())
+        control_boot = np.broadcast_to(resampled_means(W, per_example[None]), acc_boot.shape)
+        curves["baseline_accuracy"] = (control, control_boot)
+    if baseline is not None:
+        curves["selectivity"] = (acc - control, acc_boot - control_boot)
     if "mdl_bits" in predictions:
         bits = rows.array("mdl_bits").mean(1)  # (layer, n), already the mean over the transmission orders
-        # A resample's online bits, scaled to n rows (a grouped resample draws a varying number of rows); a row
-        # costs the bits it cost in the full-sample code: rows are reweighted, the code is not re-run.
-        resampled, drawn = W @ bits.T, W.sum(1)[:, None]
-        curves["mdl_codelength"] = (bits.sum(1), resampled * rows.n / drawn)
-        curves["mdl_compression"] = (rows.n / bits.sum(1), drawn / resampled)
+        # A resample's codelength by the linear bootstrap: the full code plus each row's extra draws times its
+        # influence (its own bits and its pull on the probes that code later blocks; without influences, its bits
+        # alone), scaled to n rows (a grouped resample draws a varying number of rows).
+        influence = rows.array("mdl_influence").mean(1) if "mdl_influence" in predictions else bits
+        codelength, drawn = bits.sum(1), W.sum(1)[:, None]
+        resampled = codelength[None] + (W - 1) @ influence.T
+        curves["mdl_codelength"] = (codelength, resampled * rows.n / drawn)
+        curves["mdl_compression"] = (rows.n / codelength, drawn / resampled)
 
     best = int(np.argmax(acc))
-    if delta == DELTA_AUTO:
-        delta = float(acc_boot[:, best].std(ddof=1))
     halves = _halves(rows, seed)
     best_point = _cross_fitted_best(correct, np.ones((1, rows.n)), halves)[0]
-    best_boot = _cross_fitted_best(correct, W, halves)
-    point = summarise_curve(acc, chance, delta, jump_min, best_point)
-    boot = [summarise_curve(curve, chance, delta, jump_min, b) for curve, b in zip(acc_boot, best_boot)]
+    best_boot = _inflated(best_point, _cross_fitted_best(correct, W, halves), inflation["accuracy"][best])
+    point = summarise_curve(acc, chance, converging_rise, jump_min, best_point)
+    boot = [summarise_curve(curve, chance, converging_rise, jump_min, b) for curve, b in zip(acc_boot, best_boot)]
     verdict = null_test(float(acc.max()), null, alpha)
 
     row: dict = {
         "n_examples": rows.n,
         "n_groups": int(np.unique(rows.groups).size) if rows.groups is not None else rows.n,
         "n_seeds": rows.n_seeds,
+        "refits": 0 if refits is None else int(refits["replicate"].nunique()),
+        "fitting_inflation": float(inflation["accuracy"][best]),
         "chance": float(chance),
         **verdict,
         "undecodable_reason": None,
@@ -212,18 +251,23 @@ def summarise_predictions(
         replicates[f"{name}_depth"] = samples / depth
     row |= _with_interval("best_accuracy", best_point, best_boot, ci)
     row["max_accuracy"] = float(acc.max())
-    row["delta"] = delta
+    row["converging_rise"] = converging_rise
     row["jump_size"] = point["jump_size"]
     row |= _with_interval("f1", f1[best], f1_boot[:, best], ci)
     row |= _with_interval("roc_auc", auc[best], auc_boot[:, best], ci)
-    row |= _with_interval("mean_control_accuracy", control.mean(), control_boot.mean(1), ci)
-    row |= _with_interval("max_control_accuracy", control.max(), control_boot.max(1), ci)
-    if control_train is not None:
+    row["control_baseline"] = baseline
+    if typed:
+        row |= _with_interval("mean_control_accuracy", control.mean(), control_boot.mean(1), ci)
+        row |= _with_interval("max_control_accuracy", control.max(), control_boot.max(1), ci)
+    elif baseline is not None:
+        row |= _with_interval("baseline_accuracy", control[0], control_boot[:, 0], ci)
+    if control_train is not None and typed:
         row["mean_control_train_accuracy"] = float(control_train.mean())
-    selectivity, selectivity_boot = curves["selectivity"]
-    row |= _with_interval("max_selectivity", selectivity.max(), selectivity_boot.max(1), ci)
-    row["max_selectivity_layer"] = int(rows.layers[np.argmax(selectivity)])
-    row["max_selectivity_depth"] = row["max_selectivity_layer"] / depth
+    if baseline is not None:
+        selectivity, selectivity_boot = curves["selectivity"]
+        row |= _with_interval("max_selectivity", selectivity.max(), selectivity_boot.max(1), ci)
+        row["max_selectivity_layer"] = int(rows.layers[np.argmax(selectivity)])
+        row["max_selectivity_depth"] = row["max_selectivity_layer"] / depth
     if "mdl_compression" in curves:
         compression, compression_boot = curves["mdl_compression"]
         row |= _with_interval("max_mdl_compression", compression.max(), compression_boot.max(1), ci)
@@ -233,7 +277,7 @@ def summarise_predictions(
     for metric, (value, samples) in curves.items():
         lo, hi = percentile_interval(samples, ci)
         frames.append(pd.DataFrame({"layer": rows.layers, "metric": metric, "value": value, "lo": lo, "hi": hi}))
-    if control_train is not None:
+    if control_train is not None and typed:
         train = control_train.reindex(rows.layers).to_numpy(dtype=np.float64)
         frames.append(
             pd.DataFrame({"layer": rows.layers, "metric": "control_train_accuracy", "value": train, "lo": np.nan})
@@ -365,19 +409,25 @@ def _halves(rows: _Rows, seed: int) -> np.ndarray:
 
 def _cross_fitted_best(correct: np.ndarray, W: np.ndarray, halves: np.ndarray) -> np.ndarray:
     """Best accuracy without the winner's curse: the layer chosen on one half is scored on the other, both ways,
-    averaged over both ways and several splits (per resample; ``correct`` is (layer, n), ``W`` (n_boot, n))."""
-    rows, total = np.arange(W.shape[0]), np.zeros(W.shape[0])
+    averaged over both ways and several splits (per resample; ``correct`` is (layer, n), ``W`` (n_boot, n)).
+
+    The layers are chosen once, on the sample: a resample that chose again would add the spread of the sample's
+    own half-curves across the layers it picks, which the sample's estimate does not have (the interval was 1.2-1.6
+    times as wide as the estimate's spread over replicate datasets, benchmarks/validate_intervals.py).
+    """
+    total = np.zeros(W.shape[0])
     for half in halves:
-        first = resampled_means(W[:, half], correct[:, half])
-        second = resampled_means(W[:, ~half], correct[:, ~half])
-        total += second[rows, first.argmax(1)] + first[rows, second.argmax(1)]
+        first_layer, second_layer = (correct[:, part].mean(1).argmax() for part in (half, ~half))
+        # the layer chosen on one half, scored on the other
+        total += resampled_means(W[:, ~half], correct[first_layer, ~half][None])[:, 0]
+        total += resampled_means(W[:, half], correct[second_layer, half][None])[:, 0]
     return total / (2 * len(halves))
 
 
-def _f1(rows: _Rows, W: np.ndarray) -> np.ndarray:
-    """F1 of class 1 per resample and layer, each seed's pooled out-of-fold predictions, averaged over seeds."""
-    predicted = rows.array("decision") > 0
-    positive = rows.label
+def _f1(decision: np.ndarray, positive: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """F1 of class 1 per resample and layer of out-of-fold ``decision`` (layer, seed, n), each seed's pooled
+    predictions, averaged over seeds."""
+    predicted = decision > 0
     tp = np.einsum("bn,lsn->bls", W, (predicted & positive).astype(np.float64))
     fp = np.einsum("bn,lsn->bls", W, (predicted & ~positive).astype(np.float64))
     fn = np.einsum("bn,lsn->bls", W, (~predicted & positive).astype(np.float64))
@@ -386,15 +436,14 @@ def _f1(rows: _Rows, W: np.ndarray) -> np.ndarray:
     return f1.mean(-1)
 
 
-def _roc_auc(rows: _Rows, W: np.ndarray) -> np.ndarray:
+def _roc_auc(decision: np.ndarray, positive: np.ndarray, W: np.ndarray) -> np.ndarray:
     """ROC-AUC per resample and layer (Mann-Whitney, ties half, rows weighted by multiplicity) of each seed's
-    pooled out-of-fold decision values, averaged over seeds."""
-    decision = rows.array("decision")
-    positive = rows.label
+    pooled out-of-fold ``decision`` values (layer, seed, n), averaged over seeds."""
+    n_layers, n_seeds, _ = decision.shape
     Wp, Wn = W[:, positive], W[:, ~positive]
-    out = np.zeros((W.shape[0], len(rows.layers)))
-    for layer in range(len(rows.layers)):
-        for seed in range(rows.n_seeds):
+    out = np.zeros((W.shape[0], n_layers))
+    for layer in range(n_layers):
+        for seed in range(n_seeds):
             scores = decision[layer, seed]
             order = np.argsort(scores[~positive], kind="stable")
             negatives = scores[~positive][order]
@@ -403,7 +452,83 @@ def _roc_auc(rows: _Rows, W: np.ndarray) -> np.ndarray:
             right = np.searchsorted(negatives, scores[positive], "right")
             below = cumulative[:, left] + 0.5 * (cumulative[:, right] - cumulative[:, left])
             out[:, layer] += (Wp * below).sum(1) / (Wp.sum(1) * Wn.sum(1))
-    return out / rows.n_seeds
+    return out / n_seeds
+
+
+def _fitting_inflation(
+    rows: _Rows, refits: pd.DataFrame | None, correct: np.ndarray, control_correct: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """Per metric and layer, the factor (>= 1) by which the summary widens its fixed-probe bootstrap around each
+    point so that it includes the variance of fitting the probe.
+
+    The variance a refitted resample adds over the same resample with the probes held fixed is about twice what
+    fitting adds to a new sample of the task (``_REFIT_OVERCOUNT``), so the factor is
+    sqrt(1 + (refit / fixed variance - 1) / 2). Both variances are taken over the same ``refits`` resamples, so
+    their ratio is precise from a few dozen replicates; sums of squares are pooled over ``_INFLATION_WINDOW``
+    layers on each side. Without refits every factor is 1.
+    """
+    ones = {name: np.ones(len(rows.layers)) for name in ("accuracy", "control_accuracy", "f1", "roc_auc")}
+    if refits is None or refits.empty:
+        return ones
+    frame = refits.sort_values(["replicate", "layer", "example"], kind="stable")
+    replicates = np.unique(frame["replicate"].to_numpy())
+    layer_index = np.searchsorted(rows.layers, frame["layer"].to_numpy())
+    replicate_index = np.searchsorted(replicates, frame["replicate"].to_numpy())
+    examples = frame["example"].to_numpy()
+    W = np.zeros((replicates.size, rows.n))
+    W[replicate_index, examples] = frame["weight"].to_numpy()
+    shape = (replicates.size, len(rows.layers), 1, rows.n)
+    refit = np.zeros(shape)  # decisions of the refitted probes, (replicate, layer, 1, n); rows not drawn weigh 0
+    refit[replicate_index, layer_index, 0, examples] = frame["decision"].to_numpy()
+    label = rows.label
+    fixed = {
+        "accuracy": resampled_means(W, correct),
+        "f1": _f1(rows.array("decision"), label, W),
+        "roc_auc": _roc_auc(rows.array("decision"), label, W),
+    }
+    refitted = {
+        "accuracy": np.stack([resampled_means(W[b : b + 1], (refit[b, :, 0] > 0) == label)[0] for b in range(len(W))]),
+        "f1": np.stack([_f1(refit[b], label, W[b : b + 1])[0] for b in range(len(W))]),
+        "roc_auc": np.stack([_roc_auc(refit[b], label, W[b : b + 1])[0] for b in range(len(W))]),
+    }
+    if "control_decision" in frame:
+        control = np.zeros(shape[:2] + (rows.n,))
+        control[replicate_index, layer_index, examples] = frame["control_decision"].to_numpy()
+        control_label = rows.array("control_label")[0, 0]
+        fixed["control_accuracy"] = resampled_means(W, control_correct)
+        refitted["control_accuracy"] = np.stack(
+            [resampled_means(W[b : b + 1], (control[b] > 0) == control_label)[0] for b in range(len(W))]
+        )
+    out = dict(ones)
+    for name, values in refitted.items():
+        spread, held = (np.nansum((v - np.nanmean(v, 0)) ** 2, 0) for v in (values, fixed[name]))
+        pooled, pooled_held = (_window_sums(a, _INFLATION_WINDOW) for a in (spread, held))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(pooled_held > 0, pooled / pooled_held, 1.0)
+        out[name] = np.sqrt(1 + np.maximum(ratio - 1, 0) / _REFIT_OVERCOUNT)
+    return out
+
+
+def _strongest_shortcut(shortcuts: pd.DataFrame, n: int) -> tuple[str, np.ndarray]:
+    """The shortcut with the highest out-of-fold accuracy, and its per-example correctness averaged over seeds."""
+    per_example = shortcuts.groupby(["shortcut", "example"])["correct"].mean().unstack("example")
+    per_example = per_example.reindex(columns=range(n))
+    if per_example.isna().any().any():
+        raise ValueError("shortcut predictions must hold every example of the probes")
+    name = per_example.mean(1).idxmax()
+    return str(name), per_example.loc[name].to_numpy(dtype=np.float64)
+
+
+def _window_sums(values: np.ndarray, half: int) -> np.ndarray:
+    """Sum of ``values`` over the ``half`` entries on each side of every entry (fewer at the ends)."""
+    cumulative = np.concatenate([[0.0], np.cumsum(values)])
+    index = np.arange(values.size)
+    return cumulative[np.minimum(index + half + 1, values.size)] - cumulative[np.maximum(index - half, 0)]
+
+
+def _inflated(point: np.ndarray | float, samples: np.ndarray, factor: np.ndarray | float) -> np.ndarray:
+    """Resamples spread ``factor`` times as far around ``point``, the centre the fixed-probe bootstrap keeps."""
+    return point + factor * (samples - point)
 
 
 def _with_interval(name: str, value: float, samples: np.ndarray, ci: float) -> dict:

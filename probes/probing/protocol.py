@@ -22,6 +22,7 @@ from probes.activations.extraction import Activations
 from probes.activations.storage import StoredActivations
 from probes.probing.settings import ProbeSettings
 from probes.probing.solver import fit_probes, probe_inputs
+from probes.resampling import bootstrap_weights
 
 METRICS = (
     "accuracy",
@@ -33,6 +34,9 @@ METRICS = (
 )
 _CONTROL_STREAM = 0xC0  # mixed with the CV seed so control labels never reuse the fold-shuffle stream
 _NULL_STREAM = 0x4E11  # mixed with the first CV seed and the permutation number for the null's labels
+# The type control runs where the label is at least this much a function of the type (R^2, docs/methods.md §2.5).
+TYPE_CONTROL_MIN = 0.5
+_REFIT_STREAM = 0x2EF1  # mixed with the first CV seed for the refitted bootstrap resamples and their folds
 # The null's fits stop at scikit-learn's default tolerance: half the iterations of the task's 1e-6, and
 # on real activations they move a fold's accuracy by at most one or two test rows, far inside the
 # spread of the null's maxima.
@@ -43,29 +47,59 @@ NULL_TOL = 1e-4
 class LayerProbes:
     """What :func:`probe_layers` returns; the summary (:mod:`probes.probing.depth`) needs only these tables.
 
-    ``metrics``: per-fold scores (layer, seed, fold, metric, value) of :data:`METRICS`.
-    ``predictions``: one row per layer, seed and example: its fold, group, label, control label and
-    the out-of-fold decision values of the task and control probes (plus ``mdl_bits``, the bits the
-    online code paid for the example's label, with MDL, the same for every seed). ``null``: the accuracy
-    curve of every label permutation (permutation, layer, accuracy). ``control``: the control that was run.
-    Every ``layer`` column holds the model's layer numbers (``layers``); ``n_layers`` is the model's depth L
-    and ``chance`` the majority-class rate, which the summary measures depth and rise against.
+    ``metrics``: per-fold scores (layer, seed, fold, metric, value) of :data:`METRICS` (the control's only under
+    the type control). ``predictions``: one row per layer, seed and example: its fold, group, label and the
+    out-of-fold decision value of the task probe (and under the type control the control label and probe's
+    decision; plus, with MDL, ``mdl_bits``, the bits the
+    online code paid for the example's label, and ``mdl_influence``, the derivative of the codelength with respect
+    to the example's weight, both the same for every seed). ``null``: the accuracy
+    curve of every label permutation, averaged over the CV seeds as the task's is (permutation, layer, accuracy).
+    ``refits``: the probes refitted on ``settings.refits`` bootstrap resamples of the examples (groups), each with
+    folds of its own: one row per replicate, layer and example drawn, with its multiplicity ``weight`` and its
+    out-of-fold ``decision`` (and ``control_decision`` under the type control), from which the summary measures
+    how much fitting the probes adds to the variance of every curve. ``control``: the control that fits the
+    dataset, ``"type"`` or ``"shortcut"`` (the shortcut audit's baselines, :mod:`probes.probing.shortcuts`, which
+    the summary measures selectivity against). Every ``layer`` column holds the model's layer numbers (``layers``);
+    ``n_layers`` is the model's depth L and ``chance`` the majority-class rate, which the summary measures depth
+    and rise against; ``control_chance`` is the type control's row-majority rate and ``type_dependence`` the R^2
+    of the label on the declared type (None without types).
     """
 
     metrics: pd.DataFrame
     predictions: pd.DataFrame
     null: pd.DataFrame
+    refits: pd.DataFrame
     control: str
     layers: tuple[int, ...]
     n_layers: int
     chance: float
+    control_chance: float | None = None
+    type_dependence: float | None = None
 
 
-def resolve_control(control: str, has_types: bool) -> str:
-    """The control a dataset gets: ``auto`` is the type control where types are declared, else the permuted one."""
-    if control == "type" and not has_types:
+def type_dependence(y: np.ndarray, types: np.ndarray) -> float:
+    """How far the label is a function of the type: the adjusted R^2 of the label on the type (clipped at 0), about
+    0 when every type holds both classes in the overall proportion, 1 when each type holds one class. Adjusted,
+    because with many small types the plain R^2 is about (types - 1) / (rows - 1) even for random labels."""
+    y = np.asarray(y, dtype=np.float64)
+    total = y.var() * y.size
+    frame = pd.DataFrame({"y": y, "type": np.asarray(types)})
+    n_types = frame["type"].nunique()
+    if total == 0 or n_types >= y.size:
+        return 1.0
+    within = frame.groupby("type")["y"].agg(lambda v: v.var(ddof=0) * v.size).sum()
+    return float(max(0.0, 1 - (within / (y.size - n_types)) / (total / (y.size - 1))))
+
+
+def resolve_control(control: str, y: np.ndarray, types: np.ndarray | None) -> str:
+    """The control a dataset gets (docs/methods.md §2.5): ``auto`` is the type control where the labels are mostly
+    a function of the declared type (:func:`type_dependence` >= :data:`TYPE_CONTROL_MIN`), so that memorising the
+    type could solve the task, and the shortcut baselines elsewhere."""
+    if control == "type" and types is None:
         raise ValueError("control 'type' needs a dataset type column (datasets.<name>.type_column)")
-    return "type" if control == "auto" and has_types else ("permuted" if control == "auto" else control)
+    if control == "auto":
+        return "type" if types is not None and type_dependence(y, types) >= TYPE_CONTROL_MIN else "shortcut"
+    return control
 
 
 def probe_layers(
@@ -104,7 +138,7 @@ def probe_layers(
     if layers.shape != (X.shape[1],):
         raise ValueError(f"{len(layers)} layer numbers for activations of {X.shape[1]} layers")
     depth = int(layers.max()) if n_layers is None else int(n_layers)
-    control = resolve_control(settings.control, types is not None)
+    control = resolve_control(settings.control, y, types)
     if control == "type" and groups is not None:
         spread = pd.Series(np.asarray(groups)).groupby(np.asarray(types)).nunique()
         if (spread == 1).all():
@@ -115,27 +149,32 @@ def probe_layers(
                 stacklevel=2,
             )
     design = _design(y, settings, groups, types if control == "type" else None)
-    runs = len(design.runs)
-    # The task's and the null's fits share one solve, the null's at its looser tolerance.
-    tol = np.where(np.arange(len(design.labels)) < 2 * runs, settings.tol, max(settings.tol, NULL_TOL))
-    fit = fit_probes(X, design.labels, design.train, settings.solver, progress=progress, tol=tol)
+    runs, k = len(design.runs), design.per_run
+    resamples = _resamples(y, settings, groups, design.labels[1] if control == "type" else None)
+    # The task's, the null's and the refits' fits share one solve, the null's and the refits' at a looser tolerance.
+    labels, train = np.concatenate([design.labels, resamples.labels]), np.concatenate([design.train, resamples.train])
+    tol = np.where(np.arange(len(labels)) < k * runs, settings.tol, max(settings.tol, NULL_TOL))
+    fit = fit_probes(X, labels, train, settings.solver, progress=progress, tol=tol)
+    refit_decision = fit.decision[:, len(design.labels) :]
     n, n_columns = X.shape[0], X.shape[1]
-    test = ~design.train
-    decision = fit.decision[:, : 2 * runs]
-    correct = (decision > 0) == design.labels[: 2 * runs].astype(bool)[None]  # (layer, problem, n)
-    task, ctrl = np.arange(0, 2 * runs, 2), np.arange(1, 2 * runs, 2)
-    scores = _scores(decision, design.labels[: 2 * runs], test[: 2 * runs])  # (3, layer, problem)
-    train_control = (correct[:, ctrl] & design.train[ctrl][None]).sum(-1) / design.train[ctrl].sum(-1)
-    values = np.concatenate(
-        [scores[:, :, task], scores[:1, :, ctrl], train_control[None], (scores[0][:, task] - scores[0][:, ctrl])[None]]
-    )  # (metric, layer, run)
+    decision = fit.decision[:, : k * runs]
+    scores = _scores(decision, design.labels[: k * runs], ~design.train[: k * runs])  # (3, layer, problem)
+    task = np.arange(0, k * runs, k)
+    values = scores[:, :, task]  # (metric, layer, run)
+    if k == 2:
+        ctrl = task + 1
+        correct = (decision[:, ctrl] > 0) == design.labels[ctrl].astype(bool)[None]
+        train_control = (correct & design.train[ctrl][None]).sum(-1) / design.train[ctrl].sum(-1)
+        selectivity = scores[0][:, task] - scores[0][:, ctrl]
+        values = np.concatenate([values, scores[:1, :, ctrl], train_control[None], selectivity[None]])
+    names = METRICS[: len(values)]
     layer, run = np.meshgrid(np.arange(n_columns), np.arange(runs), indexing="ij")
     metrics = pd.DataFrame(
         {
-            "layer": np.tile(layer.ravel(), len(METRICS)),
-            "seed": np.tile(np.array([s for s, _ in design.runs])[run].ravel(), len(METRICS)),
-            "fold": np.tile(np.array([f for _, f in design.runs])[run].ravel(), len(METRICS)),
-            "metric": np.repeat(METRICS, layer.size),
+            "layer": np.tile(layer.ravel(), len(names)),
+            "seed": np.tile(np.array([s for s, _ in design.runs])[run].ravel(), len(names)),
+            "fold": np.tile(np.array([f for _, f in design.runs])[run].ravel(), len(names)),
+            "metric": np.repeat(names, layer.size),
             "value": values.reshape(-1).astype(np.float64),
         }
     ).sort_values(["layer", "seed", "fold", "metric"], kind="stable")
@@ -146,12 +185,15 @@ def probe_layers(
 
         orders = replace(settings, seeds=settings.seeds[: settings.mdl_orders])
         code = online_code(X, y, orders, settings.mdl_C_grid, settings.mdl_inner_folds, groups)
-        bits = np.broadcast_to(code.bits.mean(1, keepdims=True), (n_columns, len(settings.seeds), n))
-        predictions["mdl_bits"] = bits.reshape(-1)  # (layer, seed, example), the predictions' order
+        for column, values in (("mdl_bits", code.bits), ("mdl_influence", code.influence)):
+            mean = np.broadcast_to(values.mean(1, keepdims=True), (n_columns, len(settings.seeds), n))
+            predictions[column] = mean.reshape(-1)  # (layer, seed, example), the predictions' order
     n_perm = settings.null_permutations
-    labels, train = design.labels[2 * runs :], design.train[2 * runs :]
-    null_correct = (((fit.decision[:, 2 * runs :] > 0) == labels.astype(bool)[None]) & ~train[None]).sum(-1)
-    null_accuracy = null_correct.reshape(n_columns, n_perm, settings.folds).sum(-1) / n  # every row tested once
+    labels, train = design.labels[k * runs :], design.train[k * runs :]
+    null_decision = fit.decision[:, k * runs : len(design.labels)]
+    null_correct = (((null_decision > 0) == labels.astype(bool)[None]) & ~train[None]).sum(-1)
+    # Every row is tested once per seed: the mean over seeds of each seed's accuracy, the task's own statistic.
+    null_accuracy = null_correct.reshape(n_columns, n_perm, runs).sum(-1) / (n * len(settings.seeds))
     null = pd.DataFrame(
         {
             "permutation": np.tile(np.arange(n_perm), n_columns),
@@ -159,31 +201,47 @@ def probe_layers(
             "accuracy": null_accuracy.reshape(-1),
         }
     )
-    metrics, predictions, null = (
+    refits = resamples.predictions(refit_decision)
+    metrics, predictions, null, refits = (
         table.assign(layer=layers[table["layer"].to_numpy()])
-        for table in (metrics.reset_index(drop=True), predictions, null)
+        for table in (metrics.reset_index(drop=True), predictions, null, refits)
     )
     chance = float(np.bincount(y).max() / len(y))
-    return LayerProbes(metrics, predictions, null, control, tuple(int(l) for l in layers), depth, chance)
+    control_chance = float(np.bincount(design.labels[1]).max() / n) if k == 2 else None
+    dependence = None if types is None else type_dependence(y, types)
+    return LayerProbes(
+        metrics,
+        predictions,
+        null,
+        refits,
+        control,
+        tuple(int(l) for l in layers),
+        depth,
+        chance,
+        control_chance,
+        dependence,
+    )
 
 
-def control_labels(y: np.ndarray, seed: int, types: np.ndarray | None = None) -> np.ndarray:
-    """The control task's labels for one CV seed, from a stream derived from that seed.
+def control_labels(y: np.ndarray, seed: int, types: np.ndarray) -> np.ndarray:
+    """The type control's labels for one CV seed (Hewitt & Liang), from a stream derived from that seed.
 
-    Without ``types``: ``y`` permuted, so a probe can only beat chance on held-out rows by luck.
-    With ``types`` (Hewitt & Liang): every type gets one random label, half the types each class,
-    so a probe that memorises the surface identity of a type scores above chance on held-out rows
-    of types it saw in training; selectivity (accuracy - control accuracy) is then informative.
-    The same labels serve every fold of the seed.
+    Every type gets one label, so a probe that memorises the surface identity of a type scores above chance on
+    held-out rows of types it saw in training. The types are dealt in a seeded order, largest first, each to the
+    class that then holds fewer rows, so the control's classes are balanced on rows, not on types (its chance is
+    the row majority, as the task's is). The same labels serve every fold of the seed.
     """
     rng = np.random.default_rng([seed, _CONTROL_STREAM])
-    if types is None:
-        return rng.permutation(np.asarray(y))
-    kinds, codes = np.unique(np.asarray(types), return_inverse=True)
+    kinds, codes, sizes = np.unique(np.asarray(types), return_inverse=True, return_counts=True)
     if kinds.size < 2:
         raise ValueError("the type control needs at least two types")
-    per_type = rng.permutation(np.arange(kinds.size) % 2)
-    return per_type[codes].astype(np.int64)
+    shuffled = rng.permutation(kinds.size)
+    per_type, rows = np.zeros(kinds.size, dtype=np.int64), np.zeros(2)
+    for kind in shuffled[np.argsort(-sizes[shuffled], kind="stable")]:
+        label = int(rows[1] < rows[0]) if rows[0] != rows[1] else int(rng.integers(2))
+        per_type[kind] = label
+        rows[label] += sizes[kind]
+    return per_type[codes.ravel()]
 
 
 def null_labels(y: np.ndarray, permutation: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
@@ -251,9 +309,10 @@ def _validate(X: np.ndarray, y: np.ndarray, settings: ProbeSettings) -> tuple[np
 
 @dataclass(frozen=True)
 class _Design:
-    labels: np.ndarray  # (problem, n): task and control of each run alternating, then the null's problems
+    labels: np.ndarray  # (problem, n): each run's task (and control, alternating), then the null's problems
     train: np.ndarray  # (problem, n)
-    runs: list[tuple[int, int]]  # (seed, fold) of each task/control pair
+    runs: list[tuple[int, int]]  # (seed, fold) of each run
+    per_run: int  # problems per run: 2 with the type control, else 1
 
 
 def _design(y: np.ndarray, settings: ProbeSettings, groups: np.ndarray | None, types: np.ndarray | None) -> _Design:
@@ -265,51 +324,109 @@ def _design(y: np.ndarray, settings: ProbeSettings, groups: np.ndarray | None, t
     """
     labels, train, runs = [], [], []
     for seed, fold, mask in cv_splits(y, settings, groups):
-        control = control_labels(y, seed, types)
-        if np.unique(control[mask]).size != 2:
-            raise ValueError(f"seed {seed}: a control training fold holds a single class; too few examples or types")
-        labels += [y, control]
-        train += [mask, mask]
+        labels.append(y)
+        train.append(mask)
         runs.append((seed, fold))
-    first = replace(settings, seeds=settings.seeds[:1], mdl_orders=1)
+        if types is not None:
+            control = control_labels(y, seed, types)
+            if np.unique(control[mask]).size != 2:
+                raise ValueError(f"seed {seed}: a control training fold holds a single class; too few types")
+            labels.append(control)
+            train.append(mask)
     for permutation in range(settings.null_permutations):
         permuted = null_labels(y, permutation, settings.seeds[0], groups)
-        for _, _, mask in cv_splits(permuted, first, groups):
+        for _, _, mask in cv_splits(permuted, settings, groups):
             labels.append(permuted)
             train.append(mask)
-    return _Design(np.array(labels), np.array(train), runs)
+    return _Design(np.array(labels), np.array(train), runs, 1 if types is None else 2)
+
+
+@dataclass(frozen=True)
+class _Resamples:
+    """The refitted bootstrap: ``weights`` (replicate, n) multiplicities, and per replicate and fold one problem
+    (and one more for the control labels) whose training rows carry the replicate's multiplicities."""
+
+    weights: np.ndarray
+    test: np.ndarray  # (replicate, fold, n): the rows each fold's probe is tested on
+    labels: np.ndarray  # (problem, n), replicate by replicate, fold by fold, task then control
+    train: np.ndarray  # (problem, n) row weights
+    controlled: bool
+
+    def predictions(self, decision: np.ndarray) -> pd.DataFrame:
+        """Each drawn row's out-of-fold decision per layer and replicate, from ``decision`` (layer, problem, n)."""
+        n_layers = decision.shape[0]
+        n_boot, folds, n = self.test.shape
+        per = decision.reshape(n_layers, n_boot, folds, 1 + self.controlled, n)
+        held = (per * self.test[None, :, :, None]).sum(2)  # every row is tested in exactly one fold
+        layer, replicate, example = np.nonzero(np.broadcast_to(self.weights[None] > 0, (n_layers, n_boot, n)))
+        table = {
+            "layer": layer,
+            "replicate": replicate,
+            "example": example,
+            "weight": self.weights[replicate, example].astype(np.int64),
+            "decision": held[layer, replicate, 0, example].astype(np.float32),
+        }
+        if self.controlled:
+            table["control_decision"] = held[layer, replicate, 1, example].astype(np.float32)
+        return pd.DataFrame(table)
+
+
+def _resamples(
+    y: np.ndarray, settings: ProbeSettings, groups: np.ndarray | None, control: np.ndarray | None
+) -> _Resamples:
+    """The problems of the refitted bootstrap: ``settings.refits`` resamples of the rows (whole groups), each split
+    into folds of its own over the original rows (or groups), so copies of a row never sit on both sides of a split.
+
+    Refitting is what lets an interval include the variance of fitting the probe; the folds are drawn anew
+    because the split is part of what a new sample of the task would change.
+    """
+    n, n_boot = len(y), settings.refits
+    empty = np.zeros((0, n))
+    if n_boot == 0:
+        return _Resamples(np.zeros((0, n)), np.zeros((0, settings.folds, n), dtype=bool), empty, empty, False)
+    rng = np.random.default_rng([settings.seeds[0], _REFIT_STREAM])
+    weights = bootstrap_weights(n, n_boot, int(rng.integers(2**32)), groups)
+    split_seeds = rng.integers(2**31, size=n_boot)
+    labels, train, test = [], [], []
+    for replicate, split_seed in enumerate(split_seeds):
+        splits = cv_splits(y, replace(settings, seeds=(int(split_seed),), mdl_orders=1), groups)
+        test.append([~mask for _, _, mask in splits])
+        for _, _, mask in splits:
+            labels += [y] if control is None else [y, control]
+            train += [weights[replicate] * mask] * (1 if control is None else 2)
+    return _Resamples(weights, np.array(test), np.array(labels), np.array(train), control is not None)
 
 
 def _out_of_fold(
     decision: np.ndarray, design: _Design, settings: ProbeSettings, n: int, groups: np.ndarray | None
 ) -> pd.DataFrame:
     """Each example's held-out decision values per layer and seed (it is tested in exactly one fold per seed)."""
-    n_layers, n_seeds = decision.shape[0], len(settings.seeds)
-    task = np.zeros((n_layers, n_seeds, n))
-    control = np.zeros_like(task)
+    n_layers, n_seeds, k = decision.shape[0], len(settings.seeds), design.per_run
+    values = np.zeros((k, n_layers, n_seeds, n))
     fold_of = np.zeros((n_seeds, n), dtype=np.int64)
     control_of = np.zeros((n_seeds, n), dtype=np.int64)
     for r, (seed, fold) in enumerate(design.runs):
-        s, test = settings.seeds.index(seed), ~design.train[2 * r]
-        task[:, s, test] = decision[:, 2 * r, test]
-        control[:, s, test] = decision[:, 2 * r + 1, test]
+        s, test = settings.seeds.index(seed), ~design.train[k * r]
+        for j in range(k):
+            values[j][:, s, test] = decision[:, k * r + j, test]
         fold_of[s, test] = fold
-        control_of[s] = design.labels[2 * r + 1]
+        if k == 2:
+            control_of[s] = design.labels[k * r + 1]
     layer, seed, example = np.meshgrid(np.arange(n_layers), np.arange(n_seeds), np.arange(n), indexing="ij")
     group = np.arange(n) if groups is None else np.asarray(groups)
-    return pd.DataFrame(
-        {
-            "layer": layer.ravel(),
-            "seed": np.asarray(settings.seeds)[seed.ravel()],
-            "example": example.ravel(),
-            "fold": fold_of[seed.ravel(), example.ravel()],
-            "group": np.asarray(group)[example.ravel()],
-            "label": design.labels[0][example.ravel()],
-            "control_label": control_of[seed.ravel(), example.ravel()],
-            "decision": task.ravel(),
-            "control_decision": control.ravel(),
-        }
-    )
+    table = {
+        "layer": layer.ravel(),
+        "seed": np.asarray(settings.seeds)[seed.ravel()],
+        "example": example.ravel(),
+        "fold": fold_of[seed.ravel(), example.ravel()],
+        "group": np.asarray(group)[example.ravel()],
+        "label": design.labels[0][example.ravel()],
+        "decision": values[0].ravel(),
+    }
+    if k == 2:
+        table["control_label"] = control_of[seed.ravel(), example.ravel()]
+        table["control_decision"] = values[1].ravel()
+    return pd.DataFrame(table)
 
 
 def _scores(decision: np.ndarray, labels: np.ndarray, test: np.ndarray) -> np.ndarray:

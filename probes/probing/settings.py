@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from probes.probing.solver import DTYPES, SolverSettings
 
-# auto: the type control where the dataset declares a type column, the permuted one elsewhere.
-CONTROLS = ("auto", "type", "permuted")
+# auto: the type control where the labels are mostly a function of the declared type, the shortcut baselines elsewhere.
+CONTROLS = ("auto", "type", "shortcut")
 
 # The online code's C grid and inner CV folds (docs/methods.md §2.8), chosen per block on the prefix.
 MDL_C_GRID = (0.001, 0.01, 0.1, 1.0)
@@ -24,8 +24,10 @@ class ProbeSettings:
     in absolute value (scikit-learn's default is 1e-4; 1e-6 puts the probe well inside the region
     where test predictions no longer change). ``max_iter`` caps the L-BFGS iterations of each fit.
     ``null_permutations`` label permutations, each refitted over the whole layer sweep with the
-    first seed's folds (to ``max(tol, NULL_TOL)``), give the null distribution of the best accuracy
-    (0 turns the test off).
+    CV seeds' folds (to ``max(tol, NULL_TOL)``), give the null distribution of the best accuracy, the mean
+    over seeds as the task's (0 turns the test off). ``refits`` bootstrap resamples of the examples are
+    probed again from scratch, with folds of their own (to the null's tolerance), so that intervals include
+    the variance of fitting the probe (0 leaves it out).
     ``mdl`` adds online-code MDL (:mod:`probes.probing.mdl`, C chosen per block on the prefix from
     ``mdl_C_grid`` by ``mdl_inner_folds``-fold CV), averaged over the transmission orders of the first
     ``mdl_orders`` seeds: the code has no folds, so more orders only smooth its order noise.
@@ -40,6 +42,7 @@ class ProbeSettings:
     max_iter: int = 500
     control: str = "auto"
     null_permutations: int = 19
+    refits: int = 20
     device: str = "cpu"
     dtype: str = "float32"
     mdl: bool = True
@@ -67,6 +70,8 @@ class ProbeSettings:
             raise ValueError(f"control must be one of {CONTROLS}, got {self.control!r}")
         if self.null_permutations < 0:
             raise ValueError(f"null_permutations must be >= 0, got {self.null_permutations}")
+        if self.refits == 1 or self.refits < 0:
+            raise ValueError(f"refits must be 0 (off) or >= 2, got {self.refits}")
         if not 1 <= self.mdl_orders <= len(self.seeds):
             raise ValueError(f"mdl_orders must be between 1 and the number of seeds, got {self.mdl_orders}")
         if self.dtype not in DTYPES:

@@ -63,7 +63,7 @@ def embedding_shortcut_predictions(
     embeddings: np.ndarray, y: np.ndarray, settings: ProbeSettings, groups: np.ndarray | None = None
 ) -> pd.DataFrame:
     """Out-of-fold correctness of the layer probe on mean input embeddings (n, d_model): (seed, example, correct)."""
-    probe = replace(settings, null_permutations=0, mdl=False, control="permuted")
+    probe = replace(settings, null_permutations=0, mdl=False, control="shortcut", refits=0)
     predictions = probe_layers(np.asarray(embeddings)[:, None, :], y, probe, groups).predictions
     return pd.DataFrame(
         {

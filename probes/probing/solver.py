@@ -69,10 +69,12 @@ def fit_probes(
 ) -> ProbeFit:
     """Fit standardise + L2 logistic regression for every layer x problem at once.
 
-    ``labels`` and ``train`` are (n_problems, n) arrays: the binary targets and training-row mask of
-    each problem; every problem is fitted on every layer of ``X`` (n, n_layers, d). The objective is
-    scikit-learn's, C * sum(log-loss) + ||w||^2 / 2 with an unpenalised intercept, on features
-    standardised with the problem's training mean and (ddof=0) std. ``C`` and ``tol`` (n_problems,) give
+    ``labels`` and ``train`` are (n_problems, n) arrays: the binary targets and the training rows of
+    each problem, as a mask or as non-negative row weights (a bootstrap resample's multiplicities); every
+    problem is fitted on every layer of ``X`` (n, n_layers, d). The objective is scikit-learn's,
+    C * sum(weight * log-loss) + ||w||^2 / 2 with an unpenalised intercept, on features standardised with the
+    problem's weighted training mean and (ddof=0) std, which is ``StandardScaler`` and ``LogisticRegression``
+    fitted with ``sample_weight``. ``C`` and ``tol`` (n_problems,) give
     each problem its own inverse regularisation and tolerance instead of ``settings.C`` and ``settings.tol``,
     so that a grid of C, or fits to different tolerances, share one solve. A public seam so that notebooks
     and tests can inspect coefficients, not only scores.
@@ -82,15 +84,17 @@ def fit_probes(
 
     X = np.asarray(X)
     labels = np.asarray(labels, dtype=np.float64)
-    train = np.asarray(train, dtype=bool)
+    train = np.asarray(train, dtype=np.float64)
     n, n_layers, d = X.shape
     n_problems = labels.shape[0]
     if labels.shape != (n_problems, n) or train.shape != labels.shape:
         raise ValueError(f"labels {labels.shape} and train {train.shape} must both be (n_problems, {n})")
+    if not (np.isfinite(train) & (train >= 0)).all():
+        raise ValueError("train must be a mask or non-negative finite row weights")
     C = _per_problem("C", settings.C if C is None else C, n_problems)
     tol = _per_problem("tol", settings.tol if tol is None else tol, n_problems)
     for p in range(n_problems):
-        if np.unique(labels[p, train[p]]).size != 2:
+        if np.unique(labels[p, train[p] > 0]).size != 2:
             raise ValueError(f"problem {p}: its training rows must hold both classes")
 
     device, dtype = torch.device(settings.device), getattr(torch, settings.dtype)
@@ -182,8 +186,10 @@ def _standardisation(
     suspect = (var <= 1e-8 * second) & (second > 0)
     for p in torch.nonzero(suspect.any(1)).flatten().tolist():
         cols = torch.nonzero(suspect[p]).flatten()
-        rows = Xt[:, cols][mask[p].bool()]
-        var[p, cols] = (rows - rows.mean(0)).square().mean(0)
+        weights = mask[p][:, None]
+        rows = Xt[:, cols]
+        mean_p = (weights * rows).sum(0) / n_train[p]
+        var[p, cols] = (weights * (rows - mean_p).square()).sum(0) / n_train[p]
     raw_mean, raw_var = mean + centre * std, var * std.square()
     eps = torch.finfo(torch.float64).eps
     constant = raw_var <= n_train * eps * raw_var + (n_train * raw_mean * eps).square()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 
 import numpy as np
@@ -95,9 +96,15 @@ def test_nothing_is_nan_and_every_block_records_how_it_was_sent(random_code):
             prefix, block = code.order[s, : starts[j]], code.order[s, starts[j] : code.boundaries[s, j]]
             frequency = np.array([np.mean(y[prefix] == label) for label in y[block]])
             np.testing.assert_allclose(code.bits[:, s, block], np.broadcast_to(-np.log2(frequency), (3, block.size)))
-    # The chosen C is the grid value with the smallest held-out codelength on the prefix.
-    best = np.asarray(code.C_grid)[np.argmin(code.cv_bits[:, cv], axis=-1)]
-    assert (code.C[:, cv] == best).all()
+    # The chosen C is the smallest grid value whose held-out codelength on the prefix is within one standard
+    # error of the best one's (the one-standard-error rule, towards regularisation).
+    assert code.cv_se.shape == code.cv_bits.shape and (code.cv_se[:, cv] > 0).all()
+    assert np.isnan(code.cv_se[:, ~cv]).all()
+    cv_bits, cv_se = code.cv_bits[:, cv], code.cv_se[:, cv]
+    best = np.argmin(cv_bits, axis=-1)[..., None]
+    within = cv_bits <= np.take_along_axis(cv_bits + cv_se, best, -1)
+    assert (code.C[:, cv] == np.asarray(code.C_grid)[np.argmax(within, axis=-1)]).all()
+    assert (code.C[:, cv] <= np.asarray(code.C_grid)[best[..., 0]]).all()
     # The transmission order is the documented stream, so seeds never reuse the CV or control streams.
     assert (code.order[1] == np.random.default_rng([1, 0x3D1]).permutation(N)).all()
     assert (code.codelength == code.bits.sum(-1)).all()
@@ -116,6 +123,7 @@ def test_a_block_depends_only_on_the_data_sent_before_it():
     np.testing.assert_array_equal(other.C[:, :, : j + 1], code.C[:, :, : j + 1])
     np.testing.assert_array_equal(other.bits[:, :, sent], code.bits[:, :, sent])
     np.testing.assert_array_equal(other.cv_bits[:, :, : j + 1], code.cv_bits[:, :, : j + 1])
+    np.testing.assert_array_equal(other.cv_se[:, :, : j + 1], code.cv_se[:, :, : j + 1])
     assert not np.array_equal(other.bits[:, :, later], code.bits[:, :, later])
 
 
@@ -123,8 +131,18 @@ def test_same_inputs_give_the_same_bytes():
     y = balanced_labels(160, 4)
     X = separable(y, 2, 16, shift=1.5, seed=4)
     first, second = online_code(X, y, ONE_SEED), online_code(X.copy(), y.copy(), ONE_SEED)
-    for field in ("bits", "C", "cv_bits", "order", "boundaries"):
+    for field in ("bits", "C", "cv_bits", "cv_se", "order", "boundaries"):
         assert getattr(first, field).tobytes() == getattr(second, field).tobytes(), field
+
+
+def test_the_one_standard_error_rule_takes_the_smallest_c_near_the_best(monkeypatch):
+    import probes.probing.mdl as mdl
+
+    cv = np.array([[10.0, 9.0, 8.5, 12.0], [np.inf, 9.0, 8.5, np.inf], [7.0, 9.0, 8.5, 6.0]])
+    se = np.array([[1.0, 1.0, 0.6, 3.0], [np.nan, 1.0, 0.2, np.inf], [0.1, 0.1, 0.1, 1.5]])
+    assert mdl._choose(cv, se).tolist() == [1, 2, 0]  # within 8.5 + 0.6, 8.5 + 0.2 (diverged values never), 6 + 1.5
+    monkeypatch.setattr(mdl, "MDL_SE_RULE", 0.0)
+    assert mdl._choose(cv, se).tolist() == [2, 2, 3]  # the argmin
 
 
 def test_groups_are_sent_whole():
@@ -172,6 +190,68 @@ def test_minimal_pairs_are_coded_by_the_probe_not_the_prior():
     code = online_code(separable(y, 2, 16), y, ONE_SEED, groups=pairs)
     assert (code.selection == CROSS_VALIDATED).sum() >= 4
     assert (code.compression > 3).all(), code.compression
+
+
+def weighted_codelength(X: np.ndarray, y: np.ndarray, code, layer: int, weight: np.ndarray) -> float:
+    """sum_j w_j bits_j with every block refitted on its weighted prefix (scikit-learn, sample_weight) at the
+    code's C, order and block ends, each prefix's standardisation held at its unweighted value (as differentiated)."""
+    from sklearn.linear_model import LogisticRegression
+
+    order, ends = code.order[0], code.boundaries[0]
+    total = 0.0
+    for j, start in enumerate(np.r_[0, ends[:-1]]):
+        prefix, block = order[:start], order[start : ends[j]]
+        if code.selection[0, j] in (UNIFORM, EMPTY):
+            block_bits = np.ones(block.size)
+        elif code.selection[0, j] == PRIOR:
+            frequency = np.bincount(y[prefix], weights=weight[prefix], minlength=2) / weight[prefix].sum()
+            block_bits = -np.log2(frequency[y[block]])
+        else:
+            train = X[prefix, layer].astype(np.float64)
+            mean, std = train.mean(0), train.std(0)
+            probe = LogisticRegression(C=code.C[layer, 0, j], solver="newton-cholesky", tol=1e-12, max_iter=100)
+            probe.fit((train - mean) / std, y[prefix], sample_weight=weight[prefix])
+            z = probe.decision_function((X[block, layer] - mean) / std)
+            block_bits = np.logaddexp(0.0, np.where(y[block] == 1, -z, z)) / math.log(2)
+        total += float(weight[block] @ block_bits)
+    return total
+
+
+def test_influence_is_the_derivative_of_the_codelength_in_a_row_s_weight(monkeypatch):
+    """U_i = dCL/dw_i (C, order and standardisation fixed) against central differences of refits; the code is
+    solved to float64 precision so that only the derivative is tested, not the solver's tolerance."""
+    import probes.probing.mdl as mdl
+
+    monkeypatch.setattr(mdl, "MDL_TOL", 1e-12)
+    n = 120
+    y = balanced_labels(n, 7)
+    X = separable(y, 2, 5, shift=0.3, seed=7)
+    code = online_code(X, y, ProbeSettings(seeds=(0,), dtype="float64", tol=1e-12, max_iter=1000))
+    assert {UNIFORM, PRIOR, CROSS_VALIDATED} <= set(code.selection[0])
+    assert np.unique(code.C[:, 0, code.selection[0] == CROSS_VALIDATED]).size > 1  # each block at its own C
+    assert code.influence.shape == code.bits.shape and np.isfinite(code.influence).all()
+    eps = 1e-4
+    for layer in range(2):
+        np.testing.assert_allclose(weighted_codelength(X, y, code, layer, np.ones(n)), code.codelength[layer, 0])
+        for position in (1, 6, 20, 45, 100):  # in the prefix of prior and cv blocks, of cv blocks only, of none
+            row = code.order[0, position]
+            up, down = np.ones(n), np.ones(n)
+            up[row], down[row] = 1 + eps, 1 - eps
+            rise = weighted_codelength(X, y, code, layer, up) - weighted_codelength(X, y, code, layer, down)
+            np.testing.assert_allclose(code.influence[layer, 0, row], rise / (2 * eps), rtol=1e-6, atol=1e-6)
+    last = code.order[0, code.boundaries[0, -2] :]  # the last block is in no prefix: its rows cost only their bits
+    np.testing.assert_array_equal(code.influence[:, :, last], code.bits[:, :, last])
+
+
+def test_influence_carries_the_variance_of_fitting_the_probes():
+    """On random labels with d near the prefix sizes the block probes' fitting noise is real, and the influence
+    spreads more than the fixed bits (whose bootstrap misses it)."""
+    code = online_code(noise(200, 2, 96, seed=8), balanced_labels(200, 8), ONE_SEED)
+
+    def spread(a: np.ndarray) -> np.ndarray:
+        return ((a - a.mean(-1, keepdims=True)) ** 2).sum(-1)
+
+    assert (spread(code.influence) > spread(code.bits)).all(), (spread(code.influence), spread(code.bits))
 
 
 def test_bad_arguments_are_refused():

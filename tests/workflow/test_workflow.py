@@ -49,7 +49,7 @@ def test_full_run_produces_tables_and_figures(run):
     assert not list(run.rglob("*.pkl")) and not list(run.rglob("*.pickle"))
 
 
-def test_factual_concept_is_decodable_and_the_controls_tell_memorisation_from_chance(run):
+def test_factual_concept_is_decodable_and_selectivity_is_against_the_control_that_fits(run):
     curves = pd.read_parquet(run / "results/tables/concept_depth_curves.parquet").query(
         "weights == 'fp32' and noise == 'clean'"
     )
@@ -68,11 +68,14 @@ def test_factual_concept_is_decodable_and_the_controls_tell_memorisation_from_ch
     # coinflip (start side XOR the parity of 6-12 flips) may be beyond SmolLM2: then it has no depth, and says why
     undecodable = summary[~summary["decodable"]]
     assert undecodable["half_rise_layer"].isna().all() and undecodable["undecodable_reason"].notna().all()
-    # cities declares its country as the type: the last token reads the country, so the type control rises
-    assert summary.loc["cities", "control"] == "type" and summary.loc["cities", "max_control_accuracy"] > 0.7
-    assert summary.loc["coinflip", "control"] == "permuted"  # no type column: the permuted control, at chance
-    assert curve.loc[("coinflip", "control_accuracy"), "value"].between(0.4, 0.6).all()
-    assert curve.loc[("cities", "control_train_accuracy"), "value"].max() > 0.9  # what the probe can memorise
+    # cities declares its country as the type, but every country holds both labels: memorising it could not solve
+    # the task, so (as for coinflip, which declares no type) selectivity is measured against the strongest shortcut
+    assert (summary["control"] == "shortcut").all() and summary.loc["cities", "type_dependence"] < 0.05
+    for task, row in summary.iterrows():
+        baseline = row["control_baseline"]
+        assert row["baseline_accuracy"] == pytest.approx(row[f"{baseline}_accuracy"]), task  # the audit's own number
+        assert row["max_selectivity"] == pytest.approx(row["max_accuracy"] - row["baseline_accuracy"]), task
+    assert "control_accuracy" not in set(curves["metric"])
     for key in ("half_rise_layer", "converging_layer", "best_accuracy"):
         rows = summary.dropna(subset=[key])
         assert (rows[f"{key}_lo"] <= rows[key]).all() and (rows[key] <= rows[f"{key}_hi"]).all()

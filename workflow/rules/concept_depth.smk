@@ -9,6 +9,7 @@ rule probe_layers:
         metrics="results/probes/{model}/{weights}/{noise}/{dataset}.parquet",
         predictions="results/probes/{model}/{weights}/{noise}/{dataset}.predictions.parquet",
         null="results/probes/{model}/{weights}/{noise}/{dataset}.null.parquet",
+        refits="results/probes/{model}/{weights}/{noise}/{dataset}.refits.parquet",
         metrics_meta="results/probes/{model}/{weights}/{noise}/{dataset}.meta.json",
         provenance="results/provenance/probe_layers/{model}/{weights}/{noise}/{dataset}.json",
     params:
@@ -59,6 +60,7 @@ rule summarise_concept_depth:
         metrics=condition_outputs(rules.probe_layers.output.metrics),
         predictions=condition_outputs(rules.probe_layers.output.predictions),
         null=condition_outputs(rules.probe_layers.output.null),
+        refits=condition_outputs(rules.probe_layers.output.refits),
         metrics_meta=condition_outputs(rules.probe_layers.output.metrics_meta),
         shortcuts=expand(rules.audit_shortcuts.output.predictions, dataset=DATASETS),
     output:

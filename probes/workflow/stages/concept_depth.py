@@ -29,6 +29,7 @@ def probe_layers(
     metrics: str | os.PathLike,
     predictions: str | os.PathLike,
     null: str | os.PathLike,
+    refits: str | os.PathLike,
     metrics_meta: str | os.PathLike,
     model: str,
     dataset: str,
@@ -41,7 +42,8 @@ def probe_layers(
     """The ``probe_layers`` rule: probe every stored layer of one model x perturbation x dataset.
 
     Writes the per-fold scores, every example's out-of-fold predictions (what all intervals are drawn
-    from) and the permutation null's accuracy curves, all in the model's layer numbers.
+    from), the permutation null's accuracy curves and the refitted resamples' predictions, all in the model's
+    layer numbers.
     """
     from probes.activations.storage import load_activations
     from probes.probing import protocol as probing
@@ -69,12 +71,14 @@ def probe_layers(
         "site": extraction["site"],
         "pooling": pooling,
     }
-    for path, table in ((metrics, result.metrics), (predictions, result.predictions), (null, result.null)):
+    outputs = ((metrics, result.metrics), (predictions, result.predictions), (null, result.null))
+    for path, table in (*outputs, (refits, result.refits)):
         write_parquet(path, pd.concat([pd.DataFrame(keys, index=table.index), table], axis=1))
     write_json(
         metrics_meta,
         keys
-        | {"n_layers": result.n_layers, "chance": result.chance, "n_examples": int(len(y)), "control": result.control},
+        | {"n_layers": result.n_layers, "chance": result.chance, "n_examples": int(len(y)), "control": result.control}
+        | {"control_chance": result.control_chance, "type_dependence": result.type_dependence},
     )
     return {"control": result.control}
 
@@ -124,6 +128,7 @@ SUMMARY_LEAD = {
     "best_accuracy": "best accuracy",
     "converging_layer": "converging layer",
     "max_selectivity": "selectivity (max)",
+    "control_baseline": "selectivity against",
 }
 PERTURBATIONS_LEAD = {
     "model": "model",
@@ -152,6 +157,7 @@ def summarise_concept_depth(
     metrics: Sequence[str | os.PathLike],
     predictions: Sequence[str | os.PathLike],
     null: Sequence[str | os.PathLike],
+    refits: Sequence[str | os.PathLike],
     metrics_meta: Sequence[str | os.PathLike],
     shortcuts: Sequence[str | os.PathLike],
     summary_csv: str | os.PathLike,
@@ -166,7 +172,7 @@ def summarise_concept_depth(
     levels_csv: str | os.PathLike,
     levels_html: str | os.PathLike,
     weights: str,
-    delta: float | str = "auto",
+    converging_rise: float = 0.9,
     jump_min: float = 0.03,
     n_boot: int = 1000,
     ci: float = 0.95,
@@ -182,22 +188,27 @@ def summarise_concept_depth(
     from probes.probing.shortcuts import shortcut_columns, summarise_shortcuts
 
     rows, tables, curve_tables, replicates = [], [], [], {}
-    for metrics_path, predictions_path, null_path, meta_path in zip(
-        metrics, predictions, null, metrics_meta, strict=True
+    audits = {Path(path).stem: path for path in shortcuts}
+    for metrics_path, predictions_path, null_path, refits_path, meta_path in zip(
+        metrics, predictions, null, refits, metrics_meta, strict=True
     ):
         tidy, meta = pd.read_parquet(metrics_path), read_json(meta_path)
         layer_probes = LayerProbes(
             tidy,
             pd.read_parquet(predictions_path),
             pd.read_parquet(null_path),
+            pd.read_parquet(refits_path),
             meta["control"],
             tuple(sorted(tidy["layer"].unique().tolist())),
             meta["n_layers"],
             meta["chance"],
+            meta["control_chance"],
+            meta["type_dependence"],
         )
-        result = summarise_concept_depth(
-            layer_probes, delta=delta, jump_min=jump_min, n_boot=n_boot, seed=seed, ci=ci, alpha=alpha
-        )
+        audit = pd.read_parquet(audits[meta["dataset"]])
+        own = audit[audit["model"].isin(["", meta["model"]])]  # the text shortcuts and this model's embedding
+        options = {"jump_min": jump_min, "n_boot": n_boot, "seed": seed, "ci": ci, "alpha": alpha}
+        result = summarise_concept_depth(layer_probes, own, converging_rise=converging_rise, **options)
         keys = {key: meta[key] for key in SUMMARY_KEYS}
         rows.append(keys | result.row)
         curve_tables.append(pd.concat([pd.DataFrame(keys, index=result.curves.index), result.curves], axis=1))
