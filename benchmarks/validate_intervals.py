@@ -8,17 +8,19 @@ Two generators, both drawing a new sample of examples for every replicate (which
   slowly over layers (AR(1), so adjacent layers err on the same examples, as in a residual stream), and
   each CV seed adds its own split noise; an example is right at layer l with probability exactly p_l.
   The null's sweeps are drawn from the same generator at p_l = chance.
-- ``probes``: Gaussian activations whose class separation follows the shape, through the real
-  ``probes.probing.protocol.probe_layers`` (folds, seeds, the permutation null). The population curve of a probe
-  trained on n(1 - 1/k) examples is not known in closed form, so it is the mean over replicates.
+- ``probes`` (the default): Gaussian activations whose class separation follows the shape, through the real
+  ``probes.probing.protocol.probe_layers`` (folds, seeds, the permutation null, the refitted resamples). The
+  population curve of a probe trained on n(1 - 1/k) examples is not known in closed form, so it is the mean
+  over replicates.
 
-For every shape it prints, per statistic, the truth, the median estimate, the median bias, the coverage of
-the nominal interval and its median width, and how often the task was called decodable. Targets (nominal
-0.95): coverage >= 0.90 for best accuracy, half-rise and converging layer; median bias of the converging
-layer within one layer; a flat-at-chance curve decodable in at most 5% of replicates.
+For every shape it prints, per statistic, the truth, the median estimate and bias, the coverage of the
+nominal interval, its median width and that width over the honest one (2 z SD of the estimate across
+replicates), how often the task was called decodable, and for the per-layer bands their coverage at the
+layers at chance and on the plateau. Targets (nominal 0.95): bands >= 0.93; best accuracy, half-rise and
+converging layer in [0.93, 0.98]; a flat-at-chance curve decodable in at most 5% of replicates.
 
-    python benchmarks/validate_intervals.py                         # oof, 200 replicates per shape
-    python benchmarks/validate_intervals.py --generator probes --replicates 60
+    python benchmarks/validate_intervals.py                       # probes, 200 replicates per shape
+    python benchmarks/validate_intervals.py --generator oof --replicates 400
 """
 
 from __future__ import annotations
@@ -202,13 +204,18 @@ def validate(generator: str, replicates: int, n: int, n_boot: int, seed: int = 0
     ).assign(generator=generator)
 
 
-def checks(table: pd.DataFrame) -> dict[str, bool]:
-    """The targets (nominal 0.95), each True when met."""
+def checks(table: pd.DataFrame, replicates: int) -> dict[str, bool]:
+    """The targets (nominal 0.95), each True when met; a single layer's coverage is allowed two Monte Carlo
+    standard errors below the target, as the lowest of a curve's layers would fall that far by chance."""
     statistics = table[table["statistic"].isin(STATISTICS) & (table["shape"] != "flat")]
     bands = table[table["statistic"].str.startswith("band")]
+    slack = 2 * np.sqrt(0.95 * 0.05 / replicates)
     return {
-        "per-layer bands cover >= 0.93 at every layer at chance and on the plateau": bool(
-            (bands["lowest_layer_coverage"] >= 0.93).all()
+        "per-layer bands cover >= 0.93 at chance and on the plateau (mean over those layers)": bool(
+            (bands["coverage"] >= 0.93).all()
+        ),
+        f"every such layer covers >= 0.93 - {slack:.3f} (two Monte Carlo SEs)": bool(
+            (bands["lowest_layer_coverage"] >= 0.93 - slack).all()
         ),
         "best accuracy, half-rise and converging layer cover in [0.93, 0.98]": bool(
             statistics["coverage"].between(0.93, 0.98).all()
@@ -231,7 +238,7 @@ def main() -> None:
     table = validate(args.generator, args.replicates, args.n, args.n_boot, seeds=args.seeds)
     pd.set_option("display.width", 200)
     print(table.drop(columns="generator").to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
-    for check, passed in checks(table).items():
+    for check, passed in checks(table, args.replicates).items():
         print(f"{'PASS' if passed else 'FAIL'}  {check}")
     elapsed = time.perf_counter() - start
     print(f"{args.generator}: {args.replicates} replicates per shape, n = {args.n}, {elapsed:.0f} s")

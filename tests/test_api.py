@@ -140,7 +140,9 @@ def test_a_notebook_reproduces_the_pipelines_activations_and_summary(run):
     result = probes.probe_layers(acts, data.labels, settings, groups=data.groups, types=data.types)
     summarising = read_json(run / "results/provenance/summarise_concept_depth.json")["arguments"]
     options = ("converging_rise", "jump_min", "n_boot", "seed", "ci", "alpha")
-    summary = probes.summarise_concept_depth(result, **{key: summarising[key] for key in options})
+    audit = pd.read_parquet(run / "results/shortcuts/cities.parquet")  # selectivity is against its strongest shortcut
+    shortcuts = audit[audit["model"].isin(["", "smollm2-135m"])]
+    summary = probes.summarise_concept_depth(result, shortcuts, **{key: summarising[key] for key in options})
 
     table = pd.read_parquet(run / "results/tables/concept_depth_summary.parquet")  # the CSV is rounded for reading
     row = table.query("model == 'smollm2-135m' and weights == 'fp32' and noise == 'clean' and dataset == 'cities'")

@@ -54,25 +54,34 @@ def summarise_curve(
 
     The half-rise layer is the first to reach half the rise from ``chance`` to ``best``, the converging
     layer the first to reach ``converging_rise`` of it: both are properties of the curve, not of the sample
-    size. ``best`` is by default the curve's maximum; the summary passes the cross-fitted best accuracy,
-    because the maximum of a noisy curve overshoots the plateau it estimates and would push both layers late.
+    size. Both are read off the curve's rising envelope, its isotonic (pool-adjacent-violators) fit up to its
+    maximum: a single noisy layer that nearly reaches a threshold long before the curve does would otherwise
+    decide the layer, and a bootstrap resample would cross there in a fifth of its draws (intervals from
+    layer 0 to the jump on synthetic late-jump curves). A curve that rises to its maximum has the same
+    layers either way. ``best`` is by default the curve's maximum; the summary passes the cross-fitted best
+    accuracy, because the maximum of a noisy curve overshoots the plateau it estimates and would push both
+    layers late.
     ``jump_layer`` is None when no one-layer rise reaches ``jump_min``; ``jump_size`` is always the largest
     one-layer rise (NaN for a single layer), so a "no jump" verdict can be checked.
     """
     acc = np.asarray(acc, dtype=np.float64)
     if acc.ndim != 1 or acc.size == 0 or not np.isfinite(acc).all():
         raise ValueError("acc must be a non-empty 1-D array of finite accuracies")
+    from scipy.optimize import isotonic_regression
+
     best = float(acc.max()) if best is None else float(best)
+    peak = int(np.argmax(acc))
+    rising = isotonic_regression(acc[: peak + 1]).x
     steps = np.diff(acc)
     jump = int(np.argmax(steps)) + 1 if steps.size else None
     jump_size = float(steps.max()) if steps.size else math.nan
     return {
         "best_accuracy": best,
         "best_layer": int(np.argmax(acc)),
-        "half_rise_layer": _first(acc >= chance + 0.5 * (best - chance)),
+        "half_rise_layer": _first(rising >= chance + 0.5 * (best - chance)),
         "jump_layer": jump if steps.size and jump_size >= jump_min else None,
         "jump_size": jump_size,
-        "converging_layer": _first(acc >= chance + converging_rise * (best - chance)),
+        "converging_layer": _first(rising >= chance + converging_rise * (best - chance)),
     }
 
 
@@ -515,7 +524,7 @@ def _strongest_shortcut(shortcuts: pd.DataFrame, n: int) -> tuple[str, np.ndarra
     per_example = per_example.reindex(columns=range(n))
     if per_example.isna().any().any():
         raise ValueError("shortcut predictions must hold every example of the probes")
-    name = per_example.mean(1).idxmax()
+    name = per_example.mean(axis=1).idxmax()
     return str(name), per_example.loc[name].to_numpy(dtype=np.float64)
 
 

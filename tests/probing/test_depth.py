@@ -154,6 +154,8 @@ def test_summarise_curve_on_known_shapes() -> None:
     assert summary["jump_layer"] == 3 and summary["jump_size"] == pytest.approx(0.15)
     assert summary["converging_layer"] == 4  # first >= 0.5 + 0.9 * 0.3 = 0.77
     assert summarise_curve(acc, chance=0.5, converging_rise=0.9, best=0.71)["converging_layer"] == 3  # >= 0.689
+    spike = summarise_curve(np.array([0.50, 0.66, 0.50, 0.50, 0.80, 0.80]), chance=0.5)  # one noisy early layer
+    assert spike["half_rise_layer"] == 4 and spike["converging_layer"] == 4  # read off the rising envelope
     flat = summarise_curve(np.linspace(0.5, 0.56, 7), chance=0.5)  # steps of 0.01 < jump_min
     assert flat["jump_layer"] is None and flat["jump_size"] == pytest.approx(0.01)
     assert summarise_curve(np.array([0.4, 0.45]), chance=0.5)["half_rise_layer"] is None

@@ -171,7 +171,7 @@ def test_settings_builders_carry_the_config_and_its_device():
         "device": "cuda",
         "dtype": "bfloat16",
     }
-    assert config.probe_settings(cfg)["seeds"] == (0, 1) and config.probe_settings(cfg)["mdl"] is True
+    assert config.probe_settings(cfg)["refits"] == 6 and config.probe_settings(cfg)["mdl"] is True
     for build in (
         config.probe_settings,
         config.tuned_lens_settings,
