@@ -16,8 +16,9 @@ Two generators, both drawing a new sample of examples for every replicate (which
 For every shape it prints, per statistic, the truth, the median estimate and bias, the coverage of the
 nominal interval, its median width and that width over the honest one (2 z SD of the estimate across
 replicates), how often the task was called decodable, and for the per-layer bands their coverage at the
-layers at chance and on the plateau. Targets (nominal 0.95): bands >= 0.93; best accuracy, half-rise and
-converging layer in [0.93, 0.98]; a flat-at-chance curve decodable in at most 5% of replicates.
+layers at chance and on the plateau; and the MDL code length's interval on random labels (:func:`mdl_report`).
+Targets (nominal 0.95): bands >= 0.93; best accuracy, half-rise and converging layer in [0.93, 0.98]; MDL >= 0.90;
+a flat-at-chance curve decodable in at most 5% of replicates.
 
     python benchmarks/validate_intervals.py                       # probes, 200 replicates per shape
     python benchmarks/validate_intervals.py --generator oof --replicates 400
@@ -204,6 +205,41 @@ def validate(generator: str, replicates: int, n: int, n_boot: int, seed: int = 0
     ).assign(generator=generator)
 
 
+def mdl_report(replicates: int, n: int, n_boot: int, seed: int = 0, d: int = 32, n_layers: int = 3) -> pd.DataFrame:
+    """The MDL code length's interval on random labels: Gaussian activations (every layer an independent draw, so
+    layers are replicates too), through the real probes and summary; truth = the mean code length over them."""
+    from probes.probing.protocol import probe_layers
+    from probes.probing.settings import ProbeSettings
+
+    settings = ProbeSettings(null_permutations=0, refits=0, mdl=True)
+    values, lows, highs = [], [], []
+    for r in range(replicates):
+        rng = np.random.default_rng([seed, 0x3D1, r])
+        X = rng.standard_normal((n, n_layers, d)).astype(np.float32)
+        y = rng.permutation(np.arange(n) % 2)
+        result = probe_layers(X, y, settings)
+        curves = summarise_predictions(result.predictions, result.null, CHANCE, n_layers - 1, n_boot=n_boot, seed=r)
+        code = curves.curves[curves.curves["metric"] == "mdl_codelength"]
+        values.append(code["value"].to_numpy())
+        lows.append(code["lo"].to_numpy())
+        highs.append(code["hi"].to_numpy())
+    values, lows, highs = (np.concatenate(a) for a in (values, lows, highs))
+    truth = values.mean()
+    return pd.DataFrame(
+        [
+            {
+                "shape": "random labels",
+                "statistic": "mdl_codelength",
+                "truth": truth,
+                "median_estimate": float(np.median(values)),
+                "coverage": float(((lows <= truth) & (truth <= highs)).mean()),
+                "median_width": float(np.median(highs - lows)),
+                "width_vs_honest": float(np.median(highs - lows) / (2 * 1.959964 * values.std(ddof=1))),
+            }
+        ]
+    )
+
+
 def checks(table: pd.DataFrame, replicates: int) -> dict[str, bool]:
     """The targets (nominal 0.95), each True when met; a single layer's coverage is allowed two Monte Carlo
     standard errors below the target, as the lowest of a curve's layers would fall that far by chance."""
@@ -219,6 +255,9 @@ def checks(table: pd.DataFrame, replicates: int) -> dict[str, bool]:
         ),
         "best accuracy, half-rise and converging layer cover in [0.93, 0.98]": bool(
             statistics["coverage"].between(0.93, 0.98).all()
+        ),
+        "MDL code length covers >= 0.90 on random labels": bool(
+            (table.query("statistic == 'mdl_codelength'")["coverage"] >= 0.90).all()
         ),
         "flat curve decodable in <= 5% of replicates": bool(
             (table.query("shape == 'flat' and statistic == 'best_accuracy'")["decodable_rate"] <= 0.05).all()
@@ -236,6 +275,7 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     table = validate(args.generator, args.replicates, args.n, args.n_boot, seeds=args.seeds)
+    table = pd.concat([table, mdl_report(args.replicates, args.n, args.n_boot)], ignore_index=True)
     pd.set_option("display.width", 200)
     print(table.drop(columns="generator").to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
     for check, passed in checks(table, args.replicates).items():
