@@ -542,7 +542,7 @@ def test_every_job_records_its_provenance_and_run_info_gathers_them(run):
 
     from probes.io import read_json, sha256_file
 
-    info = pd.read_csv(run / "results/tables/run_info.csv")
+    info = pd.read_csv(run / "results/tables/run_info.csv", dtype={"seeds": str})  # "0 1", or "0" read as text
     assert info["rule"].value_counts().to_dict() == {
         "extract_activations": 4,
         "probe_layers": 4,
