@@ -17,8 +17,9 @@ For every shape it prints, per statistic, the truth, the median estimate and bia
 nominal interval, its median width and that width over the honest one (2 z SD of the estimate across
 replicates), how often the task was called decodable, and for the per-layer bands their coverage at the
 layers at chance and on the plateau; and the MDL code length's interval on random labels (:func:`mdl_report`).
-Targets (nominal 0.95): bands >= 0.93; best accuracy, half-rise and converging layer in [0.93, 0.98]; MDL >= 0.90;
-a flat-at-chance curve decodable in at most 5% of replicates.
+Targets (nominal 0.95): bands >= 0.93; best accuracy in [0.93, 0.98]; half-rise and converging layer >= 0.93 at no
+more than 1.25 times the honest width (integers: their coverage moves in steps); MDL >= 0.90; a flat-at-chance
+curve decodable in at most 5% of replicates.
 
     python benchmarks/validate_intervals.py                       # probes, 200 replicates per shape
     python benchmarks/validate_intervals.py --generator oof --replicates 400
@@ -242,8 +243,12 @@ def mdl_report(replicates: int, n: int, n_boot: int, seed: int = 0, d: int = 32,
 
 def checks(table: pd.DataFrame, replicates: int) -> dict[str, bool]:
     """The targets (nominal 0.95), each True when met; a single layer's coverage is allowed two Monte Carlo
-    standard errors below the target, as the lowest of a curve's layers would fall that far by chance."""
+    standard errors below the target, as the lowest of a curve's layers would fall that far by chance. A layer
+    statistic is an integer, so its coverage moves in steps (an interval one layer either side of a
+    concentrated estimate covers in every replicate): for it the miss is an interval wider than honest, not a
+    coverage above 0.98."""
     statistics = table[table["statistic"].isin(STATISTICS) & (table["shape"] != "flat")]
+    layers = statistics[statistics["statistic"] != "best_accuracy"]
     bands = table[table["statistic"].str.startswith("band")]
     slack = 2 * np.sqrt(0.95 * 0.05 / replicates)
     return {
@@ -253,8 +258,11 @@ def checks(table: pd.DataFrame, replicates: int) -> dict[str, bool]:
         f"every such layer covers >= 0.93 - {slack:.3f} (two Monte Carlo SEs)": bool(
             (bands["lowest_layer_coverage"] >= 0.93 - slack).all()
         ),
-        "best accuracy, half-rise and converging layer cover in [0.93, 0.98]": bool(
-            statistics["coverage"].between(0.93, 0.98).all()
+        "best accuracy covers in [0.93, 0.98]": bool(
+            statistics.query("statistic == 'best_accuracy'")["coverage"].between(0.93, 0.98).all()
+        ),
+        "half-rise and converging layer cover >= 0.93, no wider than 1.25 x honest": bool(
+            (layers["coverage"] >= 0.93).all() and (layers["width_vs_honest"].fillna(0) <= 1.25).all()
         ),
         "MDL code length covers >= 0.90 on random labels": bool(
             (table.query("statistic == 'mdl_codelength'")["coverage"] >= 0.90).all()

@@ -174,6 +174,45 @@ def test_validation_benchmark_meets_its_targets_in_a_small_run() -> None:
     assert (decodable["decodable_rate"] == 1).all()
 
 
+def test_without_a_type_control_selectivity_is_measured_against_the_strongest_shortcut() -> None:
+    """Plant two shortcuts, right on 90% and 60% of the examples: the summary names the stronger, and selectivity
+    is the accuracy curve minus its accuracy, resampled with the same examples."""
+    predictions, null = tables(n=400)
+    predictions = predictions.drop(columns=["control_label", "control_decision"])
+    rng = np.random.default_rng(5)
+    shortcuts = pd.concat(
+        [
+            pd.DataFrame({"shortcut": name, "seed": 0, "example": np.arange(400), "correct": rng.random(400) < rate})
+            for name, rate in (("length", 0.9), ("bag_of_words", 0.6))
+        ]
+    )
+    result = summarise_predictions(predictions, null, 0.5, depth=24, n_boot=300, shortcuts=shortcuts)
+    strongest = shortcuts.query("shortcut == 'length'")["correct"].mean()
+    assert result.row["control_baseline"] == "length"
+    assert result.row["baseline_accuracy"] == pytest.approx(strongest)
+    curves = result.curves.set_index(["metric", "layer"])
+    np.testing.assert_allclose(
+        curves.loc["selectivity", "value"], curves.loc["accuracy", "value"] - strongest, atol=1e-12
+    )
+    assert (curves.loc["selectivity", "value"] < 0).all()  # the planted shortcut beats the ramp's plateau of 0.75
+    assert result.row["max_selectivity_lo"] <= result.row["max_selectivity"] <= result.row["max_selectivity_hi"]
+    no_control = summarise_predictions(predictions, null, 0.5, depth=24, n_boot=300)
+    assert no_control.row["control_baseline"] is None and "selectivity" not in set(no_control.curves["metric"])
+
+
+@pytest.mark.slow
+def test_validation_benchmark_with_the_real_probes_in_a_small_run() -> None:
+    """The benchmark's default generator (real probes, refits and null on Gaussian activations) at 12 replicates
+    per shape: loose bounds, as 12 replicates put a coverage of 0.95 anywhere in 0.8-1 by chance."""
+    table = VALIDATE.validate("probes", replicates=12, n=200, n_boot=200)
+    decodable = table[(table["shape"] != "flat") & table["statistic"].isin(VALIDATE.STATISTICS)]
+    assert (decodable["coverage"] >= 0.75).all(), decodable
+    assert (decodable["decodable_rate"] == 1).all()
+    bands = table[table["statistic"].str.startswith("band")]
+    assert (bands["coverage"] >= 0.8).all() and bands["width_vs_honest"].between(0.7, 1.6).all(), bands
+    assert (table.query("shape == 'flat' and statistic == 'best_accuracy'")["decodable_rate"] <= 0.25).all()
+
+
 def test_mdl_curves_resample_the_bits_of_each_example():
     predictions, null = tables(n=200)
     uniform = summarise_predictions(predictions.assign(mdl_bits=1.0), null, 0.5, depth=24, n_boot=100)
