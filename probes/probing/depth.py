@@ -536,8 +536,9 @@ def _window_sums(values: np.ndarray, half: int) -> np.ndarray:
 
 
 def _inflated(point: np.ndarray | float, samples: np.ndarray, factor: np.ndarray | float) -> np.ndarray:
-    """Resamples spread ``factor`` times as far around ``point``, the centre the fixed-probe bootstrap keeps."""
-    return point + factor * (samples - point)
+    """Resamples spread ``factor`` times as far around ``point``, the centre the fixed-probe bootstrap keeps, and kept
+    in [0, 1]: every quantity widened is a rate, and a spread past a perfect score is not a possible value."""
+    return np.clip(point + factor * (samples - point), 0.0, 1.0)
 
 
 def _with_interval(name: str, value: float, samples: np.ndarray, ci: float) -> dict:

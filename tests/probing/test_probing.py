@@ -346,3 +346,8 @@ def test_refitting_widens_the_bands_at_chance_as_much_as_cross_validation_varies
     widened, held = (frame.query("metric == 'accuracy'").eval("hi - lo").to_numpy() for frame in curves)
     assert 1.15 < (widened / held).mean() < 1.6, widened / held
     assert summary.row["refits"] == 20 and fixed.row["refits"] == 0 and fixed.row["fitting_inflation"] == 1
+    X[:, 5, 0] += 1.1 * (2 * y - 1)  # accuracy 0.99 next to chance layers: widened, its band would pass 1
+    near = probe_layers(X, y, ProbeSettings(null_permutations=0, mdl=False, refits=20))
+    bands = summarise_predictions(near.predictions, near.null, 0.5, 5, near.refits, n_boot=400).curves
+    assert bands.query("metric == 'accuracy' and layer == 5")["hi"].item() == 1.0
+    assert bands.query("metric in ('accuracy', 'f1', 'roc_auc')")[["lo", "hi"]].stack().between(0, 1).all()
