@@ -42,20 +42,23 @@ def _curve(curves: pd.DataFrame, metric: str) -> pd.DataFrame:
     return rows.set_index("layer")[["value", "lo", "hi"]]
 
 
-# The shortcut audit's reference lines (probes.probing.shortcuts): what words alone and the input embeddings reach.
+# The shortcut audit's reference lines (probes.probing.shortcuts): what words alone, the text's length and the input
+# embeddings reach; selectivity is measured against the strongest where a task has no type control.
 SHORTCUT_LINES = {
     "bag_of_words": {"color": "#a6761d", "ls": (0, (4, 2)), "lw": 0.9},
+    "length": {"color": "#666666", "ls": (0, (6, 1.5, 1, 1.5, 1, 1.5)), "lw": 0.9},
     "embedding": {"color": "#e31a1c", "ls": (0, (1, 1.5)), "lw": 1.1},
 }
 
 
 SHORTCUT_LABELS = {
     "bag_of_words": "shortcut: bag of words (same folds)",
+    "length": "shortcut: text length (same folds)",
     "embedding": "shortcut: mean input embedding (same folds)",
 }
 
 
-SHORTCUT_EDGE_LABELS = {"bag_of_words": "words", "embedding": "embedding"}
+SHORTCUT_EDGE_LABELS = {"bag_of_words": "words", "length": "length", "embedding": "embedding"}
 
 
 CHANCE_LINE = {"color": "#bbbbbb", "ls": "-", "lw": 0.8}
@@ -71,7 +74,7 @@ def concept_depth_figure(
     curves: pd.DataFrame, table: pd.DataFrame, model: str, weights: str, embedded: bool, ci: float = CI
 ) -> Figure:
     """One panel per task: accuracy and control with intervals, half-rise, jump and converging layers marked;
-    the shortcut audit's bag-of-words and input-embedding accuracies as reference lines; a task whose best
+    the shortcut audit's bag-of-words, length and input-embedding accuracies as reference lines; a task whose best
     accuracy stays within the permutation null is drawn grey, without depth marks."""
     apply_style()
     import matplotlib.pyplot as plt

@@ -16,7 +16,7 @@ METRICS = ("accuracy", "control_accuracy", "control_train_accuracy")
 
 def concept_tables(n_tasks: int, models=MODELS, undecodable: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The summary and curves tables of ``n_tasks`` tasks, the first twelve factual (more than tab10 has
-    colours), then levels in turn, the last ``undecodable`` within the null; chance and both shortcut baselines
+    colours), then levels in turn, the last ``undecodable`` within the null; chance and the three shortcut baselines
     all at 0.5, as on balanced tasks without a shortcut."""
     rows, curves = [], []
     for model, n_layers in models.items():
@@ -42,7 +42,7 @@ def concept_tables(n_tasks: int, models=MODELS, undecodable: int = 0) -> tuple[p
             row = keys | {"level": level, "n_layers": n_layers, "control": "type"}
             row |= {"decodable": decodable, "null_p_value": 0.01 if decodable else 0.6, "chance": 0.5}
             row |= {"jump_layer": half if decodable else np.nan, "best_accuracy": 0.5 + rise}
-            row |= {"bag_of_words_accuracy": 0.5, "embedding_accuracy": 0.5}
+            row |= {"bag_of_words_accuracy": 0.5, "length_accuracy": 0.5, "embedding_accuracy": 0.5}
             for name in ("half_rise_layer", "converging_layer"):
                 value = depth.get(name, np.nan)
                 row |= {name: value, f"{name}_lo": value - 1, f"{name}_hi": value + 1}
@@ -86,7 +86,7 @@ def test_model_figure_tells_every_line_apart_and_names_the_baselines(tmp_path, n
     assert len(panels) == n_tasks
     for ax in panels:
         names = [text.get_text() for text in ax.texts if text.get_position()[0] > 1]
-        assert names == ["chance", "words", "embedding"]  # all three at 0.5: named one above the other
+        assert names == ["chance", "words", "length", "embedding"]  # all four at 0.5: named one above the other
         boxes = edge_label_boxes(ax)
         assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
     legend = {text.get_text(): line for text, line in zip(fig.legends[0].get_texts(), fig.legends[0].get_lines())}
