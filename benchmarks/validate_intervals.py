@@ -219,7 +219,9 @@ def mdl_report(replicates: int, n: int, n_boot: int, seed: int = 0, d: int = 32,
         X = rng.standard_normal((n, n_layers, d)).astype(np.float32)
         y = rng.permutation(np.arange(n) % 2)
         result = probe_layers(X, y, settings)
-        curves = summarise_predictions(result.predictions, result.null, CHANCE, n_layers - 1, n_boot=n_boot, seed=r)
+        curves = summarise_predictions(
+            result.predictions, result.null, CHANCE, n_layers - 1, n_boot=n_boot, seed=r, mdl=result.mdl
+        )
         code = curves.curves[curves.curves["metric"] == "mdl_codelength"]
         values.append(code["value"].to_numpy())
         lows.append(code["lo"].to_numpy())

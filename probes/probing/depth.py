@@ -143,6 +143,7 @@ def summarise_concept_depth(
         alpha=alpha,
         control_train=control_train,
         shortcuts=shortcuts,
+        mdl=layer_probes.mdl,
     )
     summary.row.update(
         control=layer_probes.control,
@@ -166,6 +167,7 @@ def summarise_predictions(
     alpha: float = 0.05,
     control_train: pd.Series | None = None,
     shortcuts: pd.DataFrame | None = None,
+    mdl: pd.DataFrame | None = None,
 ) -> DepthSummary:
     """Concept-depth summary of one model x dataset from :class:`probes.probing.protocol.LayerProbes`' tables.
 
@@ -181,6 +183,9 @@ def summarise_predictions(
     Selectivity is accuracy minus the control's: the type control's where the predictions hold one, else the
     strongest of ``shortcuts`` (the shortcut audit's out-of-fold correctness of this model and dataset: shortcut,
     seed, example, correct), on the same folds and the same resamples; the row names which (``control_baseline``).
+    ``mdl`` (the probes' online codes, :func:`probes.probing.protocol.online_codes`) adds codelength and compression
+    curves of every code, resampled over examples and transmission orders, and each one's highest compression and
+    its layer, with intervals.
     """
     if depth < 1:
         raise ValueError("depth (the model's number of blocks L) must be >= 1 to define relative depth")
@@ -212,16 +217,8 @@ def summarise_predictions(
         curves["baseline_accuracy"] = (control, control_boot)
     if baseline is not None:
         curves["selectivity"] = (acc - control, acc_boot - control_boot)
-    if "mdl_bits" in predictions:
-        bits = rows.array("mdl_bits").mean(1)  # (layer, n), already the mean over the transmission orders
-        # A resample's codelength by the linear bootstrap: the full code plus each row's extra draws times its
-        # influence (its own bits and its pull on the probes that code later blocks; without influences, its bits
-        # alone), scaled to n rows (a grouped resample draws a varying number of rows).
-        influence = rows.array("mdl_influence").mean(1) if "mdl_influence" in predictions else bits
-        codelength, drawn = bits.sum(1), W.sum(1)[:, None]
-        resampled = codelength[None] + (W - 1) @ influence.T
-        curves["mdl_codelength"] = (codelength, resampled * rows.n / drawn)
-        curves["mdl_compression"] = (rows.n / codelength, drawn / resampled)
+    if mdl is not None and not mdl.empty:
+        curves |= _mdl_curves(mdl, rows, W, seed)
 
     best = int(np.argmax(acc))
     halves = _halves(rows, seed)
@@ -277,10 +274,15 @@ def summarise_predictions(
         row |= _with_interval("max_selectivity", selectivity.max(), selectivity_boot.max(1), ci)
         row["max_selectivity_layer"] = int(rows.layers[np.argmax(selectivity)])
         row["max_selectivity_depth"] = row["max_selectivity_layer"] / depth
-    if "mdl_compression" in curves:
-        compression, compression_boot = curves["mdl_compression"]
-        row |= _with_interval("max_mdl_compression", compression.max(), compression_boot.max(1), ci)
-        row["max_mdl_compression_layer"] = int(rows.layers[np.argmax(compression)])
+    for code in ("mdl", "mdl_grouped", "mdl_control"):
+        if f"{code}_compression" in curves:
+            compression, compression_boot = curves[f"{code}_compression"]
+            row |= _with_interval(f"max_{code}_compression", compression.max(), compression_boot.max(1), ci)
+            at = rows.layers[compression_boot.argmax(1)].astype(np.float64)  # the layer each resample peaks at
+            lo, hi = percentile_interval(at, ci)
+            layer = int(rows.layers[np.argmax(compression)])
+            row |= {f"max_{code}_compression_layer": layer, f"max_{code}_compression_layer_lo": _layer(lo)}
+            row |= {f"max_{code}_compression_layer_hi": _layer(hi), f"max_{code}_compression_depth": layer / depth}
 
     frames = []
     for metric, (value, samples) in curves.items():
@@ -516,6 +518,45 @@ def _fitting_inflation(
             ratio = np.where(pooled_held > 0, pooled / pooled_held, 1.0)
         out[name] = np.sqrt(1 + np.maximum(ratio - 1, 0) / _REFIT_OVERCOUNT)
     return out
+
+
+# What each online code of probes.probing.protocol.online_codes is called in the curves and the summary row.
+_MDL_CURVES = {"task": "mdl", "task_grouped": "mdl_grouped", "control": "mdl_control"}
+_ORDER_STREAM = 0x0D3  # mixed with the bootstrap seed for the resampled transmission orders
+
+
+def _mdl_curves(mdl: pd.DataFrame, rows: _Rows, W: np.ndarray, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Codelength and compression curves of every online code, point and resamples.
+
+    A resample's codelength in one order is the linear bootstrap: the order's codelength plus each row's extra draws
+    times its influence (its own bits and its pull on the probes that code later blocks), scaled to n rows (a
+    grouped resample draws a varying number of rows). The orders are resampled too, the same draw for every code and
+    layer, so the interval holds the order's variance and the codes stay paired; the point is the mean over orders.
+    """
+    frame = mdl.sort_values(["code", "layer", "order", "example"], kind="stable")
+    drawn = W.sum(1)[:, None]
+    curves = {}
+    order_weights: np.ndarray | None = None
+    for code, name in _MDL_CURVES.items():
+        rows_of_code = frame[frame["code"] == code]
+        if rows_of_code.empty:
+            continue
+        n_orders = int(rows_of_code["order"].nunique())
+        shape = (len(rows.layers), n_orders, rows.n)
+        if len(rows_of_code) != np.prod(shape) or not np.array_equal(np.unique(rows_of_code["layer"]), rows.layers):
+            raise ValueError(f"the online code {code!r} must hold every layer, order and example of the predictions")
+        bits = rows_of_code["bits"].to_numpy(np.float64).reshape(shape)
+        influence = rows_of_code["influence"].to_numpy(np.float64).reshape(shape)
+        if order_weights is None or order_weights.shape[1] != n_orders:
+            rng = np.random.default_rng([seed, _ORDER_STREAM])
+            order_weights = rng.multinomial(n_orders, np.full(n_orders, 1 / n_orders), size=len(W)) / n_orders
+        codelength = bits.sum(-1)  # (layer, order)
+        resampled = codelength[None] + np.einsum("bn,lkn->blk", W - 1, influence)  # (resample, layer, order)
+        resampled = np.einsum("blk,bk->bl", resampled, order_weights)
+        point = codelength.mean(1)
+        curves[f"{name}_codelength"] = (point, resampled * rows.n / drawn)
+        curves[f"{name}_compression"] = (rows.n / point, drawn / resampled)
+    return curves
 
 
 def _strongest_shortcut(shortcuts: pd.DataFrame, n: int) -> tuple[str, np.ndarray]:

@@ -122,6 +122,7 @@ def online_code(
     C_grid: tuple[float, ...] = MDL_C_GRID,
     inner_folds: int = MDL_INNER_FOLDS,
     groups: np.ndarray | None = None,
+    whole_groups: bool = True,
 ) -> OnlineCode:
     """Online code of binary labels ``y`` given activations ``X`` (n, n_layers, d), per seed of ``settings``.
 
@@ -130,8 +131,9 @@ def online_code(
     from ``C_grid`` by ``inner_folds``-fold CV on the prefix, as the smallest C whose held-out codelength is within
     one standard error of the best (the argmin over a grid is unstable on a small prefix, and its jumps to a large
     C are variance that the rows' influence, which holds C fixed, cannot see). With ``groups`` (one label per row)
-    whole groups are sent together, the standard error is over groups, and block ends move to the next group end,
-    so no block holds part of a group already begun.
+    the inner folds keep groups together and the standard error is over groups; with ``whole_groups`` whole groups
+    are also sent together and block ends move to the next group end, so no block holds part of a group already
+    begun, while without it rows are sent one by one, as Voita & Titov send their examples.
     The same inputs always give the same bits.
     """
     X, y = probe_inputs(X, y)
@@ -144,7 +146,7 @@ def online_code(
     n, n_layers = X.shape[0], X.shape[1]
     codes = _group_codes(groups, n)
     seeds = tuple(settings.seeds)
-    orders, ends = zip(*(_transmission(n, seed, codes) for seed in seeds))
+    orders, ends = zip(*(_transmission(n, seed, codes if whole_groups else None) for seed in seeds))
     order, boundaries = np.array(orders), np.array(ends)
     n_seeds, n_blocks = boundaries.shape
 

@@ -32,6 +32,8 @@ METRICS = (
     "control_train_accuracy",
     "selectivity",
 )
+# The online codes probe_layers sends (online_codes): the task row by row, the task by whole groups, the type control.
+MDL_CODES = ("task", "task_grouped", "control")
 _CONTROL_STREAM = 0xC0  # mixed with the CV seed so control labels never reuse the fold-shuffle stream
 _NULL_STREAM = 0x4E11  # mixed with the first CV seed and the permutation number for the null's labels
 # The type control runs where the label is at least this much a function of the type (R^2, docs/methods.md §2.5).
@@ -50,9 +52,7 @@ class LayerProbes:
     ``metrics``: per-fold scores (layer, seed, fold, metric, value) of :data:`METRICS` (the control's only under
     the type control). ``predictions``: one row per layer, seed and example: its fold, group, label and the
     out-of-fold decision value of the task probe (and under the type control the control label and probe's
-    decision; plus, with MDL, ``mdl_bits``, the bits the
-    online code paid for the example's label, and ``mdl_influence``, the derivative of the codelength with respect
-    to the example's weight, both the same for every seed). ``null``: the accuracy
+    decision). ``null``: the accuracy
     curve of every label permutation, averaged over the CV seeds as the task's is (permutation, layer, accuracy).
     ``refits``: the probes refitted on ``settings.refits`` bootstrap resamples of the examples (groups), each with
     folds of its own: one row per replicate, layer and example drawn, with its multiplicity ``weight`` and its
@@ -62,7 +62,8 @@ class LayerProbes:
     the summary measures selectivity against). Every ``layer`` column holds the model's layer numbers (``layers``);
     ``n_layers`` is the model's depth L and ``chance`` the majority-class rate, which the summary measures depth
     and rise against; ``control_chance`` is the type control's row-majority rate and ``type_dependence`` the R^2
-    of the label on the declared type (None without types).
+    of the label on the declared type (None without types). ``mdl``: with ``settings.mdl``, the online codes
+    (:func:`online_codes`: layer, code, order, example, bits, influence).
     """
 
     metrics: pd.DataFrame
@@ -75,6 +76,7 @@ class LayerProbes:
     chance: float
     control_chance: float | None = None
     type_dependence: float | None = None
+    mdl: pd.DataFrame | None = None
 
 
 def type_dependence(y: np.ndarray, types: np.ndarray) -> float:
@@ -180,14 +182,7 @@ def probe_layers(
     ).sort_values(["layer", "seed", "fold", "metric"], kind="stable")
 
     predictions = _out_of_fold(decision, design, settings, n, groups)
-    if settings.mdl:
-        from probes.probing.mdl import online_code
-
-        orders = replace(settings, seeds=settings.seeds[: settings.mdl_orders])
-        code = online_code(X, y, orders, settings.mdl_C_grid, settings.mdl_inner_folds, groups)
-        for column, values in (("mdl_bits", code.bits), ("mdl_influence", code.influence)):
-            mean = np.broadcast_to(values.mean(1, keepdims=True), (n_columns, len(settings.seeds), n))
-            predictions[column] = mean.reshape(-1)  # (layer, seed, example), the predictions' order
+    mdl = online_codes(X, y, settings, groups, types) if settings.mdl else None
     n_perm = settings.null_permutations
     labels, train = design.labels[k * runs :], design.train[k * runs :]
     null_decision = fit.decision[:, k * runs : len(design.labels)]
@@ -206,6 +201,8 @@ def probe_layers(
         table.assign(layer=layers[table["layer"].to_numpy()])
         for table in (metrics.reset_index(drop=True), predictions, null, refits)
     )
+    if mdl is not None:
+        mdl = mdl.assign(layer=layers[mdl["layer"].to_numpy()])
     chance = float(np.bincount(y).max() / len(y))
     control_chance = float(np.bincount(design.labels[1]).max() / n) if k == 2 else None
     dependence = None if types is None else type_dependence(y, types)
@@ -220,7 +217,54 @@ def probe_layers(
         chance,
         control_chance,
         dependence,
+        mdl,
     )
+
+
+def online_codes(
+    X: np.ndarray,
+    y: np.ndarray,
+    settings: ProbeSettings,
+    groups: np.ndarray | None = None,
+    types: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """The online codes (:mod:`probes.probing.mdl`) of one dataset, per layer, code, order and example: ``bits`` and
+    ``influence`` (the derivative of the codelength with respect to the example's weight).
+
+    Codes (:data:`MDL_CODES`): ``task``, the labels sent row by row as Voita & Titov send examples, in
+    ``settings.mdl_orders`` orders; with ``groups``, ``task_grouped``, whole groups sent together, in the first
+    order; with ``types``, ``control``, the type control's labels (:func:`control_labels`, one label per type, Hewitt &
+    Liang's control task) sent as the task is, in the same orders. Order k is the transmission order of seed
+    ``seeds[0] + k``.
+    """
+    from probes.probing.mdl import online_code
+
+    orders = replace(settings, seeds=tuple(settings.seeds[0] + k for k in range(settings.mdl_orders)))
+    grid, inner = settings.mdl_C_grid, settings.mdl_inner_folds
+    codes = {"task": online_code(X, y, orders, grid, inner, groups, whole_groups=False)}
+    if groups is not None:
+        first = replace(orders, seeds=orders.seeds[:1])
+        codes["task_grouped"] = online_code(X, y, first, grid, inner, groups, whole_groups=True)
+    if types is not None:
+        control = control_labels(y, settings.seeds[0], types)
+        codes["control"] = online_code(X, control, orders, grid, inner, groups, whole_groups=False)
+    frames = []
+    for name, code in codes.items():
+        n_layers, n_orders, n = code.bits.shape
+        layer, order, example = np.meshgrid(np.arange(n_layers), np.arange(n_orders), np.arange(n), indexing="ij")
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": layer.ravel(),
+                    "code": name,
+                    "order": order.ravel(),
+                    "example": example.ravel(),
+                    "bits": code.bits.ravel(),
+                    "influence": code.influence.ravel(),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
 
 
 def control_labels(y: np.ndarray, seed: int, types: np.ndarray) -> np.ndarray:
@@ -389,7 +433,7 @@ def _resamples(
     split_seeds = rng.integers(2**31, size=n_boot)
     labels, train, test = [], [], []
     for replicate, split_seed in enumerate(split_seeds):
-        splits = cv_splits(y, replace(settings, seeds=(int(split_seed),), mdl_orders=1), groups)
+        splits = cv_splits(y, replace(settings, seeds=(int(split_seed),)), groups)
         test.append([~mask for _, _, mask in splits])
         for _, _, mask in splits:
             labels += [y] if control is None else [y, control]

@@ -29,8 +29,8 @@ class ProbeSettings:
     probed again from scratch, with folds of their own (to the null's tolerance), so that intervals include
     the variance of fitting the probe (0 leaves it out).
     ``mdl`` adds online-code MDL (:mod:`probes.probing.mdl`, C chosen per block on the prefix from
-    ``mdl_C_grid`` by ``mdl_inner_folds``-fold CV), averaged over the transmission orders of the first
-    ``mdl_orders`` seeds: the code has no folds, so more orders only smooth its order noise.
+    ``mdl_C_grid`` by ``mdl_inner_folds``-fold CV) in ``mdl_orders`` transmission orders, whose spread the
+    intervals include.
     ``dtype`` is the solver's float type: float32 halves the cost and reaches tolerances down to about
     1e-7 on real activations; below that it stalls at its precision until ``max_iter``, so use float64.
     """
@@ -48,7 +48,7 @@ class ProbeSettings:
     mdl: bool = True
     mdl_C_grid: tuple[float, ...] = MDL_C_GRID
     mdl_inner_folds: int = MDL_INNER_FOLDS
-    mdl_orders: int = 1
+    mdl_orders: int = 3
 
     @property
     def solver(self) -> SolverSettings:
@@ -72,7 +72,7 @@ class ProbeSettings:
             raise ValueError(f"null_permutations must be >= 0, got {self.null_permutations}")
         if self.refits == 1 or self.refits < 0:
             raise ValueError(f"refits must be 0 (off) or >= 2, got {self.refits}")
-        if not 1 <= self.mdl_orders <= len(self.seeds):
-            raise ValueError(f"mdl_orders must be between 1 and the number of seeds, got {self.mdl_orders}")
+        if self.mdl_orders < 1:
+            raise ValueError(f"mdl_orders must be >= 1, got {self.mdl_orders}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")

@@ -54,7 +54,7 @@ def concept_depth_table(summary: pd.DataFrame, weights: str) -> str:
                 interval(row, "converging_depth"),
                 _control(row),
                 interval(row, "max_selectivity"),
-                interval(row, "max_mdl_compression", 1) if "max_mdl_compression" in row else "–",
+                interval(row, "max_mdl_compression", 1) if pd.notna(row.get("max_mdl_compression")) else "–",
             ]
         )
     header = [
@@ -66,7 +66,7 @@ def concept_depth_table(summary: pd.DataFrame, weights: str) -> str:
         "converging layer / L",
         "control (type control: max over layers; else the strongest shortcut)",
         "selectivity (max)",
-        "MDL compression (max)",
+        "MDL compression, row by row (max)",
     ]
     return markdown(header, body)
 
@@ -108,6 +108,40 @@ def levels_table(levels: pd.DataFrame) -> str:
         for (model, level), rows in levels.groupby(["model", "level"], sort=False)
     ]
     header = ["model", "level", "decodable tasks", "mean half-rise layer / L", "mean converging layer / L"]
+    return markdown(header, body)
+
+
+def mdl_table(summary: pd.DataFrame, weights: str) -> str:
+    """Every model x task's online codes: the highest compression of the task sent row by row, with the layer it is
+    reached at, of the task sent by whole groups and of the type control's labels, each with its interval."""
+    from probes.models.perturbations import unperturbed
+
+    rows = summary[unperturbed(summary, weights)]
+    body = []
+    for _, row in rows.iterrows():
+        if pd.isna(row.get("max_mdl_compression")):
+            continue
+        layer = (
+            f"{row['max_mdl_compression_depth']:.2f} "
+            f"[{row['max_mdl_compression_layer_lo'] / row['n_layers']:.2f}, "
+            f"{row['max_mdl_compression_layer_hi'] / row['n_layers']:.2f}]"
+        )
+        optional = [
+            interval(row, name, 2) if pd.notna(row.get(name)) else "–"
+            for name in ("max_mdl_grouped_compression", "max_mdl_control_compression")
+        ]
+        body.append(
+            [row["model"], f"{row['dataset']} ({row['level']})", interval(row, "max_mdl_compression", 2), layer]
+            + optional
+        )
+    header = [
+        "model",
+        "task",
+        "compression, row by row (max)",
+        "at layer / L",
+        "by whole groups (max)",
+        "control task (max)",
+    ]
     return markdown(header, body)
 
 
@@ -252,6 +286,12 @@ SECTIONS = (
     ("shortcut_audit", "Shortcut audit", "Each task solved without the concept, under the task's own folds."),
     ("concept_depth_by_level", "Depth by task level", "Half-rise and converging depth grouped by task level."),
     ("concept_depth_perturbations", "Perturbations", "Shifts against the unperturbed run, paired resamples."),
+    (
+        "mdl",
+        "MDL",
+        "Online codes (Voita & Titov): the task sent row by row, intervals over examples and transmission orders; "
+        "by whole groups; and the type control's labels.",
+    ),
     ("latent_language", "Latent language", "Each language's probability per layer under the logit lens."),
     (
         "sae_metrics",

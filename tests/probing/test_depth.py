@@ -213,12 +213,49 @@ def test_validation_benchmark_with_the_real_probes_in_a_small_run() -> None:
     assert (table.query("shape == 'flat' and statistic == 'best_accuracy'")["decodable_rate"] <= 0.25).all()
 
 
-def test_mdl_curves_resample_the_bits_of_each_example():
+def codes_table(bits: np.ndarray, influence: np.ndarray | None = None, code: str = "task") -> pd.DataFrame:
+    """An online-code table (layer, code, order, example, bits, influence) from (layer, order, example) arrays."""
+    layer, order, example = np.meshgrid(*(np.arange(k) for k in bits.shape), indexing="ij")
+    influence = bits if influence is None else influence
+    return pd.DataFrame(
+        {"layer": layer.ravel(), "code": code, "order": order.ravel(), "example": example.ravel()}
+        | {"bits": bits.ravel(), "influence": influence.ravel()}
+    )
+
+
+def test_mdl_curves_resample_the_bits_of_each_example_and_the_orders():
     predictions, null = tables(n=200)
-    uniform = summarise_predictions(predictions.assign(mdl_bits=1.0), null, 0.5, depth=24, n_boot=100)
+    ones = np.ones((25, 1, 200))
+    uniform = summarise_predictions(predictions, null, 0.5, depth=24, n_boot=100, mdl=codes_table(ones))
     curve = uniform.curves[uniform.curves["metric"] == "mdl_compression"]
     assert np.allclose(curve[["value", "lo", "hi"]], 1.0)  # one bit a label: no compression, in every resample
-    cheap = predictions.assign(mdl_bits=np.where(predictions["example"] < 100, 0.1, 1.9))
-    row = summarise_predictions(cheap, null, 0.5, depth=24, n_boot=300).row
+    cheap = np.broadcast_to(np.where(np.arange(200) < 100, 0.1, 1.9), (25, 1, 200))
+    row = summarise_predictions(predictions, null, 0.5, depth=24, n_boot=300, mdl=codes_table(cheap)).row
     assert row["max_mdl_compression"] == pytest.approx(1.0)  # 200 bits for 200 labels on average
     assert row["max_mdl_compression_lo"] < 1 < row["max_mdl_compression_hi"]  # which rows are drawn matters
+
+    # Two orders 20 bits apart on every layer, every row with the same influence (no row variance): the point is
+    # their mean and only resampling the orders widens the interval; a peak planted at layer 7 is found with an
+    # interval of layers; the control's and the grouped code's curves come beside the task's.
+    rng = np.random.default_rng(0)
+    base = 0.9 + 0.02 * rng.standard_normal((25, 1, 200))
+    base[7] -= 0.3
+    orders = np.concatenate([base - 0.05, base + 0.05], axis=1)
+    flat = np.full(orders.shape, 0.9)
+    mdl = pd.concat(
+        [
+            codes_table(orders, flat),
+            codes_table(base, flat[:, :1], "task_grouped"),
+            codes_table(np.ones((25, 2, 200)), code="control"),
+        ]
+    )
+    result = summarise_predictions(predictions, null, 0.5, depth=24, n_boot=400, mdl=mdl)
+    curves = result.curves.set_index(["metric", "layer"])
+    np.testing.assert_allclose(curves.loc["mdl_codelength", "value"], base.sum(-1)[:, 0])
+    low, high = curves.loc[("mdl_codelength", 3), "lo"], curves.loc[("mdl_codelength", 3), "hi"]
+    assert low < base[3].sum() < high and high - low == pytest.approx(20.0, abs=0.5)  # both orders drawn twice
+    row = result.row
+    assert row["max_mdl_compression_layer"] == 7 and row["max_mdl_compression_layer_lo"] == 7
+    assert row["max_mdl_compression_depth"] == pytest.approx(7 / 24)
+    assert row["max_mdl_control_compression"] == pytest.approx(1.0)
+    assert row["max_mdl_grouped_compression"] == pytest.approx(row["max_mdl_compression"])

@@ -305,18 +305,30 @@ def test_the_permutation_null_calls_signal_decodable_and_noise_not() -> None:
     assert verdicts[1]["decodable"] and verdicts[1]["null_p_value"] == pytest.approx(1 / 20)
 
 
-@pytest.mark.parametrize("orders", [1, 2])
-def test_mdl_bits_average_the_first_seeds_transmission_orders(orders: int) -> None:
+def test_online_codes_send_the_task_row_by_row_in_every_order_beside_its_groups_and_the_type_control() -> None:
     from probes.probing.mdl import online_code
+    from probes.probing.protocol import control_labels, online_codes
 
     X, y = activations(120, 2, 6, signal=0.4)
-    settings = ProbeSettings(seeds=(3, 4), null_permutations=0, mdl=True, mdl_orders=orders)
-    bits = probe_layers(X, y, settings).predictions.pivot_table("mdl_bits", ["layer", "example"], "seed")
-    assert (bits[3] == bits[4]).all()  # the code has no folds: every seed's rows carry the same averaged bits
-    code = online_code(X, y, ProbeSettings(seeds=(3, 4)[:orders])).bits.mean(1)
-    np.testing.assert_allclose(bits[3].to_numpy().reshape(2, -1), code)
-    with pytest.raises(ValueError, match="mdl_orders"):
-        ProbeSettings(seeds=(0, 1), mdl_orders=3)
+    groups, types = np.arange(120) // 2, np.arange(120) % 12
+    settings = ProbeSettings(seeds=(3, 4), null_permutations=0, mdl=True, mdl_orders=3)
+    result = probe_layers(X, y, settings, groups=groups)
+    assert set(result.mdl["code"]) == {"task", "task_grouped"}  # no types: no control code
+    codes = online_codes(X, y, settings, groups, types)
+    assert codes.groupby("code")["order"].nunique().to_dict() == {"control": 3, "task": 3, "task_grouped": 1}
+    task = codes[codes["code"] == "task"].pivot_table("bits", ["layer", "example"], "order")
+    expected = online_code(X, y, ProbeSettings(seeds=(3, 4, 5)), groups=groups, whole_groups=False)  # orders 3, 4, 5
+    np.testing.assert_allclose(task.to_numpy().reshape(2, 120, 3), expected.bits.transpose(0, 2, 1))
+    grouped = online_code(X, y, ProbeSettings(seeds=(3,)), groups=groups).bits[:, 0]
+    np.testing.assert_allclose(codes[codes["code"] == "task_grouped"]["bits"].to_numpy().reshape(2, 120), grouped)
+    control = online_code(
+        X, control_labels(y, 3, types), ProbeSettings(seeds=(3, 4, 5)), groups=groups, whole_groups=False
+    )
+    np.testing.assert_allclose(
+        codes[codes["code"] == "control"].pivot_table("bits", ["layer", "example"], "order").to_numpy(),
+        control.bits.transpose(0, 2, 1).reshape(240, 3),
+    )
+    assert probe_layers(X, y, replace(settings, mdl=False)).mdl is None
 
 
 def test_refits_draw_rows_and_fit_them_again_on_folds_of_their_own() -> None:

@@ -138,3 +138,17 @@ def test_shortcut_audit_table_sets_each_model_beside_its_input_embedding():
     table = shortcut_audit_table(audit, summary, "fp32")
     assert "| task | bag of words | length | input embedding (m) | best layer (m) |" in table
     assert "| a (factual) | 0.50 [0.45, 0.60] | 0.52 [0.45, 0.60] | 0.55 [0.45, 0.60] | 0.80 [0.75, 0.85] |" in table
+
+
+def test_mdl_table_reads_each_code_and_the_layer_of_highest_compression():
+    from probes.workflow.results_page import mdl_table
+
+    row = {"model": "m", "dataset": "d", "level": "factual", "weights": "fp32", "noise": "clean", "n_layers": 20}
+    row |= {"max_mdl_compression": 1.31, "max_mdl_compression_lo": 1.2, "max_mdl_compression_hi": 1.4}
+    row |= {"max_mdl_compression_depth": 0.5, "max_mdl_compression_layer_lo": 8, "max_mdl_compression_layer_hi": 12}
+    row |= {"max_mdl_grouped_compression": 1.5, "max_mdl_grouped_compression_lo": 1.4}
+    row |= {"max_mdl_grouped_compression_hi": 1.6, "max_mdl_control_compression": None}
+    off = row | {"dataset": "e", "max_mdl_compression": None}  # MDL off: no row
+    table = mdl_table(pd.DataFrame([row, off]), "fp32")
+    assert table.count("\n") == 3
+    assert "| m | d (factual) | 1.31 [1.20, 1.40] | 0.50 [0.40, 0.60] | 1.50 [1.40, 1.60] | – |" in table

@@ -10,6 +10,7 @@ rule probe_layers:
         predictions="results/probes/{model}/{weights}/{noise}/{dataset}.predictions.parquet",
         null="results/probes/{model}/{weights}/{noise}/{dataset}.null.parquet",
         refits="results/probes/{model}/{weights}/{noise}/{dataset}.refits.parquet",
+        mdl="results/probes/{model}/{weights}/{noise}/{dataset}.mdl.parquet",
         metrics_meta="results/probes/{model}/{weights}/{noise}/{dataset}.meta.json",
         provenance="results/provenance/probe_layers/{model}/{weights}/{noise}/{dataset}.json",
     params:
@@ -61,6 +62,7 @@ rule summarise_concept_depth:
         predictions=condition_outputs(rules.probe_layers.output.predictions),
         null=condition_outputs(rules.probe_layers.output.null),
         refits=condition_outputs(rules.probe_layers.output.refits),
+        mdl=condition_outputs(rules.probe_layers.output.mdl),
         metrics_meta=condition_outputs(rules.probe_layers.output.metrics_meta),
         shortcuts=expand(rules.audit_shortcuts.output.predictions, dataset=DATASETS),
     output:

@@ -16,6 +16,7 @@ rule result_tables:
         concept_depth_by_level_md="results/tables/markdown/concept_depth_by_level.md",
         concept_depth_perturbations_md="results/tables/markdown/concept_depth_perturbations.md",
         shortcut_audit_md="results/tables/markdown/shortcut_audit.md",
+        mdl_md="results/tables/markdown/mdl.md",
         results_page="results/tables/markdown/results.md",
         provenance="results/provenance/result_tables.json",
     params:

@@ -30,6 +30,7 @@ def probe_layers(
     predictions: str | os.PathLike,
     null: str | os.PathLike,
     refits: str | os.PathLike,
+    mdl: str | os.PathLike,
     metrics_meta: str | os.PathLike,
     model: str,
     dataset: str,
@@ -42,8 +43,8 @@ def probe_layers(
     """The ``probe_layers`` rule: probe every stored layer of one model x perturbation x dataset.
 
     Writes the per-fold scores, every example's out-of-fold predictions (what all intervals are drawn
-    from), the permutation null's accuracy curves and the refitted resamples' predictions, all in the model's
-    layer numbers.
+    from), the permutation null's accuracy curves, the refitted resamples' predictions and the online codes'
+    bits (empty where MDL is off), all in the model's layer numbers.
     """
     from probes.activations.storage import load_activations
     from probes.probing import protocol as probing
@@ -72,7 +73,8 @@ def probe_layers(
         "pooling": pooling,
     }
     outputs = ((metrics, result.metrics), (predictions, result.predictions), (null, result.null))
-    for path, table in (*outputs, (refits, result.refits)):
+    codes = result.mdl if result.mdl is not None else pd.DataFrame(columns=["layer", "code", "order", "example"])
+    for path, table in (*outputs, (refits, result.refits), (mdl, codes)):
         write_parquet(path, pd.concat([pd.DataFrame(keys, index=table.index), table], axis=1))
     write_json(
         metrics_meta,
@@ -158,6 +160,7 @@ def summarise_concept_depth(
     predictions: Sequence[str | os.PathLike],
     null: Sequence[str | os.PathLike],
     refits: Sequence[str | os.PathLike],
+    mdl: Sequence[str | os.PathLike],
     metrics_meta: Sequence[str | os.PathLike],
     shortcuts: Sequence[str | os.PathLike],
     summary_csv: str | os.PathLike,
@@ -189,8 +192,8 @@ def summarise_concept_depth(
 
     rows, tables, curve_tables, replicates = [], [], [], {}
     audits = {Path(path).stem: path for path in shortcuts}
-    for metrics_path, predictions_path, null_path, refits_path, meta_path in zip(
-        metrics, predictions, null, refits, metrics_meta, strict=True
+    for metrics_path, predictions_path, null_path, refits_path, mdl_path, meta_path in zip(
+        metrics, predictions, null, refits, mdl, metrics_meta, strict=True
     ):
         tidy, meta = pd.read_parquet(metrics_path), read_json(meta_path)
         layer_probes = LayerProbes(
@@ -204,6 +207,7 @@ def summarise_concept_depth(
             meta["chance"],
             meta["control_chance"],
             meta["type_dependence"],
+            pd.read_parquet(mdl_path),
         )
         audit = pd.read_parquet(audits[meta["dataset"]])
         own = audit[audit["model"].isin(["", meta["model"]])]  # the text shortcuts and this model's embedding

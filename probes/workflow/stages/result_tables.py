@@ -19,6 +19,7 @@ def result_tables(
     concept_depth_by_level_md: str | os.PathLike,
     concept_depth_perturbations_md: str | os.PathLike,
     shortcut_audit_md: str | os.PathLike,
+    mdl_md: str | os.PathLike,
     run_info: str | os.PathLike,
     results_page: str | os.PathLike,
     weights: str,
@@ -48,6 +49,7 @@ def result_tables(
         "shortcut_audit": render.shortcut_audit_table(pd.read_csv(shortcuts), summary, weights),
         "concept_depth_by_level": render.levels_table(pd.read_csv(levels)),
         "concept_depth_perturbations": render.perturbations_table(pd.read_csv(perturbations)),
+        "mdl": render.mdl_table(summary, weights),
     }
     if latent_language_md:
         tables["latent_language"] = render.latent_language_table(pd.read_csv(latent_language))
@@ -65,6 +67,7 @@ def result_tables(
         "shortcut_audit": shortcut_audit_md,
         "concept_depth_by_level": concept_depth_by_level_md,
         "concept_depth_perturbations": concept_depth_perturbations_md,
+        "mdl": mdl_md,
         "latent_language": latent_language_md,
         "sae_metrics": sae_metrics_md,
         "sparse_probing": sparse_probing_md,
