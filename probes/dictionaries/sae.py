@@ -190,10 +190,11 @@ def reconstruction_metrics(
     chunk: int = 4096,
     targets: torch.Tensor | None = None,
 ) -> dict:
-    """FVU, mean L0, and dead / dense latent fractions of ``sae`` on held-out token rows.
+    """FVU, explained variance, mean L0, and dead / dense latent fractions of ``sae`` on held-out token rows.
 
     FVU = sum ||t - t_hat||^2 / sum ||t - mean(t)||^2 over the rows, where the target t is the input
-    itself for an SAE and ``targets`` (the same tokens' MLP output) for a transcoder. A latent is dead
+    itself for an SAE and ``targets`` (the same tokens' MLP output) for a transcoder; explained variance is
+    1 - FVU, SAELens's corrected definition (SAEBench's measures the variance about zero). A latent is dead
     when it fires on none of the rows and dense when it fires on more than ``dense_threshold`` of them.
     """
     import torch
@@ -215,6 +216,7 @@ def reconstruction_metrics(
     rate = firing / len(activations)
     return {
         "fvu": squared_error / total_variance,
+        "explained_variance": 1 - squared_error / total_variance,
         "l0": active / len(activations),
         "dead_fraction": float((rate == 0).double().mean()),
         "dense_fraction": float((rate > dense_threshold).double().mean()),
@@ -223,7 +225,10 @@ def reconstruction_metrics(
 
 
 LOSS_SUMS = ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")
-LOSS_STATISTICS = (*LOSS_SUMS, "loss_recovered")
+# SAELens's / SAEBench's names for the field's scores: the ablation zeroes every position (BOS included) and KL is
+# also counted at each document's last position (which predicts past it); ce_clean and ce_sae are theirs already.
+FIELD_SUMS = ("ce_loss_with_ablation", "kl_div_with_sae", "kl_div_with_ablation")
+LOSS_STATISTICS = (*LOSS_SUMS, "loss_recovered", *FIELD_SUMS, "ce_loss_score", "kl_div_score")
 
 
 def document_losses(
@@ -240,13 +245,17 @@ def document_losses(
     MLP is replaced by the transcoder). One clean pass per batch serves every SAE; then, per
     SAE, one pass with the reconstruction and one with zeros, both spliced at exactly the same positions:
     every real position after the BOS. The BOS keeps its clean activation in both runs (the SAE never saw
-    it) and pads are untouched, so loss recovered compares like with like. The spliced runs start at the
-    hook's block from the clean run's residual there (the same numbers as a full pass, fewer blocks).
-    Losses count the predictions a splice can change: a spliced position predicting the next real token.
+    it) and pads are untouched, so loss recovered compares like with like. A third pass zeroes every real
+    position, the BOS too, as SAELens's and SAEBench's ``ce_loss_score`` and ``kl_div_score`` ablate. The
+    spliced runs start at the hook's block from the clean run's residual there (the same numbers as a full
+    pass, fewer blocks). Cross-entropies count the predictions a splice can change: a spliced position
+    predicting the next real token; the field's KL sums also count each document's last position.
 
-    Returns one row per SAE and document (``document``: its index in ``sequences``): ``n_tokens``, and the
-    float64 sums over those predictions of the cross-entropy (``ce_clean``, ``ce_sae``, ``ce_zero``) and of
-    ``KL(P_clean || P_run)`` (``kl_sae``, ``kl_zero``), in nats. :func:`loss_recovered` turns them into means.
+    Returns one row per SAE and document (``document``: its index in ``sequences``): ``n_tokens`` and
+    ``n_kl_tokens`` (the counted positions), and the float64 sums over them of the cross-entropy (``ce_clean``,
+    ``ce_sae``, ``ce_zero``, ``ce_loss_with_ablation``) and of ``KL(P_clean || P_run)`` (``kl_sae``, ``kl_zero``
+    over the cross-entropy's positions; ``kl_div_with_sae``, ``kl_div_with_ablation`` over every spliced
+    position), in nats. :func:`loss_recovered` turns them into means and scores.
     """
     import torch
 
@@ -256,29 +265,34 @@ def document_losses(
     device = model.cfg.device
     starts = {hook: _start_block(model, hook) for hook in saes}
     needed = sorted({f"blocks.{block}.hook_resid_pre" for block in starts.values() if block is not None})
+    runs = (("sae", "spliced"), ("zero", "spliced"), ("ablated", "every"))
     rows = []
     for first in range(0, len(sequences), batch_size):
         tokens, mask = right_padded(model, sequences[first : first + batch_size])
         tokens, mask = tokens.to(device), mask.to(device)
         spliced = mask.clone()
         spliced[:, :skip_first] = False
-        predicts = spliced[:, :-1] & mask[:, 1:]  # position p (spliced) predicting token p + 1 (real)
-        row_of = predicts.nonzero()[:, 0]
-        targets = tokens[:, 1:][predicts][:, None]
+        predicts = torch.zeros_like(spliced)
+        predicts[:, :-1] = spliced[:, :-1] & mask[:, 1:]  # position p (spliced) predicting token p + 1 (real)
+        counted = predicts[spliced]  # which spliced positions the cross-entropies count
+        row_of = spliced.nonzero()[:, 0]
+        targets = tokens[:, 1:][predicts[:, :-1]][:, None]
 
-        def per_document(values: torch.Tensor) -> torch.Tensor:
-            return torch.zeros(len(tokens), dtype=torch.float64, device=device).index_add_(0, row_of, values.double())
+        def per_document(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(len(tokens), dtype=torch.float64, device=device).index_add_(0, rows, values.double())
 
         with torch.no_grad():
             logits, cache = model.run_with_cache(tokens, attention_mask=mask.long(), names_filter=needed)
-            clean = _predicted_log_probs(logits, predicts)
+            clean = logits[spliced].float().log_softmax(-1)
             del logits
-            ce_clean = per_document(-clean.gather(1, targets)[:, 0]).cpu()
+            ce_clean = per_document(-clean[counted].gather(1, targets)[:, 0], row_of[counted]).cpu()
             for hook, sae in saes.items():
                 record = {"ce_clean": ce_clean}
                 source = (inputs or {}).get(hook, hook)
-                for name, splice in (("sae", partial(_reconstruction, sae)), ("zero", torch.zeros_like)):
+                for name, where in runs:
                     read: dict[str, torch.Tensor] = {}
+                    positions = spliced if where == "spliced" else mask
+                    splice = partial(_reconstruction, sae) if name == "sae" else torch.zeros_like
 
                     def capture(activation: torch.Tensor, hook: Any, read: dict = read) -> None:  # noqa: ARG001
                         read["input"] = activation
@@ -289,10 +303,11 @@ def document_losses(
                         splice: Callable = splice,
                         read: dict = read,
                         name: str = name,
+                        positions: torch.Tensor = positions,
                     ) -> torch.Tensor:  # noqa: ARG001
                         given = read.pop("input", activation) if name == "sae" else activation
                         replaced = activation.clone()
-                        replaced[spliced] = splice(given[spliced]).to(activation.device, activation.dtype)
+                        replaced[positions] = splice(given[positions]).to(activation.device, activation.dtype)
                         return replaced
 
                     fwd_hooks = ([(source, capture)] if source != hook else []) + [(hook, replace)]
@@ -306,22 +321,35 @@ def document_losses(
                             attention_mask=mask.long(),
                             fwd_hooks=fwd_hooks,
                         )
-                    spliced_log_probs = _predicted_log_probs(logits, predicts)
+                    log_probs = logits[spliced].float().log_softmax(-1)
                     del logits
-                    kl = torch.nn.functional.kl_div(spliced_log_probs, clean, reduction="none", log_target=True)
-                    record[f"ce_{name}"] = per_document(-spliced_log_probs.gather(1, targets)[:, 0]).cpu()
-                    record[f"kl_{name}"] = per_document(kl.sum(1)).cpu()
-                    del spliced_log_probs, kl
-                n_tokens = predicts.sum(1).cpu()
+                    kl = torch.nn.functional.kl_div(log_probs, clean, reduction="none", log_target=True).sum(1)
+                    ce = per_document(-log_probs[counted].gather(1, targets)[:, 0], row_of[counted]).cpu()
+                    if name == "ablated":
+                        record["ce_loss_with_ablation"] = ce
+                        record["kl_div_with_ablation"] = per_document(kl, row_of).cpu()
+                    else:
+                        record[f"ce_{name}"] = ce
+                        record[f"kl_{name}"] = per_document(kl[counted], row_of[counted]).cpu()
+                    if name == "sae":
+                        record["kl_div_with_sae"] = per_document(kl, row_of).cpu()
+                    del log_probs, kl
+                n_tokens, n_kl_tokens = predicts.sum(1).cpu(), spliced.sum(1).cpu()
                 for row in range(len(tokens)):
                     rows.append(
-                        {"hook_name": hook, "document": first + row, "n_tokens": int(n_tokens[row])}
-                        | {name: float(record[name][row]) for name in LOSS_SUMS}
+                        {
+                            "hook_name": hook,
+                            "document": first + row,
+                            "n_tokens": int(n_tokens[row]),
+                            "n_kl_tokens": int(n_kl_tokens[row]),
+                        }
+                        | {name: float(record[name][row]) for name in (*LOSS_SUMS, *FIELD_SUMS)}
                     )
             del cache, clean
-    frame = pd.DataFrame(rows, columns=["hook_name", "document", "n_tokens", *LOSS_SUMS])
+    sums = [*LOSS_SUMS, *FIELD_SUMS]
+    frame = pd.DataFrame(rows, columns=["hook_name", "document", "n_tokens", "n_kl_tokens", *sums])
     frame = frame.sort_values(["hook_name", "document"], kind="stable").reset_index(drop=True)
-    finite = np.isfinite(frame[list(LOSS_SUMS)].to_numpy()).all(1)
+    finite = np.isfinite(frame[sums].to_numpy()).all(1)
     if not finite.all():
         from probes.activations.extraction import NonFiniteActivations
 
@@ -340,11 +368,6 @@ def _start_block(model: HookedTransformer, hook_name: str) -> int | None:
     return int(match.group(1))
 
 
-def _predicted_log_probs(logits: torch.Tensor, predicts: torch.Tensor) -> torch.Tensor:
-    """float32 log-probabilities (n predictions, vocabulary) at the positions that predict a counted token."""
-    return logits[:, :-1][predicts].float().log_softmax(-1)
-
-
 def _reconstruction(sae: SAE, rows: torch.Tensor) -> torch.Tensor:
     return sae.decode(sae.encode(rows.to(sae.device, sae.dtype)))
 
@@ -355,7 +378,9 @@ def loss_recovered(
     """Mean losses and loss recovered per SAE from :func:`document_losses`'s per-document sums.
 
     Means are per counted prediction (sums over documents / tokens), and
-    ``loss_recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean)``, a ratio of sums. With ``n_boot`` every
+    ``loss_recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean)``, a ratio of sums, with the BOS clean in both
+    runs; SAELens's and SAEBench's scores zero the BOS too: ``ce_loss_score = (CE_ablation − CE_sae) /
+    (CE_ablation − CE_clean)`` and ``kl_div_score = (KL_ablation − KL_sae) / KL_ablation``. With ``n_boot`` every
     statistic also gets a percentile interval (``<name>_lo``, ``<name>_hi``) from a bootstrap over
     documents (:func:`probes.resampling.bootstrap_weights`): each resample draws the documents with
     replacement and recomputes the ratio of resampled sums. SAEs evaluated on the same documents (every
@@ -363,7 +388,7 @@ def loss_recovered(
     """
     from probes.resampling import bootstrap_weights, percentile_interval
 
-    columns = ["n_tokens", *LOSS_SUMS]
+    columns = ["n_tokens", "n_kl_tokens", *LOSS_SUMS, *FIELD_SUMS]
     shared: dict[tuple, np.ndarray] = {}
     rows = []
     for key, group in documents.groupby(list(by), sort=True):
@@ -385,12 +410,17 @@ def loss_recovered(
 
 
 def _loss_statistics(totals: np.ndarray) -> dict[str, np.ndarray]:
-    """Means and loss recovered from summed (n_tokens, *LOSS_SUMS), each a scalar or one value per resample."""
-    n_tokens, sums = totals[0], dict(zip(LOSS_SUMS, totals[1:]))
+    """Means and scores from summed (n_tokens, n_kl_tokens, *LOSS_SUMS, *FIELD_SUMS), each a scalar or one value per
+    resample."""
+    n_tokens, n_kl_tokens, sums = totals[0], totals[1], dict(zip((*LOSS_SUMS, *FIELD_SUMS), totals[2:]))
+    counts = {name: n_kl_tokens if name.startswith("kl_div") else n_tokens for name in sums}
     with np.errstate(divide="ignore", invalid="ignore"):  # no counted token, or CE_zero == CE_clean: NaN
-        means = {name: sums[name] / n_tokens for name in LOSS_SUMS}
+        means = {name: sums[name] / counts[name] for name in sums}
         recovered = (sums["ce_zero"] - sums["ce_sae"]) / (sums["ce_zero"] - sums["ce_clean"])
-    return means | {"loss_recovered": recovered}
+        ablated = sums["ce_loss_with_ablation"]
+        ce_score = (ablated - sums["ce_sae"]) / (ablated - sums["ce_clean"])
+        kl_score = (sums["kl_div_with_ablation"] - sums["kl_div_with_sae"]) / sums["kl_div_with_ablation"]
+    return means | {"loss_recovered": recovered, "ce_loss_score": ce_score, "kl_div_score": kl_score}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -523,7 +553,17 @@ def metrics_frame(
     return frame.sort_values(keys).reset_index(drop=True)
 
 
-COMPARED = ("l0", "fvu", "loss_recovered", "kl_sae", "dead_fraction", "dense_fraction")
+COMPARED = (
+    "l0",
+    "fvu",
+    "explained_variance",
+    "loss_recovered",
+    "ce_loss_score",
+    "kl_div_score",
+    "kl_sae",
+    "dead_fraction",
+    "dense_fraction",
+)
 
 
 def dictionary_comparison(metrics: pd.DataFrame) -> pd.DataFrame:

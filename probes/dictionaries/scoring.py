@@ -46,9 +46,10 @@ def score_sae(
     """How well ``sae`` (or a transcoder) reconstructs ``model`` on ``texts``, each text one document.
 
     Every real token after a prepended BOS is a row, as in training: ``fvu``, ``l0``, ``dead_fraction`` and
-    ``dense_fraction`` over those rows (a transcoder's target is its MLP's output), then the mean losses with the
-    reconstruction spliced in and with the hook zero-ablated and ``loss_recovered``, each with a percentile
-    interval over documents (``*_lo``, ``*_hi``) when ``n_boot`` > 0.
+    ``dense_fraction`` and ``explained_variance`` over those rows (a transcoder's target is its MLP's output), then
+    the mean losses with the reconstruction spliced in and with the hook zero-ablated, SAELens's ``ce_loss_score``
+    and ``kl_div_score`` (the ablation zeroes every position) and ``loss_recovered`` (the BOS kept clean), each
+    with a percentile interval over documents (``*_lo``, ``*_hi``) when ``n_boot`` > 0.
     """
     read, written = dictionary_hooks(sae)
     token_lists, _ = tokenize(model, texts, max_tokens)

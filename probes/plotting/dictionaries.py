@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 _SAE_PANELS = (
     ("fvu", "fraction of variance unexplained"),
     ("l0", "mean L0 (active latents per token)"),
-    ("loss_recovered", "loss recovered (vs zero-ablation)"),
+    ("ce_loss_score", "CE loss score (filled: SAELens's;\nopen: BOS kept clean)"),
     ("dead_fraction", "dead / dense latent fraction"),
 )
 
@@ -25,7 +25,8 @@ def sae_metrics_figure(metrics: pd.DataFrame) -> Figure:
     """SAE (and transcoder) quality across relative depth, one series of points per model and kind: is any
     layer's dictionary too poor to read? Dictionaries sit at a few layers, so their values are points with
     interval bars, never joined: a line would invent the layers between. A transcoder's FVU is of the MLP
-    output it imitates."""
+    output it imitates. The loss panel shows SAELens's ``ce_loss_score`` (the ablation zeroes every position)
+    and, open, the score with the BOS kept clean in the ablation (``loss_recovered``)."""
     apply_style()
     import matplotlib.pyplot as plt
 
@@ -49,6 +50,13 @@ def sae_metrics_figure(metrics: pd.DataFrame) -> Figure:
                 ax.plot(depth, rows[column], label=name, **style)
             if column == "dead_fraction":
                 ax.plot(depth, rows["dense_fraction"], mfc="white", label=f"{name} (dense)", **style)
+            if column == "ce_loss_score" and "loss_recovered" in rows:  # the same score with the BOS never ablated
+                errors = (
+                    interval_errors(rows["loss_recovered"], rows["loss_recovered_lo"], rows["loss_recovered_hi"])
+                    if "loss_recovered_lo" in rows
+                    else None
+                )
+                ax.errorbar(depth, rows["loss_recovered"], yerr=errors, lw=1.0, capsize=2, mfc="white", **style)
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("relative depth (layer / L)")
         ax.set_xlim(*UNIT_LIMITS)
@@ -56,9 +64,9 @@ def sae_metrics_figure(metrics: pd.DataFrame) -> Figure:
     fig.legend(*axes[-1].get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize=7)
     first = metrics.iloc[0]
     documents = (
-        f";\nloss recovered over {count(int(first['n_loss_documents']), 'held-out document')}, bars: bootstrap "
+        f";\nloss scores over {count(int(first['n_loss_documents']), 'held-out document')}, bars: bootstrap "
         "interval over documents"
-        if "loss_recovered_lo" in metrics and "n_loss_documents" in metrics
+        if "ce_loss_score_lo" in metrics and "n_loss_documents" in metrics
         else ""
     )
     fig.suptitle(

@@ -168,8 +168,8 @@ def latent_language_table(summary: pd.DataFrame, lens: str = "logit") -> str:
 
 
 def sae_metrics_table(metrics: pd.DataFrame) -> str:
-    """Per model, kind (SAE, transcoder) and layer: reconstruction, sparsity, dead and dense latents, loss
-    recovered."""
+    """Per model, kind (SAE, transcoder) and layer: reconstruction, sparsity, dead and dense latents, SAELens's CE
+    loss and KL scores (the ablation zeroes every position) and the loss recovered with the BOS kept clean."""
     body = [
         [
             row["model"],
@@ -178,11 +178,24 @@ def sae_metrics_table(metrics: pd.DataFrame) -> str:
             f"{row['fvu']:.2f}",
             f"{row['l0']:.0f}",
             f"{100 * row['dead_fraction']:.1f}% / {100 * row['dense_fraction']:.1f}%",
+            interval(row, "ce_loss_score"),
+            interval(row, "kl_div_score"),
             interval(row, "loss_recovered"),
         ]
         for _, row in metrics.iterrows()
     ]
-    return markdown(["model", "kind", "layer", "FVU", "L0", "dead / dense", "loss recovered"], body)
+    header = [
+        "model",
+        "kind",
+        "layer",
+        "FVU",
+        "L0",
+        "dead / dense",
+        "CE loss score",
+        "KL score",
+        "loss recovered, BOS kept",
+    ]
+    return markdown(header, body)
 
 
 def depth_usage_table(summary: pd.DataFrame) -> str:
@@ -240,7 +253,11 @@ SECTIONS = (
     ("concept_depth_by_level", "Depth by task level", "Half-rise and converging depth grouped by task level."),
     ("concept_depth_perturbations", "Perturbations", "Shifts against the unperturbed run, paired resamples."),
     ("latent_language", "Latent language", "Each language's probability per layer under the logit lens."),
-    ("sae_metrics", "SAEs and transcoders", "Reconstruction and loss recovered on held-out text."),
+    (
+        "sae_metrics",
+        "SAEs and transcoders",
+        "Reconstruction and loss scores on held-out text: SAELens's CE loss and KL scores zero every position, the BOS too; loss recovered keeps the BOS clean.",
+    ),
     ("sparse_probing", "Sparse probing", "Top-k latents, neurons and residual dimensions against the dense probe."),
     ("neuron_probing", "Neurons", "k-sparse neuron probes and the best single neuron."),
     ("depth_usage", "Depth usage", "What each layer does: contributions, skipping, shortcuts, layer maps."),

@@ -14,6 +14,7 @@ from helpers import corpus, exact_sae
 from probes.activations.extraction import site_hooks
 from probes.activations.token_cache import TokenCache, TokenCacheSettings, cache_token_activations, split_documents
 from probes.dictionaries.sae import (
+    LOSS_STATISTICS,
     SAESettings,
     document_losses,
     loss_recovered,
@@ -279,6 +280,63 @@ def test_loss_recovered_is_exactly_one_for_an_exact_sae_and_zero_for_a_zero_sae(
     assert abs(sum(everywhere) - sum(rebuilt)) > 0.01 * sum(rebuilt)
 
 
+def test_ce_and_kl_scores_equal_saelens_evaluation_on_the_same_documents(tiny_model):
+    """SAELens's own evaluation (``get_downstream_reconstruction_metrics``, one document per batch: it has no padding)
+    on a random SAE: the field's scores zero every position, BOS included, while loss recovered keeps the BOS
+    clean in both runs; explained variance is SAELens's corrected calculator's."""
+    from sae_lens.evals import ExplainedVarianceCalculator, get_downstream_reconstruction_metrics
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    hook = "blocks.1.hook_resid_post"
+    torch.manual_seed(3)
+    sae = exact_sae(32)
+    sae.cfg.metadata.hook_name = hook  # where SAELens's evaluation splices it
+    with torch.no_grad():
+        sae.W_dec.add_(0.5 * torch.randn_like(sae.W_dec))  # a dictionary that reconstructs part of the stream
+    sequences = [tiny_model.to_tokens(text, truncate=False)[0] for text in corpus(6, seed=9)]
+    documents = document_losses(tiny_model, {hook: sae}, sequences, batch_size=4)
+    ours = loss_recovered(documents).iloc[0]
+
+    class Documents:  # SAELens reads batches from an activation store; this one hands out our documents in turn
+        def __init__(self) -> None:
+            self.next = iter(sequences)
+
+        def get_batch_tokens(self, _: int) -> torch.Tensor:
+            return next(self.next)[None]
+
+    reference = get_downstream_reconstruction_metrics(
+        sae,
+        tiny_model,
+        Documents(),
+        ActivationScaler(),
+        compute_kl=True,
+        compute_ce_loss=True,
+        n_batches=len(sequences),
+        eval_batch_size_prompts=1,
+        ignore_tokens=[tiny_model.tokenizer.bos_token_id],
+    )
+    for ours_name, theirs in (
+        ("ce_clean", "ce_loss_without_sae"),
+        ("ce_sae", "ce_loss_with_sae"),
+        ("ce_loss_with_ablation", "ce_loss_with_ablation"),
+        ("kl_div_with_sae", "kl_div_with_sae"),
+        ("kl_div_with_ablation", "kl_div_with_ablation"),
+        ("ce_loss_score", "ce_loss_score"),
+        ("kl_div_score", "kl_div_score"),
+    ):
+        assert ours[ours_name] == pytest.approx(float(reference[theirs]), rel=1e-4, abs=1e-6), ours_name
+    assert 0 < ours["ce_loss_score"] < 1
+    assert abs(ours["loss_recovered"] - ours["ce_loss_score"]) > 1e-3  # ablating the BOS moves the baseline
+
+    rows = torch.cat([tiny_model.run_with_cache(seq[None], names_filter=hook)[1][hook][0] for seq in sequences])
+    calculator = ExplainedVarianceCalculator()
+    with torch.no_grad():
+        calculator.add_batch(sae.decode(sae.encode(rows)), rows)
+    assert reconstruction_metrics(sae, rows)["explained_variance"] == pytest.approx(
+        float(calculator.compute()), rel=1e-6
+    )
+
+
 @pytest.mark.slow
 def test_evaluate_sae_scores_every_layer_of_smollm2_on_the_same_documents(smollm2, smollm2_manifest, tmp_path):
     """The stage: one job for every SAE layer of a model, per-document sums beside the metrics, a clear error
@@ -338,6 +396,10 @@ def synthetic_documents(n: int, seed: int = 0, layers: tuple[int, ...] = (1, 2))
                     "ce_zero": clean + n_tokens * rng.normal(5.0, 1.0, size=n),
                     "kl_sae": n_tokens * rng.gamma(2.0, 0.2, size=n),
                     "kl_zero": n_tokens * rng.gamma(2.0, 2.0, size=n),
+                    "n_kl_tokens": n_tokens + 1,
+                    "ce_loss_with_ablation": clean + n_tokens * rng.normal(4.0, 1.0, size=n),
+                    "kl_div_with_sae": (n_tokens + 1) * rng.gamma(2.0, 0.2, size=n),
+                    "kl_div_with_ablation": (n_tokens + 1) * rng.gamma(2.0, 1.5, size=n),
                 }
             )
         )
@@ -374,20 +436,15 @@ def test_metrics_table_carries_the_document_intervals_beside_each_statistic():
     means = loss_recovered(documents, by=("model", "layer"))
     records = [
         {"model": "m", "layer": int(row.layer), "n_layers": 4, "fvu": 0.1}
-        | {
-            name: getattr(row, name)
-            for name in ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero", "loss_recovered")
-        }
+        | {name: getattr(row, name) for name in LOSS_STATISTICS}
         for row in means.itertuples()
     ]
     frame = metrics_frame(records, documents, n_boot=200, ci=0.95, seed=1)
     columns = list(frame.columns)
-    assert columns[columns.index("loss_recovered") + 1 : columns.index("loss_recovered") + 3] == [
-        "loss_recovered_lo",
-        "loss_recovered_hi",
-    ]
-    assert (frame["loss_recovered_lo"] <= frame["loss_recovered"]).all()
-    assert (frame["loss_recovered"] <= frame["loss_recovered_hi"]).all()
+    for name in ("loss_recovered", "ce_loss_score", "kl_div_score"):
+        at = columns.index(name)
+        assert columns[at + 1 : at + 3] == [f"{name}_lo", f"{name}_hi"]
+        assert (frame[f"{name}_lo"] <= frame[name]).all() and (frame[name] <= frame[f"{name}_hi"]).all()
     assert "loss_recovered_lo" not in metrics_frame(records)
 
 

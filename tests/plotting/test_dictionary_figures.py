@@ -31,6 +31,9 @@ def sae_metrics_table(n_models: int) -> pd.DataFrame:
                         "loss_recovered": recovered,
                         "loss_recovered_lo": recovered - 0.02,
                         "loss_recovered_hi": min(recovered + 0.02, 1.0),
+                        "ce_loss_score": recovered - 0.05,
+                        "ce_loss_score_lo": recovered - 0.08,
+                        "ce_loss_score_hi": recovered - 0.02,
                         "dead_fraction": 0.0,  # a run's usual value: on the edge of the axis's natural range
                         "dense_fraction": 0.01,
                         "n_loss_documents": 1,

@@ -68,10 +68,19 @@ def test_latent_language_and_sae_tables_carry_their_intervals():
     summary = pd.DataFrame([pair | values | {"lens": "logit"}, pair | values | {"lens": "tuned"}])
     table = latent_language_table(summary)
     assert table.count("\n") == 3 and "| m | translation fr→zh | 40 | 0.20 [0.10, 0.30] | fr | 0.05 | never |" in table
-    metrics = pd.DataFrame(
-        [{"model": "m", "layer": 5, "fvu": 0.1, "l0": 32.0, "dead_fraction": 0.01, "dense_fraction": 0.0}]
-    ).assign(loss_recovered=0.9, loss_recovered_lo=0.85, loss_recovered_hi=0.93)
-    assert "| m | sae | 5 | 0.10 | 32 | 1.0% / 0.0% | 0.90 [0.85, 0.93] |" in sae_metrics_table(metrics)
+    metrics = (
+        pd.DataFrame([{"model": "m", "layer": 5, "fvu": 0.1, "l0": 32.0, "dead_fraction": 0.01, "dense_fraction": 0.0}])
+        .assign(
+            loss_recovered=0.9,
+            loss_recovered_lo=0.85,
+            loss_recovered_hi=0.93,
+            ce_loss_score=0.88,
+            ce_loss_score_lo=0.86,
+        )
+        .assign(ce_loss_score_hi=0.9, kl_div_score=0.8, kl_div_score_lo=0.78, kl_div_score_hi=0.83)
+    )
+    row = "| m | sae | 5 | 0.10 | 32 | 1.0% / 0.0% | 0.88 [0.86, 0.90] | 0.80 [0.78, 0.83] | 0.90 [0.85, 0.93] |"
+    assert row in sae_metrics_table(metrics)
     transcoder = metrics.assign(kind="transcoder")
     assert "| m | transcoder | 5 | 0.10 |" in sae_metrics_table(transcoder)
     sparse = pd.DataFrame(

@@ -348,7 +348,9 @@ METRICS_LEAD = {
     "layer": "layer",
     "fvu": "FVU",
     "l0": "mean L0",
-    "loss_recovered": "loss recovered",
+    "loss_recovered": "loss recovered (BOS kept)",
+    "ce_loss_score": "CE loss score (SAELens)",
+    "kl_div_score": "KL score (SAELens)",
     "kl_sae": "KL to clean (nats)",
     "dead_fraction": "dead",
     "dense_fraction": "dense",
@@ -370,8 +372,10 @@ COMPARISON_LEAD = {
     "transcoder_l0": "transcoder L0",
     "sae_fvu": "SAE FVU",
     "transcoder_fvu": "transcoder FVU",
-    "sae_loss_recovered": "SAE loss recovered",
-    "transcoder_loss_recovered": "transcoder loss recovered",
+    "sae_loss_recovered": "SAE loss recovered (BOS kept)",
+    "transcoder_loss_recovered": "transcoder loss recovered (BOS kept)",
+    "sae_ce_loss_score": "SAE CE loss score",
+    "transcoder_ce_loss_score": "transcoder CE loss score",
 }
 
 
