@@ -256,7 +256,8 @@ SECTIONS = (
     (
         "sae_metrics",
         "SAEs and transcoders",
-        "Reconstruction and loss scores on held-out text: SAELens's CE loss and KL scores zero every position, the BOS too; loss recovered keeps the BOS clean.",
+        "Reconstruction and loss scores on held-out text: SAELens's CE loss and KL scores zero every position, "
+        "the BOS too; loss recovered keeps the BOS clean.",
     ),
     ("sparse_probing", "Sparse probing", "Top-k latents, neurons and residual dimensions against the dense probe."),
     ("neuron_probing", "Neurons", "k-sparse neuron probes and the best single neuron."),
