@@ -382,10 +382,14 @@ def final_norm(manifest_path: str | os.PathLike) -> torch.nn.Module:
         folder = Path(snapshot_download(manifest["tl_name"], local_files_only=True))
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
-    norm = getattr(skeleton.base_model, "norm", None)
-    if norm is None:
-        raise ModelError(f"{manifest['model']}: {type(skeleton).__name__} has no final norm at base_model.norm")
-    prefix = next(name for name, module in skeleton.named_modules() if module is norm) + "."
+    # The final norm is the base model's one direct child that is a norm (Llama's norm, GPT-2's ln_f, ...).
+    norms = [module for module in skeleton.base_model.children() if "norm" in type(module).__name__.lower()]
+    if len(norms) != 1:
+        raise ModelError(
+            f"{manifest['model']}: {type(skeleton).__name__} has {len(norms)} norms directly under its base model, "
+            "not one final norm"
+        )
+    prefix = next(name for name, module in skeleton.named_modules() if module is norms[0]) + "."
     state = {}
     for path in sorted(folder.glob("*.safetensors")):
         with safe_open(str(path), "pt") as handle:
@@ -393,7 +397,7 @@ def final_norm(manifest_path: str | os.PathLike) -> torch.nn.Module:
             state |= {key[len(prefix) :]: handle.get_tensor(key) for key in names}
     if not state:
         raise ModelError(f"{manifest['model']}: no {prefix}* weights in the safetensors files of {folder}")
-    norm.to_empty(device="cpu")
+    norm = norms[0].to_empty(device="cpu")
     norm.load_state_dict(state, strict=True)
     return norm.float().eval()
 
