@@ -209,9 +209,10 @@ def depth_usage(
     norm = final_norm(manifest)
     with torch.inference_mode():
         resid[:, :, -1] = norm(resid[:, :, -1])
-    texts = [hooked.tokenizer.decode(window[skip_first:]) for window in windows]
+    window_texts = [hooked.tokenizer.decode(window[skip_first:]) for window in windows]
     views = [
-        usage.pooled_residuals(hooked, view, settings.batch_size, norm) for view in augmented_views(texts, 2, seed)
+        usage.pooled_residuals(hooked, view, settings.batch_size, norm)
+        for view in augmented_views(window_texts, 2, seed)
     ]
     curves = quality_curves(
         [window[skip_first:] for window in resid],
