@@ -98,7 +98,9 @@ def window_residuals(
     with torch.inference_mode():
         for start in tqdm(batches, desc="depth-usage windows", unit="batch", disable=not progress):
             _, cache = model.run_with_cache(
-                windows[start : start + batch_size].to(model.cfg.device), names_filter=names + mid_names
+                windows[start : start + batch_size].to(model.cfg.device),
+                names_filter=names + mid_names,
+                stop_at_layer=n_layers,  # no unembedding: Gemma's 262k-token one costs more than its blocks
             )
             for name in names + mid_names:
                 check_finite(model, cache[name], name, "resid")
@@ -106,6 +108,36 @@ def window_residuals(
             if mids:
                 mid.append(torch.stack([cache[name] for name in mid_names], 2).float().cpu())
     return torch.cat(resid), torch.cat(mid) if mids else None
+
+
+def pooled_residuals(
+    model: HookedTransformer, texts: Sequence[str], batch_size: int, last: torch.nn.Module | None = None
+) -> np.ndarray:
+    """(n, L+1, d) mean residual of each text's tokens (BOS excluded) at every layer; texts of any length.
+
+    Texts are batched in order of length and each batch padded on the right, which causal attention never lets a
+    real token see. ``last`` (e.g. the model's final norm, :func:`probes.models.loading.final_norm`) is applied
+    to layer L before pooling.
+    """
+    import torch
+
+    from probes.activations.extraction import right_padded
+
+    skip_first = int(bool(model.cfg.default_prepend_bos))
+    token_lists = [model.to_tokens(text, move_to_device=False, truncate=False)[0] for text in texts]
+    order = np.argsort([len(tokens) for tokens in token_lists], kind="stable")
+    pooled = np.empty((len(texts), model.cfg.n_layers + 1, model.cfg.d_model))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        tokens, mask = right_padded(model, [token_lists[row] for row in rows])
+        resid, _ = window_residuals(model, tokens, batch_size, progress=False, mids=False)
+        if last is not None:
+            with torch.inference_mode():
+                resid[:, :, -1] = last(resid[:, :, -1])
+        mask[:, :skip_first] = False
+        weights = (mask / mask.sum(1, keepdim=True)).float()
+        pooled[rows] = torch.einsum("nt,ntld->nld", weights, resid).double().numpy()
+    return pooled
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -248,7 +280,9 @@ def fit_linear_shortcuts(
     with torch.inference_mode():
         for start in tqdm(batches, desc="linear shortcuts", unit="batch", disable=not progress):
             _, cache = model.run_with_cache(
-                windows[start : start + settings.batch_size].to(model.cfg.device), names_filter=names
+                windows[start : start + settings.batch_size].to(model.cfg.device),
+                names_filter=names,
+                stop_at_layer=n_layers,
             )
             target = cache[names[-1]][:, skip_first:].flatten(0, 1).double().cpu()
             for layer, name in enumerate(names):

@@ -1,14 +1,21 @@
-"""Per-layer representation quality (Skean et al., "Layer by Layer"), with bootstrap intervals over prompts.
+"""Per-layer representation quality as Skean et al. ("Layer by Layer") compute it, with bootstrap intervals.
 
-Four curves over layers 0..L, read off held-out corpus windows (BOS excluded):
+Four curves over layers 0..L (the last read after the model's final norm, its weight included, as Hugging Face's
+``hidden_states`` give it), on held-out corpus windows (BOS excluded); the definitions are those of the authors'
+code (``information_flow``'s metric functions, and ``repitl``'s matrix entropy), which
+``tests/depth_usage/test_representation_quality.py`` re-implements independently:
 
-* prompt entropy: matrix-based Renyi alpha-entropy of a prompt's unit-normalised token Gram matrix, scaled
-  by log(min(n_tokens, d)) into [0, 1] (one direction -> 0, mutually orthogonal tokens -> 1); mean over prompts;
-* dataset entropy: the same entropy of the prompts' pooled vectors (token mean, unit-normalised), written
-  through their weighted second moment so a bootstrap resample is the plug-in estimate of its multiplicities;
-* curvature (Hosseini & Fedorenko 2023): mean angle in radians between successive token-to-token steps;
-* augmentation invariance: the InfoNCE bound, in bits, on the mutual information between each prompt's clean
-  and noised pooled vectors (higher = the layer keeps prompts apart under input noise).
+* every set of vectors is first centred (a prompt's tokens over the prompt, pooled windows over the windows) and
+  scaled to unit rows; a row that centring zeroes has no direction, and its metric is NaN;
+* prompt entropy: Gram matrix Z Z^T (Z^T Z when there are more tokens than dimensions), clamped at 0 elementwise
+  and divided by its trace; von Neumann (alpha = 1) or Renyi entropy of its positive eigenvalues, divided by
+  min(log n, log d); mean over prompts;
+* dataset entropy: the same of the prompts' mean-pooled vectors, centred over the prompts;
+* curvature: mean over consecutive pairs of steps v_k = z_k - z_{k-1} of arccos(|cos(v_k, v_{k+1})|), in
+  [0, pi/2] (a reversal counts 0); a pair with a step of zero length counts 0;
+* InfoNCE: two augmented views of every prompt, mean-pooled and normalised per view; the cross-entropy of
+  picking view B of each prompt from view A by cosine / temperature, in nats, reported as the reference's
+  ``mi-lower-bound`` 1 - loss / log n (1: every prompt identified; 0: chance).
 
 Every interval resamples prompts (or whole groups, e.g. documents) with one set of bootstrap multiplicities
 shared by all metrics and layers (:mod:`probes.resampling`); the replicates are returned so a curve can be
@@ -26,11 +33,8 @@ import pandas as pd
 
 from probes.resampling import bootstrap_weights, percentile_interval, resampled_means
 
-METRICS = ("prompt_entropy", "dataset_entropy", "curvature", "infonce_bits")
-# A token-to-token step shorter than this fraction of the prompt's mean vector norm at that layer is a repeat
-# (float32 inputs resolve about 1e-7 of a norm): it has no direction, so the angles it makes are dropped.
-_STEP_TOL = 1e-6
-_CHUNK_ELEMENTS = 2**23  # float64 entries of the resampled second moments eigendecomposed at once (64 MiB)
+METRICS = ("prompt_entropy", "dataset_entropy", "curvature", "infonce_mi_lower_bound")
+_CHUNK_ELEMENTS = 2**23  # float64 entries of the resampled matrices eigendecomposed at once (64 MiB)
 
 
 @dataclass(frozen=True)
@@ -42,18 +46,23 @@ class QualityCurves:
     replicates: dict[str, np.ndarray]
 
 
-def renyi_entropy(eigenvalues: np.ndarray, alpha: float) -> np.ndarray:
-    """Renyi alpha-entropy (nats) of spectra along the last axis, each rescaled to sum to 1.
+def centred_unit(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    """``x`` centred over ``axis`` and scaled to unit rows along the last axis, as the reference's ``normalize``;
+    a row that centring zeroes becomes NaN (the reference divides by its zero norm)."""
+    x = _float64(x)
+    centred = x - x.mean(axis, keepdims=True)
+    norms = np.linalg.norm(centred, axis=-1, keepdims=True)
+    return np.divide(centred, norms, out=np.full_like(centred, np.nan), where=norms > 0)
 
-    Negative round-off is clipped and eigenvalues below the rank tolerance (size x eps x largest) are dropped:
-    for alpha < 1 a 1e-17 of noise would otherwise count (1e-17 ** 0.01 = 0.68). alpha = 1 is the Shannon
-    limit, computed exactly. An all-zero spectrum has no entropy: NaN.
-    """
+
+def renyi_entropy(eigenvalues: np.ndarray, alpha: float) -> np.ndarray:
+    """Renyi alpha-entropy (nats) of spectra along the last axis, as ``repitl``'s matrix entropy takes it: the
+    strictly positive eigenvalues rescaled to sum to 1 (round-off and the negative eigenvalues of a clamped
+    Gram matrix drop out); alpha = 1 is von Neumann's -sum p log p. No positive eigenvalue: NaN."""
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
-    lam = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
-    tol = lam.shape[-1] * np.finfo(np.float64).eps * lam.max(-1, keepdims=True)
-    lam = np.where(lam > tol, lam, 0.0)
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    lam = np.where(lam > 0, lam, 0.0)
     total = lam.sum(-1, keepdims=True)
     p = np.divide(lam, total, out=np.zeros_like(lam), where=total > 0)
     kept = p > 0
@@ -64,114 +73,137 @@ def renyi_entropy(eigenvalues: np.ndarray, alpha: float) -> np.ndarray:
     return np.where(total[..., 0] > 0, entropy, np.nan)
 
 
-def prompt_entropy(tokens: np.ndarray, alpha: float = 1.0) -> np.ndarray:
-    """(L+1,) normalised alpha-entropy of one prompt's (n_tokens, L+1, d) token vectors at every layer.
+def gram_entropy(z: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """Normalised alpha-entropy of normalised rows z (..., n, d): the reference's ``compute_entropy``.
 
-    The spectrum comes from the smaller of Z Z^T and Z^T Z (the same nonzero eigenvalues), so a long prompt
-    costs a d x d eigendecomposition, never n x n. A prompt of fewer than 2 tokens has no spread to measure:
-    NaN, which :func:`quality_curves` skips.
+    K = z z^T when n <= d, else z^T z (the reference's two branches; the clamp makes them differ), clamped at 0
+    elementwise, divided by its trace; entropy over min(log n, log d). Any NaN row: NaN.
     """
     import torch
 
+    z = _float64(z)
+    *_, n, d = z.shape
+    if min(n, d) < 2:
+        return np.full(z.shape[:-2], np.nan)
+    undefined = np.isnan(z).any((-2, -1))
+    zt = torch.from_numpy(np.nan_to_num(z))
+    gram = (zt @ zt.mT if n <= d else zt.mT @ zt).clamp_(min=0)
+    trace = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1)
+    gram /= torch.where(trace > 0, trace, 1.0)[..., None, None]
+    entropy = renyi_entropy(torch.linalg.eigvalsh(gram).numpy(), alpha) / math.log(min(n, d))
+    return np.where(undefined, np.nan, entropy)
+
+
+def prompt_entropy(tokens: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """(L+1,) normalised entropy of one prompt's (n_tokens, L+1, d) token vectors at every layer, each layer's
+    tokens centred over the prompt and unit-normalised first. Fewer than 2 tokens: NaN, which
+    :func:`quality_curves` skips."""
     x = _float64(tokens)
-    n, layers, d = x.shape
-    if n < 2 or d < 2:
-        return np.full(layers, np.nan)
-    z = torch.from_numpy(_unit(x)).transpose(0, 1)  # (L+1, n, d)
-    gram = z @ z.mT if n <= d else z.mT @ z
-    return renyi_entropy(torch.linalg.eigvalsh(gram).numpy(), alpha) / math.log(min(n, d))
+    if len(x) < 2:
+        return np.full(x.shape[1], np.nan)
+    return gram_entropy(centred_unit(x, axis=0).transpose(1, 0, 2), alpha)
 
 
 def dataset_entropy(pooled: np.ndarray, alpha: float = 1.0, weights: np.ndarray | None = None) -> np.ndarray:
-    """Normalised alpha-entropy of the unit-normalised pooled vectors (n_prompts, L+1, d) at every layer.
+    """Normalised entropy of the pooled vectors (n_prompts, L+1, d), centred over the prompts, at every layer.
 
-    The entropy is that of M = sum_i w_i z_i z_i^T / sum w (unit weights: the trace-normalised Gram matrix), so
-    bootstrap multiplicities ``weights`` (n_boot, n) give each resample's plug-in estimate: (n_boot, L+1);
-    without weights, (L+1,). When n <= d, M's nonzero spectrum is that of diag(sqrt w) Z Z^T diag(sqrt w) / sum w,
-    so 1000 resamples x 31 layers cost batched eigendecompositions of (at most) n x n matrices, not d x d ones
-    (32 prompts at d = 576: about a second on 2 cores). The scale log(min(n, d)) is the full sample's in every
-    resample. Entropy is concave in M and a resample holds only ~63% of the distinct prompts, so resampled
-    entropies sit below the plug-in one: the percentile interval can lie wholly below the point. The replicates
-    still serve paired comparisons (across layers, with other curves), where that downward shift is common.
+    Bootstrap multiplicities ``weights`` (n_boot, n) give each resample's own estimate, (n_boot, L+1): the
+    entropy of the sample with prompt i repeated w_i times, centred on that sample's mean. When n <= d its
+    clamped Gram matrix P K P^T (P repeats rows) has the nonzero spectrum of diag(sqrt w) K diag(sqrt w) over
+    the drawn prompts, and K comes from the raw Gram matrix G through the weighted mean m:
+    <x_i - m, x_j - m> = G_ij - (G s)_i - (G s)_j + s^T G s with s = w / n, so 1000 resamples cost batched
+    eigendecompositions of (at most) n x n matrices. When n > d the clamp acts on sum_i w_i z_i z_i^T, built
+    directly. The scale min(log n, log d) is the sample's in every resample. Without weights, (L+1,).
     """
     import torch
 
     x = _float64(pooled)
     n, layers, d = x.shape
-    single = weights is None
-    w = np.ones((1, n)) if single else _check_weights(weights, n)
-    size = min(n, d)
-    if size < 2:
-        return np.full((layers,) if single else (len(w), layers), np.nan)
-    z = torch.from_numpy(_unit(x)).transpose(0, 1)  # (L+1, n, d)
+    if weights is None:
+        return gram_entropy(centred_unit(x, axis=0).transpose(1, 0, 2), alpha)
+    w = _check_weights(weights, n)
+    entropy = np.full((len(w), layers), np.nan)
+    if min(n, d) < 2:
+        return entropy
     share = torch.from_numpy(w / w.sum(1, keepdims=True))
-    entropy = np.empty((len(w), layers))
+    xt = torch.from_numpy(x).transpose(0, 1)  # (L+1, n, d)
     if n > d:
-        for rows in _chunks(np.arange(len(w)), layers * d * d):
-            moment = torch.einsum("bn,lnd,lne->blde", share[torch.from_numpy(rows)], z, z)
-            entropy[rows] = renyi_entropy(torch.linalg.eigvalsh(moment).numpy(), alpha)
+        for rows in _chunks(np.arange(len(w)), layers * n * d):
+            s = share[torch.from_numpy(rows)]  # (b, n)
+            centred = xt[None] - torch.einsum("bn,lnd->bld", s, xt)[:, :, None]
+            norms = centred.norm(dim=-1, keepdim=True)
+            z = centred / torch.where(norms > 0, norms, 1.0)
+            moment = torch.einsum("bn,blnd,blne->blde", s, z, z).clamp_(min=0)
+            trace = torch.diagonal(moment, dim1=-2, dim2=-1).sum(-1)
+            moment /= torch.where(trace > 0, trace, 1.0)[..., None, None]
+            undefined = (norms[..., 0] == 0) & (s[:, None] > 0)
+            spectrum = renyi_entropy(torch.linalg.eigvalsh(moment).numpy(), alpha)
+            entropy[rows] = np.where(undefined.any(-1).numpy(), np.nan, spectrum)
     else:
-        # A prompt left out of a resample only adds zero eigenvalues, so each resample's matrix is cut down to the
-        # k prompts it drew (about 63% of n: a quarter of the cost), resamples of equal k eigendecomposed together.
-        gram = (z @ z.mT).reshape(layers, n * n)
+        # A prompt left out of a resample adds only zero eigenvalues, so each resample's matrix is cut down to the
+        # k prompts it drew (about 63% of n), resamples of equal k eigendecomposed together.
+        gram = (xt @ xt.mT).reshape(layers, n * n)
         drawn = w > 0
         k = drawn.sum(1)
         for size_k in np.unique(k):
             for rows in _chunks(np.flatnonzero(k == size_k), layers * size_k * size_k):
                 picked = torch.from_numpy(np.argsort(~drawn[rows], axis=1, kind="stable")[:, :size_k])
-                root = torch.gather(share[torch.from_numpy(rows)], 1, picked).sqrt()
+                s = torch.gather(share[torch.from_numpy(rows)], 1, picked)  # (b, k), sums to 1
                 cells = (picked[:, :, None] * n + picked[:, None, :]).reshape(-1)
-                sub = gram.index_select(1, cells).reshape(layers, len(rows), size_k, size_k)
-                moment = (sub * (root[:, :, None] * root[:, None, :])).transpose(0, 1)  # (b, L+1, k, k)
-                entropy[rows] = renyi_entropy(torch.linalg.eigvalsh(moment).numpy(), alpha)
-    entropy /= math.log(size)
-    return entropy[0] if single else entropy
+                sub = gram.index_select(1, cells).reshape(layers, len(rows), size_k, size_k).transpose(0, 1)
+                gs = sub @ s[:, None, :, None]  # (b, L+1, k, 1)
+                centred = sub - gs - gs.mT + (s[:, None, None, :] @ gs)
+                sq = torch.diagonal(centred, dim1=-2, dim2=-1).clamp(min=0)  # squared norms (b, L+1, k)
+                root = sq.sqrt()
+                safe = torch.where(root > 0, root, 1.0)
+                cosine = centred / safe[..., :, None] / safe[..., None, :]
+                weighted = cosine.clamp_(min=0) * (s.sqrt()[:, None, :, None] * s.sqrt()[:, None, None, :])
+                spectrum = renyi_entropy(torch.linalg.eigvalsh(weighted).numpy(), alpha)
+                entropy[rows] = np.where((root == 0).any(-1).numpy(), np.nan, spectrum)
+    return entropy / math.log(min(n, d))
 
 
 def curvature(tokens: np.ndarray) -> np.ndarray:
-    """(L+1,) mean angle (radians) between successive steps x_{k+1} - x_k of one prompt's token trajectory.
+    """(L+1,) mean turning angle (radians) of one prompt's normalised token trajectory, as the reference computes it.
 
-    A straight path is 0 and a path of right-angle turns pi/2. A repeated token makes a step of no length,
-    whose angles are dropped; a prompt of fewer than 3 tokens has no pair of steps: NaN (as is a layer where
-    every angle was dropped), which :func:`quality_curves` skips.
+    Tokens are centred over the prompt and unit-normalised; with steps v_k = z_k - z_{k-1}, each consecutive
+    pair contributes arccos(|v_k . v_{k+1}| / (|v_k| |v_{k+1}|)), in [0, pi/2], or 0 if either step has no
+    length; the mean is over all n - 2 pairs. Fewer than 3 tokens, or a token at the prompt's mean: NaN.
     """
     x = _float64(tokens)
     n, layers, _ = x.shape
     if n < 3:
         return np.full(layers, np.nan)
-    steps = np.diff(x, axis=0)  # (n-1, L+1, d)
+    z = centred_unit(x, axis=0)
+    steps = np.diff(z, axis=0)  # (n-1, L+1, d)
     norms = np.linalg.norm(steps, axis=-1)
-    moving = norms > _STEP_TOL * np.linalg.norm(x, axis=-1).mean(0)
-    pairs = moving[:-1] & moving[1:]
-    dots = np.sum(steps[:-1] * steps[1:], axis=-1)
-    cos = np.divide(dots, norms[:-1] * norms[1:], out=np.zeros_like(dots), where=pairs)
-    angles = np.where(pairs, np.arccos(np.clip(cos, -1.0, 1.0)), 0.0)
-    counts = pairs.sum(0)
-    return np.divide(angles.sum(0), counts, out=np.full(layers, np.nan), where=counts > 0)
+    lengths = norms[:-1] * norms[1:]
+    moving = lengths > 0
+    cos = np.divide(np.abs(np.sum(steps[:-1] * steps[1:], axis=-1)), lengths, out=np.ones_like(lengths), where=moving)
+    angles = np.arccos(np.clip(cos, -1.0, 1.0))
+    return np.where(np.isnan(z).any((0, 2)), np.nan, angles.mean(0))
 
 
-def infonce_losses(clean: np.ndarray, noised: np.ndarray, temperature: float = 0.1) -> np.ndarray:
-    """(n_prompts, L+1) InfoNCE loss (nats) of picking each prompt's noised pooled vector among all of them.
-
-    Per layer both sets are unit-normalised, S_ij = c_i . p_j / temperature and l_i = -log softmax_j(S_ij)[i];
-    the bound on the mutual information is (log n - mean l) / log 2 bits, at most log2(n).
-    """
+def infonce_losses(view_a: np.ndarray, view_b: np.ndarray, temperature: float = 0.1) -> np.ndarray:
+    """(n_prompts, L+1) InfoNCE loss (nats) of picking each prompt's view B among all prompts' view B from its
+    view A: per layer each view's pooled vectors (n, L+1, d) are centred over the prompts and unit-normalised,
+    S_ij = a_i . b_j / temperature and l_i = -log softmax_j(S_ij)[i]. Their mean is the reference's ``raw``."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     from scipy.special import logsumexp
 
-    c = _unit(_float64(clean)).transpose(1, 0, 2)  # (L+1, n, d)
-    p = _unit(_float64(noised)).transpose(1, 0, 2)
-    if c.shape != p.shape:
-        raise ValueError(f"clean and noised pooled vectors differ in shape: {clean.shape} vs {noised.shape}")
-    scores = c @ p.transpose(0, 2, 1) / temperature
+    a = centred_unit(view_a, axis=0).transpose(1, 0, 2)  # (L+1, n, d)
+    b = centred_unit(view_b, axis=0).transpose(1, 0, 2)
+    if a.shape != b.shape:
+        raise ValueError(f"the two views' pooled vectors differ in shape: {view_a.shape} vs {view_b.shape}")
+    scores = a @ b.transpose(0, 2, 1) / temperature
     losses = logsumexp(scores, axis=-1) - np.diagonal(scores, axis1=1, axis2=2)
     return losses.T
 
 
 def quality_curves(
     prompts: Sequence[np.ndarray],
-    noised_pooled: np.ndarray | None = None,
+    views: tuple[np.ndarray, np.ndarray] | None = None,
     alpha: float = 1.0,
     temperature: float = 0.1,
     n_boot: int = 1000,
@@ -179,15 +211,15 @@ def quality_curves(
     seed: int = 0,
     groups: np.ndarray | None = None,
 ) -> QualityCurves:
-    """Prompt entropy, dataset entropy, curvature and (with ``noised_pooled``) InfoNCE bits at every layer.
+    """Prompt entropy, dataset entropy, curvature and (with ``views``) InfoNCE at every layer.
 
-    ``prompts`` are (n_tokens_i, L+1, d) arrays or tensors; ``noised_pooled`` (n_prompts, L+1, d) holds the same
-    prompts' pooled vectors under input noise, and without it there are no invariance rows. Per-prompt metrics
-    are means over the prompts where they are defined (``n_prompts`` counts those, per layer), resampled as
-    weighted means; dataset entropy is re-estimated from each resample's weighted second moment , less the mean
-    shift of the resamples from the point (duplicated prompts bias it low); the InfoNCE
-    losses are resampled as means while every loss keeps the full set of prompts as its negatives (so log n
-    stays that of the full sample). ``groups`` (one label per prompt, e.g. its document) resamples whole groups.
+    ``prompts`` are (n_tokens_i, L+1, d) arrays or tensors; ``views`` holds the pooled vectors (n_prompts, L+1, d)
+    of two augmented views of the same prompts, and without it there are no InfoNCE rows. Per-prompt metrics are
+    means over the prompts where they are defined (``n_prompts`` counts those, per layer), resampled as weighted
+    means; dataset entropy is re-estimated on each resample (:func:`dataset_entropy`), less the mean shift of the
+    resamples from the point (duplicated prompts bias it low); the InfoNCE losses are resampled as means while
+    every loss keeps the full set of prompts as its negatives and centring (so log n stays that of the full
+    sample). ``groups`` (one label per prompt, e.g. its document) resamples whole groups.
     """
     arrays = _check_prompts(prompts)
     if alpha <= 0:
@@ -198,11 +230,12 @@ def quality_curves(
         raise ValueError(f"ci must be in (0, 1), got {ci}")
     n = len(arrays)
     layers, d = arrays[0].shape[1:]
-    noised = None if noised_pooled is None else _float64(noised_pooled)
-    if noised is not None and noised.shape != (n, layers, d):
-        raise ValueError(f"noised_pooled must have shape {(n, layers, d)} (prompts, layers, d), got {noised.shape}")
-    if noised is not None and (bad := _first_non_finite(noised)) is not None:
-        raise ValueError(f"noised_pooled has non-finite values for prompt {bad[0]} at layer {bad[1]}")
+    pooled_views = None if views is None else [_float64(view) for view in views]
+    for which, view in enumerate(pooled_views or []):
+        if view.shape != (n, layers, d):
+            raise ValueError(f"view {which} must have shape {(n, layers, d)} (prompts, layers, d), got {view.shape}")
+        if (bad := _first_non_finite(view)) is not None:
+            raise ValueError(f"view {which} has non-finite values for prompt {bad[0]} at layer {bad[1]}")
     weights = bootstrap_weights(n, n_boot, seed, groups)
     pooled = np.stack([x.mean(0) for x in arrays])
     per_prompt = {
@@ -219,13 +252,13 @@ def quality_curves(
     # near-constant shift (the percentile interval can miss the point entirely): the shift is removed, keeping
     # the resamples' spread, i.e. the interval measures how much the estimate varies at this sample size.
     resampled = dataset_entropy(pooled, alpha, weights)
-    replicates["dataset_entropy"] = resampled - (resampled.mean(0) - points["dataset_entropy"])
+    replicates["dataset_entropy"] = resampled - (np.nanmean(resampled, 0) - points["dataset_entropy"])
     counts["dataset_entropy"] = np.full(layers, n)
-    if noised is not None:
-        losses = infonce_losses(pooled, noised, temperature)
-        points["infonce_bits"] = (math.log(n) - losses.mean(0)) / math.log(2)
-        replicates["infonce_bits"] = (math.log(n) - resampled_means(weights, losses.T)) / math.log(2)
-        counts["infonce_bits"] = np.full(layers, n)
+    if pooled_views is not None:
+        losses = infonce_losses(*pooled_views, temperature)
+        points["infonce_mi_lower_bound"] = 1 - losses.mean(0) / math.log(n)
+        replicates["infonce_mi_lower_bound"] = 1 - resampled_means(weights, losses.T) / math.log(n)
+        counts["infonce_mi_lower_bound"] = np.isfinite(losses).sum(0)
     frames = []
     for name in (metric for metric in METRICS if metric in points):
         lo, hi = percentile_interval(replicates[name], ci)
@@ -340,9 +373,3 @@ def _float64(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().double().numpy()
     return np.asarray(x, dtype=np.float64)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit norm along the last axis; a zero row stays zero (it adds nothing to a Gram matrix)."""
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)

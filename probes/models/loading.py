@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from probes.io import read_json
 
 if TYPE_CHECKING:
+    import torch
     from transformer_lens import HookedTransformer
 
 log = logging.getLogger(__name__)
@@ -359,6 +360,46 @@ def _load_hf(manifest: dict[str, Any]) -> tuple[Any, Any]:
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     model.eval()
     return model, AutoTokenizer.from_pretrained(hf_dir)
+
+
+def final_norm(manifest_path: str | os.PathLike) -> torch.nn.Module:
+    """The Hugging Face model's own final norm, its weight included, without loading the rest of the model.
+
+    TransformerLens folds that weight into the unembedding, so its ``ln_final`` output is not the last entry of
+    Hugging Face's ``hidden_states``; this module applied to the last block's output is (analyses that read the
+    last layer as Hugging Face gives it, e.g. representation quality, need it).
+    """
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    manifest = read_manifest(manifest_path)
+    if "hf_dir" in manifest:
+        folder = Path(manifest["hf_dir"])
+    else:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(manifest["tl_name"], local_files_only=True))
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    # The final norm is the base model's one direct child that is a norm (Llama's norm, GPT-2's ln_f, ...).
+    norms = [module for module in skeleton.base_model.children() if "norm" in type(module).__name__.lower()]
+    if len(norms) != 1:
+        raise ModelError(
+            f"{manifest['model']}: {type(skeleton).__name__} has {len(norms)} norms directly under its base model, "
+            "not one final norm"
+        )
+    prefix = next(name for name, module in skeleton.named_modules() if module is norms[0]) + "."
+    state = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as handle:
+            names = [key for key in handle.keys() if key.startswith(prefix)]  # noqa: SIM118 (not a dict)
+            state |= {key[len(prefix) :]: handle.get_tensor(key) for key in names}
+    if not state:
+        raise ModelError(f"{manifest['model']}: no {prefix}* weights in the safetensors files of {folder}")
+    norm = norms[0].to_empty(device="cpu")
+    norm.load_state_dict(state, strict=True)
+    return norm.float().eval()
 
 
 def use_threads(threads: int | None) -> None:

@@ -254,14 +254,14 @@ def layer_map_matches_figure(best: pd.DataFrame, ci: float = CI) -> Figure:
 _QUALITY_PANELS = (
     ("prompt_entropy", "prompt entropy", "normalised Rényi entropy", "linear"),
     ("dataset_entropy", "dataset entropy", "normalised Rényi entropy", "linear"),
-    ("curvature", "curvature", "mean angle between steps (radians)", "linear"),
-    ("infonce_bits", "augmentation invariance", "InfoNCE bound on MI (bits)", "linear"),
+    ("curvature", "curvature", "mean |turning angle| (radians)", "linear"),
+    ("infonce_mi_lower_bound", "augmentation invariance", "InfoNCE: 1 − loss / log n", "linear"),
 )
 
 
 def representation_quality_figure(table: pd.DataFrame) -> Figure:
     """Representation quality per layer on relative depth, one panel per metric (Skean et al., "Layer by Layer"):
-    token-level and dataset-level entropy, trajectory curvature and invariance to input noise."""
+    token-level and dataset-level entropy, trajectory curvature and invariance to text augmentation."""
     first = table.iloc[0]
     return curve_panels(
         table,

@@ -156,3 +156,51 @@ def test_windows_need_documents_long_enough_and_settings_are_checked():
         usage.DepthUsageSettings(documents=4, skip_documents=8)
     with pytest.raises(ValueError, match="positions"):
         usage.DepthUsageSettings(context=8, skip_context=8, positions=9)
+
+
+TEXTS = ["the city of lyon is in france", "alice flips the coin", "a film she loved, heads up"]
+
+
+@pytest.fixture(scope="module")
+def llama_with_a_norm_weight(tmp_path_factory):
+    """A tiny Hugging Face Llama whose final norm has a weight far from 1, its manifest and its TransformerLens
+    conversion (which folds that weight into the unembedding)."""
+    import probes
+    from helpers import tiny_llama_checkpoint
+
+    folder = tmp_path_factory.mktemp("checkpoint")  # a path with "llama" in it sends TransformerLens to LLaMA-1
+    hf = tiny_llama_checkpoint(folder, TEXTS, "<s>")
+    with torch.no_grad():
+        hf.model.norm.weight.copy_(torch.linspace(-2.0, 3.0, hf.config.hidden_size))
+    hf.save_pretrained(folder)
+    cache = tmp_path_factory.mktemp("cache")
+    hooked = probes.load_model(folder, cache_dir=cache)
+    return hf, cache / folder.name / "manifest.json", hooked
+
+
+def test_the_final_norm_turns_the_last_residual_into_hugging_faces_last_hidden_state(llama_with_a_norm_weight):
+    from probes.models.loading import final_norm
+
+    hf, manifest, hooked = llama_with_a_norm_weight
+    tokens = hooked.to_tokens(TEXTS[0])
+    resid, _ = usage.window_residuals(hooked, tokens, batch_size=1, progress=False, mids=False)
+    with torch.inference_mode():
+        hidden = hf(tokens, output_hidden_states=True).hidden_states
+        last = final_norm(manifest)(resid[:, :, -1])
+    for layer in range(hooked.cfg.n_layers):
+        torch.testing.assert_close(resid[:, :, layer], hidden[layer], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(last, hidden[-1], atol=1e-5, rtol=1e-5)
+    assert (last - resid[:, :, -1]).abs().max() > 0.1  # the weight matters
+
+
+def test_pooled_residuals_are_each_texts_own_mean_after_the_bos_whatever_the_padding(llama_with_a_norm_weight):
+    from probes.models.loading import final_norm
+
+    hf, manifest, hooked = llama_with_a_norm_weight
+    pooled = usage.pooled_residuals(hooked, TEXTS, batch_size=2, last=final_norm(manifest))
+    assert pooled.shape == (len(TEXTS), hooked.cfg.n_layers + 1, hooked.cfg.d_model)
+    for row, text in enumerate(TEXTS):
+        with torch.inference_mode():
+            hidden = hf(hooked.to_tokens(text), output_hidden_states=True).hidden_states
+        expected = torch.stack([h[0, 1:].mean(0) for h in hidden]).double().numpy()
+        np.testing.assert_allclose(pooled[row], expected, atol=1e-5, rtol=1e-5)

@@ -40,6 +40,28 @@ def test_transformer_lens_matches_hugging_face(name, request):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_the_final_norm_gives_hugging_faces_last_hidden_state_and_the_other_layers_agree(name, request):
+    """What representation quality reads: layers 0..L-1 as TransformerLens keeps them, layer L through the model's
+    own final norm (Gemma's 1 + w reaches 301), all equal to Hugging Face's hidden_states."""
+    from probes.depth_usage.contributions import window_residuals
+    from probes.models.loading import final_norm
+
+    manifest = request.getfixturevalue("smollm2_manifest" if name.startswith("smollm2") else "gemma_manifest")
+    tl_model = load_model(manifest)
+    hf_model, _ = load_hf_model(manifest)
+    tokens = tl_model.to_tokens(PROMPTS[1])
+    resid, _ = window_residuals(tl_model, tokens, batch_size=1, progress=False, mids=False)
+    with torch.inference_mode():
+        hidden = hf_model(tokens, output_hidden_states=True).hidden_states
+        resid[:, :, -1] = final_norm(manifest)(resid[:, :, -1])
+    for layer, expected in enumerate(hidden):
+        scale = expected[0, 1:].norm(dim=-1).mean()  # the BOS aside, whose norm dwarfs the others
+        error = (resid[0, 1:, layer] - expected[0, 1:]).norm(dim=-1).max()
+        assert error <= 1e-4 * scale, (layer, float(error), float(scale))
+
+
+@pytest.mark.slow
 def test_embedded_model_predicts_sensibly(smollm2):
     """A dequantised checkpoint that got the weight layout wrong would still load; it would not know Paris."""
     probs = next_token_probabilities(smollm2, smollm2.to_tokens("The capital of France is"))

@@ -131,7 +131,7 @@ def quality_table() -> pd.DataFrame:
             "prompt_entropy": 0.4 + 0.3 * np.sin(3 * depth),
             "dataset_entropy": 0.6 - 0.2 * depth,
             "curvature": 1.8 - 0.6 * np.sin(np.pi * depth),
-            "infonce_bits": 3 + 2 * depth,
+            "infonce_mi_lower_bound": 0.3 + 0.5 * depth,
         }
         for metric, value in curves.items():
             frames.append(
@@ -145,7 +145,7 @@ def correlations_table() -> pd.DataFrame:
     rng = np.random.default_rng(0)
     rows = []
     for model, n_layers in MODELS.items():
-        for metric in ("prompt_entropy", "dataset_entropy", "curvature", "infonce_bits"):
+        for metric in ("prompt_entropy", "dataset_entropy", "curvature", "infonce_mi_lower_bound"):
             for task in ("capitals", "sentiment", "entailment"):
                 rho = rng.uniform(-0.9, 0.9)
                 rows.append((model, metric, task, rho, rho - 0.2, min(rho + 0.2, 1.0), n_layers + 1, 0.95))
@@ -268,7 +268,7 @@ def test_quality_figure_draws_one_panel_per_metric_present(tmp_path):
         "curvature",
         "augmentation invariance",
     ]
-    assert "radians" in axes[2].get_ylabel() and "bits" in axes[3].get_ylabel()
+    assert "radians" in axes[2].get_ylabel() and "1 − loss / log n" in axes[3].get_ylabel()
     assert all(len(_curves(ax)) == 2 for ax in axes)
     table = quality_table().query("metric != 'dataset_entropy'")
     axes = _drawn(figures.representation_quality_figure(table), tmp_path, "quality_three")

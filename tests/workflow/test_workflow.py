@@ -412,7 +412,7 @@ def test_depth_usage_outputs_and_an_independent_shortcut(run):
     last = shortcuts.query(f"layer == {L} and metric == 'precision_at_1'")
     assert (last["value"] == 1).all()  # at L every lens is the output itself
     quality = pd.read_parquet(tables / "depth_usage_quality.parquet")
-    assert set(quality["metric"]) == {"prompt_entropy", "dataset_entropy", "curvature", "infonce_bits"}
+    assert set(quality["metric"]) == {"prompt_entropy", "dataset_entropy", "curvature", "infonce_mi_lower_bound"}
     assert ((quality["lo"] <= quality["value"]) & (quality["value"] <= quality["hi"])).all()
     correlations = pd.read_parquet(tables / "depth_usage_correlations.parquet")
     assert set(correlations["task"]) == {"cities", "coinflip"} and len(correlations) == 8

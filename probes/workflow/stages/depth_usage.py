@@ -108,9 +108,10 @@ def depth_usage(
 
     from probes.activations.token_cache import TokenCacheSettings, tokenised_corpus
     from probes.depth_usage import contributions as usage
+    from probes.depth_usage.augmentation import NAME, augmented_views
     from probes.depth_usage.representation_quality import quality_curves
     from probes.lenses.tuned import load_tuned_lens, unembed_of
-    from probes.models.perturbations import InputNoise, ordinary_token_ids
+    from probes.models.loading import final_norm
     from probes.workflow.stages.sae import corpus_texts
 
     settings = usage.DepthUsageSettings(**settings)
@@ -203,12 +204,19 @@ def depth_usage(
     findings_table = pd.concat(findings_tables, ignore_index=True).assign(ci=ci, n_boot=n_boot)
     findings_table.insert(0, "model", model)
 
-    noise = InputNoise(**quality_settings["noise"])
-    noised = noise.apply_to_tokens(list(windows), ordinary_token_ids(hooked), skip_first, seed)
-    noised_resid, _ = usage.window_residuals(hooked, torch.stack(noised), settings.batch_size, mids=False)
+    # Representation quality reads layer L as Hugging Face's hidden_states give it, after the final norm and its
+    # weight (docs/methods.md §6.6); every other analysis is done with resid, so its layer L is replaced in place.
+    norm = final_norm(manifest)
+    with torch.inference_mode():
+        resid[:, :, -1] = norm(resid[:, :, -1])
+    window_texts = [hooked.tokenizer.decode(window[skip_first:]) for window in windows]
+    views = [
+        usage.pooled_residuals(hooked, view, settings.batch_size, norm)
+        for view in augmented_views(window_texts, 2, seed)
+    ]
     curves = quality_curves(
         [window[skip_first:] for window in resid],
-        noised_resid[:, skip_first:].mean(1),
+        views,
         alpha=quality_settings["alpha"],
         temperature=quality_settings["temperature"],
         n_boot=n_boot,
@@ -246,7 +254,7 @@ def depth_usage(
         "n_skip_documents": n_skip,
         "n_train_tokens": n_train,
         "heldout_documents": [int(index) for index in documents],
-        "noise": noise.name,
+        "augmentation": NAME,
         "tuned_lens": bool(tuned_lens),
     }
 
