@@ -268,6 +268,7 @@ def dual_latent_summary(
     curves: pd.DataFrame,
     related: Mapping[str, str],
     middle: Sequence[float] = (0.4, 0.8),
+    min_prob: float = 0.01,
     ci: float = 0.95,
     n_boot: int = 1000,
     seed: int = 0,
@@ -282,7 +283,9 @@ def dual_latent_summary(
     which it stays the largest. The paired differences (``en_minus_target``, ``en_minus_related``,
     ``target_minus_related``) come from the same resamples. ``latent`` names the dominant language and
     every other candidate whose difference from it has an interval reaching 0, joined by ``+`` (two
-    languages: a dual latent). ``leaders`` lists the leading candidate at each window layer.
+    languages: a dual latent), or ``none`` when the dominant language's mean is below ``min_prob``: a
+    language that holds almost no mass is no latent language, and near-zero means are all alike.
+    ``leaders`` lists the leading candidate at each window layer.
     """
     from probes.lenses.vocabulary import SHARED
 
@@ -320,7 +323,7 @@ def dual_latent_summary(
                 role for role in roles if role != lead and percentile_interval(boots[lead] - boots[role], ci)[0] <= 0
             ]
             row |= {"dominant": names[lead], "dominant_share": float(np.mean(resampled == roles.index(lead)))}
-            row["latent"] = "+".join(names[role] for role in [lead, *tied])
+            row["latent"] = "+".join(names[role] for role in [lead, *tied]) if points[lead] >= min_prob else "none"
             leaders = np.stack([per_layer[role] for role in roles], -1).argmax(-1)
             row["leaders"] = leader_runs([names[roles[i]] for i in leaders], window)
             rows.append(row | {"ci": ci, "n_boot": n_boot})

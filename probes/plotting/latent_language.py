@@ -230,7 +230,8 @@ def dual_latent_figure(frame: pd.DataFrame, summary: pd.DataFrame) -> Figure:
     for ax in axes[-1]:
         ax.set_xlabel("relative depth")
         ax.set_xlim(0, 1)
-    axes[0, 0].set_ylim(0, 1)
+    # the probabilities of small models stay far below 1: a shared scale fitted to the bands keeps them readable
+    axes[0, 0].set_ylim(0, min(1.0, max(0.05, 1.15 * float(frame["prob_hi"].max()))))
     fig.suptitle(
         f"Monolingual cloze: English, target and related language (mean, {_interval_label(frame)}; "
         "shaded: the middle layers)",

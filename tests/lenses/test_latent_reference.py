@@ -144,14 +144,16 @@ def test_hf_unembedding_reads_the_uncentred_rows_and_each_norms_gain():
         assert torch.allclose(gain / gain[0], expected / expected[0], rtol=1e-5), type(model).__name__
 
 
-def _dual_curves(means: dict[int, dict[str, float]], tgt: str, n_concepts: int = 30, seed: int = 0) -> pd.DataFrame:
+def _dual_curves(
+    means: dict[int, dict[str, float]], tgt: str, n_concepts: int = 30, seed: int = 0, noise: float = 0.02
+) -> pd.DataFrame:
     """Monolingual cloze curves with per-layer means ``means[layer][language]`` and a little noise per concept."""
     rng = np.random.default_rng(seed)
     n_layers = max(means)
     rows = [
         {"model": "m", "word_list": "w", "task": "cloze", "src": tgt, "tgt": tgt, "concept": f"c{concept}"}
         | {"layer": layer, "depth": layer / n_layers, "lens": "logit", "language": language}
-        | {"prob": (prob := float(np.clip(mean + rng.normal(0, 0.02), 0, 1))), "prob_full": prob, "top1": False}
+        | {"prob": (prob := float(np.clip(mean + rng.normal(0, noise), 0, 1))), "prob_full": prob, "top1": False}
         | {"entropy_bits": 1.0, "energy": 1.0}
         for concept in range(n_concepts)
         for layer, values in means.items()
@@ -172,7 +174,10 @@ def test_dual_latent_summary_finds_planted_latent_languages():
     ja = {l: {"en": middle(l, 0.3, 0.0), "ja": 0.05, "zh": middle(l, 0.3, 0.0), SHARED: 0.0} for l in layers}
     # de has no related language: English against the target only, and the target leads
     de = {l: {"en": 0.05, "de": middle(l, 0.4, 0.1), SHARED: 0.0} for l in layers}
+    # ru: English leads, but with almost no mass: no latent language is named
+    ru = {l: {"en": 0.004, "ru": 0.001, SHARED: 0.0} for l in layers}
     curves = pd.concat([_dual_curves(fr, "fr"), _dual_curves(ja, "ja", seed=1), _dual_curves(de, "de")])
+    curves = pd.concat([curves, _dual_curves(ru, "ru", noise=0.0005)])
     summary = dual_latent_summary(curves, {"fr": "es", "ja": "zh"}, (0.4, 0.8), n_boot=400).set_index("tgt")
     assert (summary["window_first"] == 4).all() and (summary["window_last"] == 8).all()
     assert summary.at["fr", "latent"] == "en" and summary.at["fr", "dominant_share"] == 1.0
@@ -182,6 +187,7 @@ def test_dual_latent_summary_finds_planted_latent_languages():
     assert summary.at["ja", "en_minus_related_lo"] < 0 < summary.at["ja", "en_minus_related_hi"]
     assert summary.at["de", "latent"] == "de" and np.isnan(summary.at["de", "p_related"])
     assert summary.at["de", "leaders"] == "de 4–8"
+    assert summary.at["ru", "latent"] == "none" and summary.at["ru", "dominant"] == "en"
     for name in ("p_en", "p_target"):
         assert (summary[f"{name}_lo"] <= summary[name]).all() and (summary[name] <= summary[f"{name}_hi"]).all()
     with pytest.raises(ValueError, match="holds no layer"):

@@ -533,7 +533,6 @@ def test_lens_and_curve_stages_keep_their_concepts_apart(smollm2_manifest, every
     dual_latent(
         smollm2_manifest,
         **lists,
-        tuned_lens=None,
         curves=out / "dual.parquet",
         prompts=out / "dual_prompts.parquet",
         meta=out / "dual.json",

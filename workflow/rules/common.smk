@@ -36,7 +36,6 @@ NOISES = [probes.models.perturbations.InputNoise(**entry).name for entry in PERT
 EXPERIMENTS = probes.workflow.config.experiments(config)
 DUAL = LATENT["dual_latent"]
 DUAL_MODELS = DUAL["models"]
-LENS_MODELS = sorted({experiment[0] for experiment in EXPERIMENTS} | set(DUAL_MODELS))  # those that need a lens
 NEURONS = config["neurons"]
 NEURON_MODELS = config["neurons"]["models"]
 TRANSCODER_MODELS = config["transcoders"]["models"]
@@ -214,7 +213,7 @@ def neuron_summary_of(model):
 
 def tuned_lens_of(model):
     """The model's tuned lens where the config trains one (the depth-usage shortcuts compare with it)."""
-    trained = LATENT["tuned_lens"] and model in LENS_MODELS
+    trained = LATENT["tuned_lens"] and model in {experiment[0] for experiment in EXPERIMENTS}
     return expand(rules.train_tuned_lens.output.lens, model=model) if trained else []
 
 
@@ -245,13 +244,13 @@ def run_info_inputs():
             *experiment_outputs(rules.latent_language.output.provenance),
             rules.summarise_latent_language.output.provenance,
         ]
+        if LATENT["tuned_lens"]:
+            records += expand(rules.train_tuned_lens.output.provenance, model=sorted({e[0] for e in EXPERIMENTS}))
     if DUAL_MODELS:
         records += [
             *expand(rules.dual_latent.output.provenance, model=DUAL_MODELS),
             rules.summarise_dual_latent.output.provenance,
         ]
-    if LENS_MODELS and LATENT["tuned_lens"]:
-        records += expand(rules.train_tuned_lens.output.provenance, model=LENS_MODELS)
     if SAE_MODELS:
         records += [
             *expand(rules.cache_token_activations.output.provenance, model=SAE_MODELS),

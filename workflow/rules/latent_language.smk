@@ -77,7 +77,6 @@ rule dual_latent:
         languages=repo_path(LATENT["languages"]),
         words=[word_list_path(name, "words") for name in WORD_LISTS],
         cloze=[word_list_path(name, "cloze") for name in WORD_LISTS],
-        tuned_lens=rules.train_tuned_lens.output.lens if LATENT["tuned_lens"] else [],
     output:
         curves="results/latent_language/{model}/dual_latent.parquet",
         prompts="results/latent_language/{model}/dual_latent.prompts.parquet",
@@ -88,7 +87,7 @@ rule dual_latent:
         targets=DUAL["targets"],
         related=DUAL["related"],
         shots=LATENT["shots"],
-        max_concepts=LATENT["max_concepts"],
+        max_concepts=DUAL["max_concepts"],
         settings=probes.workflow.config.extraction_settings(config),
         word_lists=WORD_LISTS,
         train_concepts=probes.workflow.config.tuned_lens_settings(config)["train_concepts"],
@@ -123,6 +122,7 @@ rule summarise_dual_latent:
     params:
         related=DUAL["related"],
         middle=DUAL["middle"],
+        min_prob=DUAL["min_prob"],
         ci=config["concept_depth"]["ci"],
         n_boot=config["concept_depth"]["n_boot"],
         seed=config["seed"],
@@ -158,7 +158,11 @@ rule summarise_latent_language:
     input:
         curves=experiment_outputs(rules.latent_language.output.curves),
         metas=experiment_outputs(rules.latent_language.output.meta),
-        kl=expand(rules.train_tuned_lens.output.kl, model=LENS_MODELS) if LATENT["tuned_lens"] else [],
+        kl=(
+            expand(rules.train_tuned_lens.output.kl, model=sorted({e[0] for e in EXPERIMENTS}))
+            if LATENT["tuned_lens"]
+            else []
+        ),
     output:
         table="results/tables/latent_language.parquet",
         intervals="results/tables/latent_language_intervals.parquet",

@@ -274,7 +274,6 @@ def dual_latent(
     languages: str | os.PathLike,
     words: Sequence[str | os.PathLike],
     cloze: Sequence[str | os.PathLike],
-    tuned_lens: str | os.PathLike | None,
     curves: str | os.PathLike,
     prompts: str | os.PathLike,
     meta: str | os.PathLike,
@@ -291,8 +290,9 @@ def dual_latent(
 ) -> dict[str, Any]:
     """The ``dual_latent`` rule: the monolingual cloze in every target language, on one model in one job.
 
-    Each run compares English, the target and the target's related language (docs/methods.md §3.9), with the
-    same concepts held out from the tuned lens as ``latent_language``.
+    Each run compares English, the target and the target's related language (docs/methods.md §3.9) under the
+    logit lens, the lens of Wendler et al. and Zhong et al. (a tuned lens would double the decoding, the
+    stage's main cost), on the concepts ``latent_language`` uses: those held out from the tuned lens.
     """
     from probes.activations.extraction import ExtractionSettings
     from probes.lenses import curves as lens_curves
@@ -303,7 +303,7 @@ def dual_latent(
     lens_concepts = lens_vocabulary.lens_concepts(
         lens_vocabulary.lens_text_split(list(lists.values()), train_concepts, seed), word_list
     )
-    hooked, lenses, vocabulary = _lenses_and_vocabulary(manifest, settings, tuned_lens, seed)
+    hooked, lenses, vocabulary = _lenses_and_vocabulary(manifest, settings, None, seed)
     gram = energy_gram(manifest)
     frames, tables, records = [], [], []
     for tgt in targets:
@@ -426,6 +426,7 @@ def summarise_dual_latent(
     summary_html: str | os.PathLike,
     related: Mapping[str, str],
     middle: Sequence[float],
+    min_prob: float,
     ci: float = 0.95,
     n_boot: int = 1000,
     seed: int = 0,
@@ -435,7 +436,7 @@ def summarise_dual_latent(
     from probes.lenses.curves import RUN_KEYS, curve_intervals, dual_latent_summary
 
     combined = pd.concat([pd.read_parquet(path) for path in curves], ignore_index=True)
-    summary = dual_latent_summary(combined, related, middle, ci, n_boot, seed)
+    summary = dual_latent_summary(combined, related, middle, min_prob, ci, n_boot, seed)
     records = [record for meta in metas for record in read_json(meta)["runs"]]
     summary = summary.merge(_drop_counts(records), on=RUN_KEYS, how="left")
     write_parquet(intervals, curve_intervals(combined, ci, n_boot, seed))
