@@ -188,7 +188,11 @@ def dual_latent_table(summary: pd.DataFrame, lens: str = "logit") -> str:
                 interval(row, "p_target", 3),
                 interval(row, "p_related", 3) if related else "–",
                 interval(row, "p_shared", 3),
-                f"{row['latent']} ({row['dominant_share']:.2f})",
+                (
+                    f"{row['latent']} ({row['dominant_share']:.2f})"
+                    if row["latent"] != "none"
+                    else f"none; {row['dominant']} leads ({row['dominant_share']:.2f})"
+                ),
             ]
         )
     header = [

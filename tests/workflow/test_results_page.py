@@ -81,11 +81,16 @@ def test_latent_language_and_sae_tables_carry_their_intervals():
     dual |= {"window_first": 8, "window_last": 14, "latent": "en+zh", "dominant_share": 0.61}
     for name, value in (("p_en", 0.2), ("p_target", 0.05), ("p_related", 0.19), ("p_shared", 0.01)):
         dual |= {name: value, f"{name}_lo": value - 0.01, f"{name}_hi": value + 0.01}
-    dual_rows = pd.DataFrame([dual, dual | {"tgt": "de", "related": None, "p_related": float("nan"), "latent": "en"}])
+    dual |= {"dominant": "en"}
+    none = {"tgt": "ru", "related": None, "p_related": float("nan"), "latent": "none"}
+    dual_rows = pd.DataFrame(
+        [dual, dual | {"tgt": "de", "related": None, "p_related": float("nan"), "latent": "en"}, dual | none]
+    )
     rendered = dual_latent_table(dual_rows)
     assert "| m | ja (zh) | 30 | 8–14 of 18 | 0.200 [0.190, 0.210] | 0.050 [0.040, 0.060] |" in rendered
     assert "| 0.190 [0.180, 0.200] | 0.010 [0.000, 0.020] | en+zh (0.61) |" in rendered
     assert "| m | de | 30 | 8–14 of 18 |" in rendered and "| – | 0.010 [0.000, 0.020] | en (0.61) |" in rendered
+    assert "| m | ru | 30 |" in rendered and "| none; en leads (0.61) |" in rendered
     metrics = (
         pd.DataFrame([{"model": "m", "layer": 5, "fvu": 0.1, "l0": 32.0, "dead_fraction": 0.01, "dense_fraction": 0.0}])
         .assign(

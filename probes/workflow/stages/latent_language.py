@@ -117,6 +117,8 @@ def _energy_gram(manifest: str, stamp: int) -> tuple[np.ndarray, int]:
 
 
 def energy_gram(manifest: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """:func:`probes.lenses.energy.unembedding_gram` of a converted model and its vocabulary size, computed once
+    per process (Snakemake runs the jobs in one) and again only after a new conversion."""
     path = Path(manifest).resolve()
     return _energy_gram(str(path), path.stat().st_mtime_ns)
 
@@ -190,6 +192,7 @@ def _run_curves(
 
 
 def _lenses_and_vocabulary(manifest, settings, tuned_lens, seed):
+    """The shared model, its lenses (unembedding, tuned lens or None) and its vocabulary index."""
     import torch
 
     from probes.lenses import tuned as lens_tuned
