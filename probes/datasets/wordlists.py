@@ -2,8 +2,9 @@
 
 A word list is a pair of CSVs: ``concept,<lang>,<lang>,...`` with one word per language, and
 ``concept,language,sentence`` with one cloze sentence per concept and language, the word blanked as
-``___``. Languages are named in their own script from ``languages.csv`` (``code,name,english_name``),
-so a user adds a language by adding a column, its cloze rows and one row there.
+``___``. Languages are named in their own script, with their answer cue (``Réponse :``), from
+``languages.csv`` (``code,name,english_name,answer``), so a user adds a language by adding a column, its
+cloze rows and one row there.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ import pandas as pd
 from probes.datasets.concepts import DatasetError
 from probes.io import sha256_file
 
-TASKS = ("translation", "repetition", "cloze")
+TASKS = ("translation", "repetition", "cloze", "cloze_crosslingual")
+# Solved examples per prompt in Wendler et al.'s notebooks: translation samples k = 5 rows (4 solved, the
+# query last), the cloze 2; the cross-lingual cloze, which they do not have, follows the cloze.
+CLOZE_TASKS = ("cloze", "cloze_crosslingual")  # tasks that need the source's cloze sentence
+REFERENCE_SHOTS = {"translation": 4, "repetition": 4, "cloze": 2, "cloze_crosslingual": 2}
 BLANK = "___"
 # Kana and CJK ideographs: scripts written without spaces, where a word is found anywhere in the text.
 _UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -33,6 +38,7 @@ class WordList:
     words: pd.DataFrame  # index: concept; one column per language
     cloze: pd.DataFrame  # index: concept; one column per language, NaN where a sentence is missing
     language_names: dict[str, str]  # code -> name in its own script
+    answer_cues: dict[str, str]  # code -> the cloze's answer cue in that language ("Réponse :")
     checksums: dict[str, str]
 
     @property
@@ -70,11 +76,12 @@ def _duplicates(values: pd.Series) -> list[str]:
     return sorted(values[values.duplicated()].unique().tolist())
 
 
-def load_languages(path: str | os.PathLike) -> dict[str, str]:
-    frame = _read_csv(Path(path), ["code", "name"])
+def load_languages(path: str | os.PathLike) -> pd.DataFrame:
+    """``languages.csv`` indexed by code: ``name`` (in its own script) and ``answer`` (the cloze's answer cue)."""
+    frame = _read_csv(Path(path), ["code", "name", "answer"])
     if duplicates := _duplicates(frame["code"]):
         raise DatasetError(f"{path}: language code(s) {duplicates} appear more than once")
-    return dict(zip(frame["code"], frame["name"]))
+    return frame.set_index("code")
 
 
 def load_word_list(
@@ -87,7 +94,7 @@ def load_word_list(
     if duplicates := _duplicates(table["concept"]):
         raise DatasetError(f"{words}: concept(s) {duplicates[:5]} appear more than once")
     codes = [column for column in table.columns if column != "concept"]
-    if unknown := [code for code in codes if code not in names]:
+    if unknown := [code for code in codes if code not in names.index]:
         raise DatasetError(f"{words}: language column(s) {unknown} have no row in {languages}")
     for code in codes:
         if duplicates := _duplicates(table[code]):
@@ -113,7 +120,8 @@ def load_word_list(
         cloze=sentences.pivot(index="concept", columns="language", values="sentence").reindex(
             index=table["concept"], columns=codes
         ),
-        language_names={code: names[code] for code in codes},
+        language_names={code: names.at[code, "name"] for code in codes},
+        answer_cues={code: names.at[code, "answer"] for code in codes},
         checksums={str(words): sha256_file(words), str(cloze): sha256_file(cloze)},
     )
 
@@ -121,31 +129,58 @@ def load_word_list(
 def check_task(word_list: WordList, task: str, src: str, tgt: str) -> None:
     if task not in TASKS:
         raise ValueError(f"task {task!r} is not one of {TASKS}")
-    if unknown := [code for code in (src, tgt) if code not in word_list.languages]:
+    if unknown := [code for code in dict.fromkeys((src, tgt)) if code not in word_list.languages]:
         raise ValueError(f"word list {word_list.name!r} has no language(s) {unknown}; it has {word_list.languages}")
     if task == "repetition" and src != tgt:
         raise ValueError(f"repetition repeats a word in one language; got src={src!r}, tgt={tgt!r}")
     if task == "translation" and src == tgt:
         raise ValueError(f"translation needs two languages; got {src!r} twice (use repetition)")
+    if task == "cloze" and src != tgt:
+        raise ValueError(
+            f"cloze is monolingual, the sentence and its answer in one language; got src={src!r}, tgt={tgt!r} "
+            "(use cloze_crosslingual)"
+        )
+
+
+def _monolingual_cloze_line(word_list: WordList, language: str, concept: str, answer: str | None) -> str:
+    """Wendler et al.'s cloze line, all in one language: ``Un "___" est … Réponse : "sac".``
+
+    Scripts written without spaces (zh, ja) join the cue without spaces and end on ``。``, as the reference's
+    Chinese lines do (``"_"用来阅读故事。答案："书"。``).
+    """
+    cue = word_list.answer_cues[language]
+    space, stop = ("", "。") if _UNSPACED.search(cue) else (" ", ".")
+    sentence = word_list.cloze.at[concept, language].replace(BLANK, f'"{BLANK}"')
+    return f'{sentence}{space}{cue}{space}"' + ("" if answer is None else f'{answer}"{stop}')
 
 
 def _line(word_list: WordList, task: str, src: str, tgt: str, concept: str, answer: str | None) -> str:
+    if task == "cloze":
+        return _monolingual_cloze_line(word_list, tgt, concept, answer)
     names, words = word_list.language_names, word_list.words
     tail = f'{names[tgt]}: "' + ("" if answer is None else f'{answer}"')
-    if task == "cloze":
+    if task == "cloze_crosslingual":
         return f"{word_list.cloze.at[concept, src]} {tail}"
     return f'{names[src]}: "{words.at[concept, src]}" - {tail}'
 
 
 def build_prompts(
-    word_list: WordList, task: str, src: str, tgt: str, concepts: Sequence[str], shots: int, seed: int
+    word_list: WordList,
+    task: str,
+    src: str,
+    tgt: str,
+    concepts: Sequence[str],
+    shots: int | None,
+    seed: int,
 ) -> list[Prompt]:
     """One few-shot prompt per concept, cut just after the opening quote of the answer.
 
     Shots are other concepts from ``concepts``, drawn by a generator seeded per task and pair, so the
-    same config always gives the same prompts and adding a pair leaves other pairs' prompts unchanged.
+    same config always gives the same prompts and adding a pair leaves other pairs' prompts unchanged;
+    ``shots=None`` takes the reference's count for the task (:data:`REFERENCE_SHOTS`).
     """
     check_task(word_list, task, src, tgt)
+    shots = REFERENCE_SHOTS[task] if shots is None else shots
     if len(concepts) <= shots:
         raise ValueError(f"{task} {src}->{tgt}: {len(concepts)} usable concepts cannot give {shots} shots each")
     rng = random.Random(f"{seed}:{word_list.name}:{task}:{src}:{tgt}")

@@ -5,6 +5,7 @@ sentences train the tuned lens (docs/methods.md §3).
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,9 @@ if TYPE_CHECKING:
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
-DROP_REASONS = ("lens_training", "no_cloze", "empty", "overlap", "source_overlap", "not_sampled")
+DROP_REASONS = ("lens_training", "no_cloze", "empty", "overlap", "source_overlap", "shared_only", "not_sampled")
+
+SHARED = "shared"  # the pseudo-language of tokens that spell the words of two or more compared languages
 
 
 LENS_TEXT_ROLES = (
@@ -106,8 +109,9 @@ class Vocabulary:
 @dataclass(frozen=True)
 class ConceptSelection:
     concepts: list[str]
-    token_sets: dict[str, list[list[int]]]  # language -> one token set per kept concept
+    token_sets: dict[str, list[list[int]]]  # language -> one full token set per kept concept
     contrast: str | None  # the language whose token set must not overlap the target's
+    compared: list[str]  # the languages whose token sets are made exclusive of one another
     dropped: dict[str, int] = field(default_factory=dict)
     source_checked: bool = False  # whether the source's token set was also kept apart from English's
 
@@ -119,6 +123,39 @@ def contrast_language(src: str, tgt: str) -> str | None:
     return src if src != tgt else None
 
 
+def compared_languages(src: str, tgt: str, extra: Sequence[str] = ()) -> list[str]:
+    """The target, English (or the contrast), the source and ``extra``: the languages a run tells apart."""
+    return list(dict.fromkeys([tgt, *([c] if (c := contrast_language(src, tgt)) else []), src, *extra]))
+
+
+def _exclusive(sets: Mapping[str, set[int]], compared: Collection[str]) -> tuple[dict[str, list[int]], list[int]]:
+    counts = Counter(token for language in compared for token in sets[language])
+    shared = {token for token, n in counts.items() if n > 1}
+    exclusive = {
+        language: sorted(ids - (shared if language in compared else set(counts))) for language, ids in sets.items()
+    }
+    return exclusive, sorted(shared)
+
+
+def exclusive_token_sets(
+    token_sets: Mapping[str, Sequence[Sequence[int]]], compared: Collection[str]
+) -> dict[str, list[list[int]]]:
+    """Token sets that never count one token for two compared languages, and the shared tokens under :data:`SHARED`.
+
+    A compared language keeps only the tokens that spell no other compared language's word, a language
+    outside ``compared`` none of the compared languages' tokens, and ``SHARED`` holds the tokens of two or
+    more compared languages: so copying the source (es ``pan`` for fr ``pain``: ``p``, ``pa``) counts as
+    shared, not as the target (docs/methods.md §3.4).
+    """
+    out: dict[str, list[list[int]]] = {language: [] for language in token_sets} | {SHARED: []}
+    for row in zip(*token_sets.values(), strict=True):
+        exclusive, shared = _exclusive(dict(zip(token_sets, map(set, row))), compared)
+        for language, ids in exclusive.items():
+            out[language].append(ids)
+        out[SHARED].append(shared)
+    return out
+
+
 def select_concepts(
     word_list: WordList,
     vocabulary: Vocabulary,
@@ -128,16 +165,23 @@ def select_concepts(
     max_concepts: int | None = None,
     seed: int = 0,
     exclude: Collection[str] = (),
+    extra: Sequence[str] = (),
 ) -> ConceptSelection:
     """Keep concepts whose target and contrast token sets are non-empty and disjoint; count the rest.
 
-    The source's token set is held to the same rule against English when it is a third language
-    (translation or cloze from neither English nor the target): P(source) and P(English) then never
-    share a token either. ``exclude`` names concepts that may not be used at all (the tuned lens's
-    training concepts), counted as ``lens_training``. With ``max_concepts``, a seeded sample of the
-    usable concepts is kept (in list order) and the others are counted as ``not_sampled``.
+    This is Wendler et al.'s rule (target against English). The source's token set is held to the same
+    rule against English when it is a third language (translation or cross-lingual cloze from neither
+    English nor the target). Every compared language (:func:`compared_languages`, ``extra`` for a related
+    language) must keep a token of its own once the others' are taken out (:func:`exclusive_token_sets`),
+    or the concept is dropped as ``shared_only`` (es ``miel`` and fr ``miel``, zh and ja ``猫``). ``exclude``
+    names concepts that may not be used at all (the tuned lens's training concepts), counted as
+    ``lens_training``. With ``max_concepts``, a seeded sample of the usable concepts is kept (in list
+    order) and the others are counted as ``not_sampled``.
     """
+    from probes.datasets.wordlists import CLOZE_TASKS
+
     contrast = contrast_language(src, tgt)
+    compared = compared_languages(src, tgt, extra)
     source_checked = contrast == "en" and src not in ("en", tgt)
     dropped = dict.fromkeys(DROP_REASONS, 0)
     excluded = set(exclude)
@@ -147,17 +191,18 @@ def select_concepts(
         if concept in excluded:
             dropped["lens_training"] += 1
             continue
-        if task == "cloze" and not isinstance(word_list.cloze.at[concept, src], str):
+        if task in CLOZE_TASKS and not isinstance(word_list.cloze.at[concept, src], str):
             dropped["no_cloze"] += 1
             continue
         row = {language: vocabulary.token_set(word) for language, word in words.items()}
-        checked = [row[tgt]] + ([row[contrast]] if contrast else []) + ([row[src]] if source_checked else [])
-        if not all(checked):
+        if not all(row[language] for language in compared):
             dropped["empty"] += 1
         elif contrast and set(row[tgt]) & set(row[contrast]):
             dropped["overlap"] += 1
         elif source_checked and set(row[src]) & set(row["en"]):
             dropped["source_overlap"] += 1
+        elif not all(_exclusive({c: set(row[c]) for c in compared}, compared)[0].values()):
+            dropped["shared_only"] += 1
         else:
             kept.append(str(concept))
             for language in sets:
@@ -167,7 +212,7 @@ def select_concepts(
         dropped["not_sampled"] = len(kept) - max_concepts
         kept = [kept[i] for i in chosen]
         sets = {language: [ids[i] for i in chosen] for language, ids in sets.items()}
-    return ConceptSelection(kept, sets, contrast, dropped, source_checked)
+    return ConceptSelection(kept, sets, contrast, compared, dropped, source_checked)
 
 
 def lens_text_split(word_lists: Sequence[WordList], train_concepts: int, seed: int) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""Latent-language figures: each language's probability per layer under the logit and tuned lens, and the lens KL."""
+"""Latent-language figures: each language's probability per layer under the logit and tuned lens, the dual-latent
+comparison, and the lens KL."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ LANGUAGE_COLOURS = {
     "zh": "#e69f00",
     "ja": "#8e44ad",
     "ru": "#7f5539",
+    "shared": "#9a9a9a",
 }
 
 
@@ -36,7 +38,9 @@ def _language_colour(language: str, languages: Sequence[str]) -> str:
 
 
 def _language_label(language: str, src: str, tgt: str) -> str:
-    role = "target" if language == tgt else "source" if language == src else None
+    if language == "shared":
+        return "shared tokens"
+    role = "target" if language == tgt else "source" if language == src and src != tgt else None
     return f"{language} ({role})" if role else language
 
 
@@ -56,11 +60,26 @@ def _probability_lines(ax, frame: pd.DataFrame, x_of, src: str, tgt: str, langua
             color=colour,
             lw=2.0 if heavy else 1.0,
             alpha=1.0 if heavy else 0.85,
-            ls="-" if language != "en" or tgt == "en" else "--",
+            ls=":" if language == "shared" else "-" if language != "en" or tgt == "en" else "--",
             label=_language_label(language, src, tgt),
             zorder=3 if heavy else 2,
         )
         ax.fill_between(x, curve["prob_lo"], curve["prob_hi"], color=colour, alpha=0.18 if heavy else 0.08, lw=0)
+
+
+def _legend(ax, source, **style) -> None:
+    """``source``'s lines in ``ax``'s legend: the target first, then English, the others, the shared tokens."""
+    handles, labels = source.get_legend_handles_labels()
+    order = sorted(
+        range(len(labels)),
+        key=lambda i: (
+            labels[i] == "shared tokens",
+            not labels[i].endswith("(target)"),
+            labels[i][:2] != "en",
+            labels[i],
+        ),
+    )
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper left", **style)
 
 
 def _interval_label(frame: pd.DataFrame) -> str:
@@ -68,7 +87,8 @@ def _interval_label(frame: pd.DataFrame) -> str:
 
 
 def latent_language_figure(frame: pd.DataFrame, model: str, word_list: str, task: str, src: str, tgt: str) -> Figure:
-    """One model and pair: P(language) per layer under each lens, entropy strip below (docs/methods.md §3).
+    """One model and pair: P(language) per layer under each lens, entropy and energy strips below
+    (docs/methods.md §3). Each language's P counts its exclusive token set; the shared tokens are a dotted line.
 
     ``frame`` is :func:`probes.lenses.curves.curve_intervals` of the pair's curves: means over concepts with
     percentile intervals from resampling concepts.
@@ -82,12 +102,12 @@ def latent_language_figure(frame: pd.DataFrame, model: str, word_list: str, task
     n_layers = int(frame["layer"].max())
     n_concepts = int(frame["n_concepts"].iloc[0])
     fig, axes = plt.subplots(
-        2,
+        3,
         len(lenses),
-        figsize=(4.4 * len(lenses), 4.6),
+        figsize=(4.4 * len(lenses), 5.6),
         sharex=True,
         squeeze=False,
-        gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08},
+        gridspec_kw={"height_ratios": [3, 1, 1], "hspace": 0.1},
     )
     for column, lens in enumerate(lenses):
         part = frame[frame["lens"] == lens]
@@ -101,17 +121,20 @@ def latent_language_figure(frame: pd.DataFrame, model: str, word_list: str, task
         strip.fill_between(
             entropy["layer"], entropy["entropy_lo"], entropy["entropy_hi"], color="#333333", alpha=0.15, lw=0
         )
-        strip.set_xlabel("layer")
-        strip.xaxis.set_major_locator(MaxNLocator(integer=True))
-        strip.set_xlim(0, n_layers)
         strip.set_ylim(bottom=0)
+        energy = axes[2, column]
+        energy.plot(entropy["layer"], entropy["energy"], color="#2e8b57", lw=1.4)
+        energy.fill_between(
+            entropy["layer"], entropy["energy_lo"], entropy["energy_hi"], color="#2e8b57", alpha=0.15, lw=0
+        )
+        energy.set_xlabel("layer")
+        energy.xaxis.set_major_locator(MaxNLocator(integer=True))
+        energy.set_xlim(0, n_layers)
+        energy.set_ylim(bottom=0)
     axes[0, 0].set_ylabel(f"P(language)  (mean, {_interval_label(frame)})")
     axes[1, 0].set_ylabel("entropy (bits)")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    order = sorted(
-        range(len(labels)), key=lambda i: (not labels[i].endswith("(target)"), labels[i][:2] != "en", labels[i])
-    )
-    axes[0, -1].legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7, loc="upper left")
+    axes[2, 0].set_ylabel("energy")
+    _legend(axes[0, -1], axes[0, 0], fontsize=7)
     fig.suptitle(f"{model} · {task} {src}→{tgt} · {count(n_concepts, 'concept')} ({word_list})", y=1.04)
     return fig
 
@@ -144,7 +167,7 @@ def latent_language_relative_figure(frame: pd.DataFrame) -> Figure:
         n_layers = int(selected["layer"].max())
         for row, lens in enumerate(lenses):
             part = selected[selected["lens"] == lens]
-            means = part.groupby("language")["prob"].mean().drop([run.tgt, "en"], errors="ignore")
+            means = part.groupby("language")["prob"].mean().drop([run.tgt, "en", "shared"], errors="ignore")
             shown = [run.tgt] + (["en"] if run.tgt != "en" else []) + ([means.idxmax()] if len(means) else [])
             _probability_lines(
                 axes[row, column],
@@ -164,6 +187,56 @@ def latent_language_relative_figure(frame: pd.DataFrame) -> Figure:
         ax.set_xlim(0, 1)
     axes[0, 0].set_ylim(0, 1)
     fig.suptitle(f"Latent language across models and pairs (mean, {_interval_label(frame)})", y=1.01)
+    fig.tight_layout()
+    return fig
+
+
+def dual_latent_figure(frame: pd.DataFrame, summary: pd.DataFrame) -> Figure:
+    """Per model and lens (rows) and target language (columns): P(English), P(target), P(related) and the shared
+    tokens on relative depth, the middle layers shaded and their latent language(s) named (Zhong et al. 2024).
+
+    ``frame`` is :func:`probes.lenses.curves.curve_intervals` of the dual-latent runs, ``summary``
+    :func:`probes.lenses.curves.dual_latent_summary` of them.
+    """
+    apply_style()
+    import matplotlib.pyplot as plt
+
+    targets = list(dict.fromkeys(summary["tgt"]))
+    rows = list(summary[["model", "lens"]].drop_duplicates().itertuples(index=False))
+    fig, axes = plt.subplots(
+        len(rows),
+        len(targets),
+        figsize=(2.4 * len(targets) + 0.6, 2.3 * len(rows) + 0.6),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+    )
+    languages = sorted(frame["language"].unique())
+    for (row, (model, lens)), (column, tgt) in ((r, c) for r in enumerate(rows) for c in enumerate(targets)):
+        ax = axes[row, column]
+        part = frame[(frame["model"] == model) & (frame["lens"] == lens) & (frame["tgt"] == tgt)]
+        found = summary[(summary["model"] == model) & (summary["lens"] == lens) & (summary["tgt"] == tgt)]
+        if part.empty or found.empty:
+            ax.set_axis_off()
+            continue
+        result = found.iloc[0]
+        n_layers = int(result["n_layers"])
+        ax.axvspan(result["window_first"] / n_layers, result["window_last"] / n_layers, color="#eeeeee", lw=0)
+        _probability_lines(ax, part, lambda layers: layers / n_layers, tgt, tgt, languages)
+        ax.set_title(f"{tgt}: latent {result['latent']}", fontsize=8)
+        _legend(ax, ax, fontsize=6)
+        if column == 0:
+            ax.set_ylabel(f"{model}\n{LENS_TITLES[lens]}\nP(language)", fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("relative depth")
+        ax.set_xlim(0, 1)
+    # the probabilities of small models stay far below 1: a shared scale fitted to the bands keeps them readable
+    axes[0, 0].set_ylim(0, min(1.0, max(0.05, 1.15 * float(frame["prob_hi"].max()))))
+    fig.suptitle(
+        f"Monolingual cloze: English, target and related language (mean, {_interval_label(frame)}; "
+        "shaded: the middle layers)",
+        y=1.0,
+    )
     fig.tight_layout()
     return fig
 

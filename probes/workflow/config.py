@@ -108,6 +108,8 @@ def resolve_models(config: Config) -> None:
         if "latent_language" in families
         else {}
     )
+    dual = latent["dual_latent"]
+    dual["models"] = chosen(dual["models"], "latent_language") if dual["targets"] else []
 
 
 def repo_path(path: str, basedir: str) -> str:
@@ -334,9 +336,10 @@ def check_inputs(config: Config, basedir: str) -> None:
         if not (corpus["files"] or corpus["concept_texts"] or corpus["hf_dataset"]):
             raise ValueError("sae.corpus names no text: give files, concept_texts: true or an hf_dataset")
     runs = experiments(config)
-    if not runs:
-        return
     latent = config["latent_language"]
+    dual = latent["dual_latent"]
+    if not runs and not dual["models"]:
+        return
     word_lists = {
         name: load_word_list(
             name,
@@ -358,3 +361,29 @@ def check_inputs(config: Config, basedir: str) -> None:
             check_task(word_lists[word_list], task, src, tgt)
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
+    if dual["models"]:
+        _check_dual_latent(dual, models, word_lists)
+
+
+def _check_dual_latent(dual: dict[str, Any], models: list[str], word_lists: dict[str, Any]) -> None:
+    from probes.datasets.wordlists import check_task
+
+    if unknown := sorted(set(dual["models"]) - set(models)):
+        raise ValueError(f"latent_language.dual_latent.models: {unknown} not in `models` ({models})")
+    if dual["word_list"] not in word_lists:
+        raise ValueError(
+            f"latent_language.dual_latent.word_list: {dual['word_list']!r} is not in latent_language.word_lists "
+            f"({list(word_lists)})"
+        )
+    word_list = word_lists[dual["word_list"]]
+    if "en" in dual["targets"]:
+        raise ValueError("latent_language.dual_latent.targets: en is the latent language compared, not a target")
+    for tgt in dual["targets"]:
+        try:
+            check_task(word_list, "cloze", tgt, tgt)
+        except ValueError as error:
+            raise ValueError(f"latent_language.dual_latent.targets: {error}") from None
+    if unknown := sorted({*dual["related"].values()} - set(word_list.languages)):
+        raise ValueError(f"latent_language.dual_latent.related: {unknown} are not languages of {word_list.name!r}")
+    if not 0 <= dual["middle"][0] < dual["middle"][1] <= 1:
+        raise ValueError(f"latent_language.dual_latent.middle: {dual['middle']} must be [low, high] with low < high")

@@ -172,19 +172,22 @@ def perturbations_table(effects: pd.DataFrame) -> str:
 
 
 def latent_language_table(summary: pd.DataFrame, lens: str = "logit") -> str:
-    """Per model and pair, through one lens: P(target) at the output, what dominates before it, English."""
+    """Per model and pair, through one lens: P(target) and the shared tokens at the output, what leads before
+    the takeover, English."""
     rows = summary[summary["lens"] == lens]
     body = []
     for _, row in rows.iterrows():
         pair = row["src"] if row["task"] == "repetition" else f"{row['src']}→{row['tgt']}"
         takeover = interval(row, "target_takeover_layer", 0)
+        before = row["top_language_before_takeover"]
         body.append(
             [
                 row["model"],
                 f"{row['task']} {pair}",
                 int(row["n_concepts"]),
                 interval(row, "p_target_final"),
-                row["top_intermediate_language"],
+                interval(row, "p_shared_final") if "p_shared_final" in row else "–",
+                "–" if pd.isna(before) else before,
                 "–" if row["tgt"] == "en" else interval(row, "p_en_max_intermediate"),
                 f"{takeover} of {int(row['n_layers'])}" if takeover != "–" else "never",
             ]
@@ -194,9 +197,48 @@ def latent_language_table(summary: pd.DataFrame, lens: str = "logit") -> str:
         "task",
         "concepts",
         "P(target) at the output",
+        "P(shared tokens) at the output",
         "top language before the takeover",
-        "P(English), highest before the output",
+        "P(English), highest at layers 1 to L−1",
         "target takes over at layer",
+    ]
+    return markdown(header, body)
+
+
+def dual_latent_table(summary: pd.DataFrame, lens: str = "logit") -> str:
+    """Per model and target, through one lens: the middle layers' P(English), P(target), P(related) and their
+    latent language(s)."""
+    rows = summary[summary["lens"] == lens]
+    body = []
+    for _, row in rows.iterrows():
+        related = row["related"] if isinstance(row["related"], str) else None
+        body.append(
+            [
+                row["model"],
+                row["tgt"] + (f" ({related})" if related else ""),
+                int(row["n_concepts"]),
+                f"{int(row['window_first'])}–{int(row['window_last'])} of {int(row['n_layers'])}",
+                interval(row, "p_en", 3),
+                interval(row, "p_target", 3),
+                interval(row, "p_related", 3) if related else "–",
+                interval(row, "p_shared", 3),
+                (
+                    f"{row['latent']} ({row['dominant_share']:.2f})"
+                    if row["latent"] != "none"
+                    else f"none; {row['dominant']} leads ({row['dominant_share']:.2f})"
+                ),
+            ]
+        )
+    header = [
+        "model",
+        "target (related)",
+        "concepts",
+        "middle layers",
+        "P(English)",
+        "P(target)",
+        "P(related)",
+        "P(shared tokens)",
+        "latent language(s) (share of resamples led by the first)",
     ]
     return markdown(header, body)
 
@@ -292,7 +334,18 @@ SECTIONS = (
         "Online codes (Voita & Titov): the task sent row by row, intervals over examples and transmission orders; "
         "by whole groups; and the type control's labels.",
     ),
-    ("latent_language", "Latent language", "Each language's probability per layer under the logit lens."),
+    (
+        "latent_language",
+        "Latent language",
+        "Each language's probability per layer under the logit lens, on its tokens that spell no other compared "
+        "language's word; the shared tokens apart.",
+    ),
+    (
+        "dual_latent",
+        "Dual latent languages",
+        "Monolingual cloze, logit lens: the middle layers' mean probability of English, the target and its related "
+        "language; latent language(s): the leader and any candidate not separable from it.",
+    ),
     (
         "sae_metrics",
         "SAEs and transcoders",

@@ -11,6 +11,7 @@ from helpers import REPO
 from probes.datasets.concepts import DatasetError
 from probes.datasets.wordlists import (
     BLANK,
+    REFERENCE_SHOTS,
     build_prompts,
     check_task,
     filled_cloze,
@@ -66,14 +67,84 @@ def test_translation_prompts_follow_the_method_and_are_seeded(everyday):
     ]
 
 
-def test_repetition_and_cloze_prompts(everyday):
+def test_repetition_and_crosslingual_cloze_prompts(everyday):
     concepts = list(everyday.words.index)[:20]
     repetition = build_prompts(everyday, "repetition", "zh", "zh", concepts, shots=2, seed=0)[0]
     word = everyday.words.at[repetition.concept, "zh"]
     assert repetition.text.endswith(f'中文: "{word}" - 中文: "') and repetition.answer == word
-    cloze = build_prompts(everyday, "cloze", "en", "fr", concepts, shots=2, seed=0)[0]
+    cloze = build_prompts(everyday, "cloze_crosslingual", "en", "fr", concepts, shots=2, seed=0)[0]
     assert cloze.text.split("\n")[-1] == f'{everyday.cloze.at[cloze.concept, "en"]} Français: "'
     assert cloze.answer == everyday.words.at[cloze.concept, "fr"]
+
+
+# Lines of Wendler et al.'s data/langs/{fr,de,ru,zh}/clean.csv (blank_prompt_translation_masked; the Chinese
+# file blanks with one underscore, "_", where every other file and this project use three), and the query their
+# Cloze.ipynb cuts from one: row[key].split(":")[0] + ': "'.
+REFERENCE_LINES = {
+    "fr": 'Un "___" est utilisé pour transporter des objets. Réponse : "sac".',
+    "de": 'Ein "___" wird verwendet, um Geschichten zu lesen. Antwort: "Buch".',
+    "ru": '"___" используется для чтения историй. Ответ: "книга".',
+    "zh": '"___"用来阅读故事。答案："书"。',
+}
+
+
+@pytest.mark.parametrize("language", sorted(REFERENCE_LINES))
+def test_monolingual_cloze_is_built_as_the_reference_builds_it(tmp_path, language):
+    """A word list holding the reference's own sentence gives the reference's line, and its query stops where
+    the reference's does (the Chinese query keeps the full-width colon its solved lines use)."""
+    line = REFERENCE_LINES[language]
+    word = line.rsplit('"', 2)[-2]
+    sentence = line.split(everyday_cue(language))[0].rstrip().replace('"___"', "___")
+    pd.DataFrame({"concept": ["thing", "other"], "en": ["thing", "other"], language: [word, "x" + word]}).to_csv(
+        tmp_path / "words.csv", index=False
+    )
+    cloze = pd.DataFrame({"concept": ["thing", "other"], "language": language, "sentence": sentence})
+    cloze.to_csv(tmp_path / "cloze.csv", index=False)
+    mine = load_word_list("mine", tmp_path / "words.csv", tmp_path / "cloze.csv", LANGUAGES)
+    prompts = build_prompts(mine, "cloze", language, language, ["thing", "other"], shots=1, seed=0)
+    solved, query = prompts[1].text.split("\n")
+    assert solved == line
+    assert prompts[1].answer == "x" + word and query == line[: line.rindex('"', 0, -2) + 1]
+    if language != "zh":
+        assert query == line.split(":")[0] + ': "'  # the reference's own cut
+
+
+def everyday_cue(language: str) -> str:
+    return load_languages(LANGUAGES).at[language, "answer"]
+
+
+def test_monolingual_cloze_prompts_are_all_in_the_target_language(everyday):
+    concepts = list(everyday.words.index)
+    for language in ("en", "fr", "ja"):
+        prompts = build_prompts(everyday, "cloze", language, language, concepts, shots=None, seed=0)
+        first = prompts[0]
+        lines = first.text.split("\n")
+        assert len(lines) == 3  # the reference's two solved lines, then the query
+        cue = everyday.answer_cues[language]
+        query = everyday.cloze.at[first.concept, language].replace(BLANK, f'"{BLANK}"')
+        assert lines[-1].startswith(query) and lines[-1].endswith(f'{cue}"' if language == "ja" else f'{cue} "')
+        assert first.answer == everyday.words.at[first.concept, language]
+        names = [name for code, name in everyday.language_names.items() if code != language]
+        assert not any(name in first.text for name in names)  # no other language's name, no English cue
+    english = build_prompts(everyday, "cloze", "en", "en", concepts, shots=None, seed=0)[0].text
+    assert all(line.count(BLANK) == 1 and "Answer: " in line for line in english.split("\n"))
+    assert all(
+        everyday.answer_cues["en"] not in p.text
+        for p in build_prompts(everyday, "cloze", "fr", "fr", concepts, None, 0)
+    )
+
+
+def test_reference_shot_counts_by_default(everyday):
+    concepts = list(everyday.words.index)[:10]
+    counts = {task: REFERENCE_SHOTS[task] for task in ("translation", "cloze", "cloze_crosslingual")}
+    assert counts == {"translation": 4, "cloze": 2, "cloze_crosslingual": 2}
+    for task, (src, tgt) in (
+        ("translation", ("fr", "zh")),
+        ("cloze", ("de", "de")),
+        ("cloze_crosslingual", ("en", "de")),
+    ):
+        prompt = build_prompts(everyday, task, src, tgt, concepts, shots=None, seed=0)[0]
+        assert prompt.text.count("\n") == counts[task]
 
 
 @pytest.mark.parametrize(
@@ -83,6 +154,7 @@ def test_repetition_and_cloze_prompts(everyday):
         ("repetition", "fr", "zh", "one language"),
         ("translation", "fr", "it", "no language"),
         ("summarise", "fr", "zh", "not one of"),
+        ("cloze", "en", "fr", "cloze is monolingual"),
     ],
 )
 def test_impossible_tasks_are_refused(everyday, task, src, tgt, message):
@@ -131,7 +203,7 @@ def test_malformed_word_lists_name_the_file_and_the_problem(tmp_path, words, clo
 
 
 def test_languages_file_is_checked(tmp_path):
-    (tmp_path / "languages.csv").write_text("code,name\nen,English\nen,Anglais\n")
+    (tmp_path / "languages.csv").write_text("code,name,answer\nen,English,Answer:\nen,Anglais,Réponse :\n")
     with pytest.raises(DatasetError, match=r"languages\.csv: language code\(s\) \['en'\]"):
         load_languages(tmp_path / "languages.csv")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -315,7 +316,7 @@ def test_source_language_overlap_with_english_is_dropped_and_counted(tmp_path, w
     # a planted overlap: "moon" in French spelled like the English word is dropped too
     planted = mine.words.copy()
     planted.loc["moon", "fr"] = "moonlune"
-    planted_list = type(mine)(mine.name, planted, mine.cloze, mine.language_names, mine.checksums)
+    planted_list = dataclasses.replace(mine, words=planted)
     assert select_concepts(planted_list, vocabulary, "translation", "fr", "de").concepts == ["dog"]
     # English as the target: the source is the contrast already, nothing more to check
     to_english = select_concepts(mine, vocabulary, "translation", "fr", "en")
@@ -380,30 +381,35 @@ def test_default_config_measures_held_out_kl_on_at_least_1000_tokens():
     assert config["concept_depth"]["n_boot"] >= 1000 and 0 < config["concept_depth"]["ci"] < 1
 
 
-def _synthetic_curves(n_concepts=12, n_layers=6, seed=0) -> pd.DataFrame:
+def _synthetic_curves(n_concepts=12, n_layers=6, seed=0, task="translation", src="zh", base=None) -> pd.DataFrame:
+    """Curves in which the target fr takes over from en at layer 4, noisily; zh has the most mass over layers
+    1..L-1 but not before the takeover (layers 1..3)."""
     rng = np.random.default_rng(seed)
+    base = base or (lambda layer: {"en": 0.6 if layer < 4 else 0.1, "fr": 0.1 if layer < 4 else 0.7, "zh": 0.45})
     rows = []
     for lens in ("logit", "tuned"):
         for concept in range(n_concepts):
             for layer in range(n_layers + 1):
                 entropy = rng.uniform(0, 10)
-                # the target fr takes over from en at layer 4, noisily
-                base = {"en": 0.5 if layer < 4 else 0.1, "fr": 0.1 if layer < 4 else 0.6, "zh": 0.2}
-                for language, mean in base.items():
+                for language, mean in base(layer).items():
+                    prob = float(np.clip(mean + rng.normal(0, 0.1), 0, 1))
                     rows.append(
                         {
                             "model": "m",
                             "word_list": "w",
-                            "task": "translation",
-                            "src": "zh",
+                            "task": task,
+                            "src": src,
                             "tgt": "fr",
                             "concept": f"c{concept}",
                             "layer": layer,
                             "depth": layer / n_layers,
                             "lens": lens,
                             "language": language,
-                            "prob": float(np.clip(mean + rng.normal(0, 0.1), 0, 1)),
+                            "prob": prob,
                             "entropy_bits": entropy,
+                            "prob_full": prob,
+                            "top1": prob > 0.5,
+                            "energy": 1 + 0.1 * layer + 0.01 * concept,  # one value per concept and layer
                         }
                     )
     return pd.DataFrame(rows)
@@ -421,6 +427,11 @@ def test_curve_intervals_resample_concepts_and_contain_the_means():
     assert np.allclose(merged["entropy_bits"], entropy.reindex(merged.index.droplevel("language")))
     assert (table["entropy_lo"] <= table["entropy_bits"]).all() and (table["entropy_bits"] <= table["entropy_hi"]).all()
     assert table.equals(curve_intervals(curves, ci=0.95, n_boot=400, seed=0))
+    top1 = curves.groupby(["lens", "layer", "language"])["top1"].mean()
+    assert np.allclose(merged["top1"], top1.reindex(merged.index))
+    energy = curves.drop_duplicates(["concept", "layer"]).groupby("layer")["energy"].mean()
+    assert np.allclose(merged["energy"], energy.reindex(merged.index.get_level_values("layer")))
+    assert (table["energy_lo"] <= table["energy"]).all() and (table["energy"] <= table["energy_hi"]).all()
     # more concepts, narrower intervals
     wide = (table["prob_hi"] - table["prob_lo"]).mean()
     narrow = curve_intervals(_synthetic_curves(n_concepts=96), ci=0.95, n_boot=400, seed=0)
@@ -435,22 +446,27 @@ def test_summary_statistics_carry_intervals_over_concepts():
         assert row["p_target_final"] == pytest.approx(mean.loc[6, "fr"])
         assert row["p_en_max_intermediate"] == pytest.approx(mean.loc[1:5, "en"].max())
         assert row["p_en_argmax_layer"] == mean.loc[1:5, "en"].idxmax()
-        assert row["top_intermediate_language"] == mean.loc[1:5].sum().idxmax()
         leader = mean.idxmax(axis=1)
         assert row["target_takeover_layer"] == leader.index[leader != "fr"].max() + 1 == 4
+        # named for what it computes: layers 1..3, before the takeover; over 1..L-1 zh would lead instead
+        assert row["top_language_before_takeover"] == mean.loc[1:3].sum().idxmax() == "en"
+        assert mean.loc[1:5].sum().idxmax() == "zh"
+        assert row["leaders"] == "en 0–3, fr 4–6"
         for name in ("p_target_final", "p_en_max_intermediate", "target_takeover_layer"):
             assert row[f"{name}_lo"] <= row[name] <= row[f"{name}_hi"], name
         assert row["n_concepts"] == 12 and row["ci"] == 0.95
     # where the target does not lead at the last layer there is no takeover layer
     flat = curves.assign(prob=np.where(curves["language"] == "fr", 0.0, curves["prob"]))
-    assert summarise_curves(flat, n_boot=50)["target_takeover_layer"].isna().all()
+    flat_summary = summarise_curves(flat, n_boot=50)
+    assert flat_summary["target_takeover_layer"].isna().all()
+    assert flat_summary["top_language_before_takeover"].isna().all()  # no takeover, nothing is before it
 
 
 @pytest.mark.slow
 def test_lens_and_curve_stages_keep_their_concepts_apart(smollm2_manifest, everyday, tmp_path):
     """train_tuned_lens and latent_language as the rules run them: the curves use only concepts the lens never saw."""
     from probes.io import read_json
-    from probes.workflow.stages.latent_language import latent_language, train_tuned_lens
+    from probes.workflow.stages.latent_language import dual_latent, latent_language, train_tuned_lens
 
     lists = {
         "languages": DATA / "languages.csv",
@@ -502,6 +518,7 @@ def test_lens_and_curve_stages_keep_their_concepts_apart(smollm2_manifest, every
         seed=0,
     )
     meta = read_json(out / "meta.json")
+    assert meta["compared"] == ["en", "fr"]
     lens = set(text.loc[text["role"] != "heldout", "concept"])
     assert set(meta["lens_concepts"]) == lens and meta["dropped"]["lens_training"] == 50
     curves = pd.read_parquet(out / "curves.parquet")
@@ -511,3 +528,29 @@ def test_lens_and_curve_stages_keep_their_concepts_apart(smollm2_manifest, every
     for concept in set(curves["concept"]):
         for word in everyday.words.loc[concept]:
             assert not any(_mentions(sentence, word) for sentence in trained), (concept, word)
+    assert curves["energy"].gt(0).all() and "shared" in set(curves["language"])
+    # the dual-latent job: the monolingual cloze per target, English, the target and its related language only
+    dual_latent(
+        smollm2_manifest,
+        **lists,
+        curves=out / "dual.parquet",
+        prompts=out / "dual_prompts.parquet",
+        meta=out / "dual.json",
+        model="smollm2-135m",
+        word_list="everyday",
+        targets=["es", "de"],
+        related={"es": "fr"},
+        shots=None,
+        settings=ExtractionSettings().__dict__,
+        train_concepts=50,
+        max_concepts=5,
+        seed=0,
+    )
+    dual = pd.read_parquet(out / "dual.parquet")
+    assert set(dual["lens"]) == {"logit"} and set(dual["task"]) == {"cloze"} and (dual["src"] == dual["tgt"]).all()
+    assert set(dual.loc[dual["tgt"] == "es", "language"]) == {"en", "es", "fr", "shared"}
+    assert set(dual.loc[dual["tgt"] == "de", "language"]) == {"en", "de", "shared"}
+    assert not set(dual["concept"]) & lens and dual.groupby("tgt")["concept"].nunique().eq(5).all()
+    dual_prompts = pd.read_parquet(out / "dual_prompts.parquet")
+    assert dual_prompts.loc[dual_prompts["tgt"] == "es", "prompt"].str.endswith('Respuesta: "').all()
+    assert [run["compared"] for run in read_json(out / "dual.json")["runs"]] == [["es", "en", "fr"], ["de", "en"]]

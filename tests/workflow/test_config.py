@@ -14,6 +14,7 @@ from probes.activations import token_cache
 from probes.datasets import concepts as datasets
 from probes.datasets import wordlists
 from probes.dictionaries import features, neurons, sae, transcoders
+from probes.lenses import curves
 from probes.lenses import tuned as lens
 from probes.models import loading as models
 from probes.models import perturbations
@@ -133,6 +134,8 @@ def test_schema_defaults_equal_the_settings_defaults(section, cls, elsewhere, to
         ("neurons", sae_stages.feature_pages, {"logit_tokens": "n_tokens", "dtype": None}),
         ("neurons", models_stages.extract_activations, {"dtype": "mlp_dtype"}),
         ("latent_language", latent_language_stages.latent_language, {"shots": None, "languages": None}),
+        ("latent_language", latent_language_stages.dual_latent, {"shots": None, "languages": None}),
+        ("latent_language.dual_latent", curves.dual_latent_summary, {}),
     ],
 )
 def test_schema_defaults_equal_the_function_defaults(section, function, renamed):
@@ -224,11 +227,23 @@ def test_defaults_that_name_models_resolve_against_the_declared_models():
     assert resolved["latent_language"]["experiments"] == {
         "mine": [{"task": "translation", "src": "fr", "tgt": "en", "word_list": "everyday"}]
     }
+    assert resolved["latent_language"]["dual_latent"]["models"] == ["mine"]
     config.check_inputs(resolved, str(REPO))
+    no_targets = minimal(families=every, latent_language={"dual_latent": {"targets": []}})
+    assert no_targets["latent_language"]["dual_latent"]["models"] == []
+    for dual, message in (
+        ({"targets": ["en"]}, "en is the latent language"),
+        ({"targets": ["it"]}, r"no language\(s\) \['it'\]"),
+        ({"related": {"fr": "it"}}, r"\['it'\] are not languages"),
+        ({"middle": [0.8, 0.4]}, "low < high"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            config.check_inputs(minimal(families=every, latent_language={"dual_latent": dual}), str(REPO))
     alone = minimal()
     assert alone["families"] == ["concept_depth"]
     assert [alone[s]["models"] for s in ("sae", "transcoders", "neurons", "depth_usage")] == [[]] * 4
     assert alone["latent_language"]["experiments"] == {} and alone["perturbations"]["models"] == []
+    assert alone["latent_language"]["dual_latent"]["models"] == []
     narrowed = minimal(families=every, sae={"models": []}, latent_language={"experiments": {"mine": []}})
     assert narrowed["transcoders"]["models"] == [] and narrowed["latent_language"]["experiments"] == {"mine": []}
 

@@ -26,6 +26,7 @@ FIGURES = {
     "latent_language_relative.png",
     "latent_language_smollm2-135m_everyday_translation_fr-en.png",
     "tuned_lens_kl.png",
+    "dual_latent.png",
     "sae_metrics.png",
     "sparse_probing_smollm2-135m_cities.png",
     "sparse_probing_smollm2-135m_coinflip.png",
@@ -42,6 +43,7 @@ FIGURES = {
 TABLES = {
     "concept_depth_summary.html",
     "latent_language_summary.html",
+    "dual_latent_summary.html",
     "sae_metrics.html",
     "sparse_probing_summary.html",
     "sae_vs_transcoder.html",

@@ -60,14 +60,37 @@ def test_the_results_page_names_commit_date_and_machine_and_holds_every_table_in
 
 
 def test_latent_language_and_sae_tables_carry_their_intervals():
-    from probes.workflow.results_page import latent_language_table, sae_metrics_table, sparse_probing_table
+    from probes.workflow.results_page import (
+        dual_latent_table,
+        latent_language_table,
+        sae_metrics_table,
+        sparse_probing_table,
+    )
 
     pair = {"model": "m", "word_list": "w", "task": "translation", "src": "fr", "tgt": "zh", "n_concepts": 40}
     values = {"p_target_final": 0.2, "p_target_final_lo": 0.1, "p_target_final_hi": 0.3, "n_layers": 18}
-    values |= {"top_intermediate_language": "fr", "p_en_max_intermediate": 0.05, "target_takeover_layer": None}
+    values |= {"p_shared_final": 0.01, "p_shared_final_lo": 0.0, "p_shared_final_hi": 0.02}
+    values |= {"top_language_before_takeover": None, "p_en_max_intermediate": 0.05, "target_takeover_layer": None}
     summary = pd.DataFrame([pair | values | {"lens": "logit"}, pair | values | {"lens": "tuned"}])
     table = latent_language_table(summary)
-    assert table.count("\n") == 3 and "| m | translation fr→zh | 40 | 0.20 [0.10, 0.30] | fr | 0.05 | never |" in table
+    expected = "| m | translation fr→zh | 40 | 0.20 [0.10, 0.30] | 0.01 [0.00, 0.02] | – | 0.05 | never |"
+    assert table.count("\n") == 3 and expected in table and "top language before the takeover" in table
+    taken = summary.assign(top_language_before_takeover="en", target_takeover_layer=12.0)
+    assert "| 0.01 [0.00, 0.02] | en | 0.05 | 12 of 18 |" in latent_language_table(taken)
+    dual = {"model": "m", "tgt": "ja", "related": "zh", "n_concepts": 30, "lens": "logit", "n_layers": 18}
+    dual |= {"window_first": 8, "window_last": 14, "latent": "en+zh", "dominant_share": 0.61}
+    for name, value in (("p_en", 0.2), ("p_target", 0.05), ("p_related", 0.19), ("p_shared", 0.01)):
+        dual |= {name: value, f"{name}_lo": value - 0.01, f"{name}_hi": value + 0.01}
+    dual |= {"dominant": "en"}
+    none = {"tgt": "ru", "related": None, "p_related": float("nan"), "latent": "none"}
+    dual_rows = pd.DataFrame(
+        [dual, dual | {"tgt": "de", "related": None, "p_related": float("nan"), "latent": "en"}, dual | none]
+    )
+    rendered = dual_latent_table(dual_rows)
+    assert "| m | ja (zh) | 30 | 8–14 of 18 | 0.200 [0.190, 0.210] | 0.050 [0.040, 0.060] |" in rendered
+    assert "| 0.190 [0.180, 0.200] | 0.010 [0.000, 0.020] | en+zh (0.61) |" in rendered
+    assert "| m | de | 30 | 8–14 of 18 |" in rendered and "| – | 0.010 [0.000, 0.020] | en (0.61) |" in rendered
+    assert "| m | ru | 30 |" in rendered and "| none; en leads (0.61) |" in rendered
     metrics = (
         pd.DataFrame([{"model": "m", "layer": 5, "fvu": 0.1, "l0": 32.0, "dead_fraction": 0.01, "dense_fraction": 0.0}])
         .assign(

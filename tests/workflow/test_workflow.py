@@ -213,17 +213,28 @@ def test_latent_language_outputs(run):
     ]
     assert set(curves["lens"]) == {"logit", "tuned"} and curves["layer"].max() == 30
     assert curves["concept"].nunique() == 24
-    assert set(curves["language"]) == {"en", "fr", "de", "es", "zh", "ja", "ru"}
+    assert set(curves["language"]) == {"en", "fr", "de", "es", "zh", "ja", "ru", "shared"}
     assert curves["prob"].between(0, 1).all() and (curves["entropy_bits"] >= 0).all()
     last = curves[(curves["layer"] == 30) & (curves["language"] == "en")].groupby("lens")["prob"].mean()
     assert last["logit"] == pytest.approx(last["tuned"])  # the tuned lens has no translator at the output
     # a weak translator (it often copies the French), but English appears only at the top
     middle = curves[(curves["layer"] == 15) & (curves["language"] == "en") & (curves["lens"] == "logit")]["prob"].mean()
     assert last["logit"] > 0.03 and middle < last["logit"] / 3
+    assert list(curves.columns[12:]) == ["prob_full", "top1", "energy"]
+    assert (curves["prob"] <= curves["prob_full"] + 1e-7).all() and (curves["energy"] > 0).all()
     summary = pd.read_csv(run / "results/tables/latent_language_summary.csv")
     assert {"dropped_overlap", "dropped_empty", "dropped_not_sampled", "p_target_final", "contrast"} <= set(
         summary.columns
     )
+    assert {"dropped_shared_only", "p_shared_final", "top_language_before_takeover", "leaders"} <= set(summary.columns)
+    dual = pd.read_csv(run / "results/tables/dual_latent_summary.csv")
+    assert list(dual["tgt"]) == ["de", "es"] and set(dual["lens"]) == {"logit"}
+    assert (
+        set(dual.loc[dual["tgt"] == "es", "related"]) == {"fr"}
+        and dual.loc[dual["tgt"] == "de", "related"].isna().all()
+    )
+    assert (dual["p_en_lo"] <= dual["p_en"]).all() and (dual["p_en"] <= dual["p_en_hi"]).all()
+    assert dual["latent"].notna().all() and (dual["window_first"] == 12).all() and (dual["window_last"] == 24).all()
     dropped = summary.filter(like="dropped_")
     assert {"dropped_lens_training", "dropped_source_overlap"} <= set(dropped.columns)
     assert (summary["n_concepts"] + dropped.sum(axis=1) == summary["n_words"]).all()
@@ -233,6 +244,7 @@ def test_latent_language_outputs(run):
         "latent_language_smollm2-135m_everyday_translation_fr-en",
         "latent_language_relative",
         "tuned_lens_kl",
+        "dual_latent",
     ]:
         assert (run / f"results/figures/{name}.png").is_file()
 

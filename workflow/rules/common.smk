@@ -34,6 +34,8 @@ BASE_WEIGHTS = probes.models.perturbations.format_name(config["dtype"])
 CLEAN = probes.models.perturbations.CLEAN
 NOISES = [probes.models.perturbations.InputNoise(**entry).name for entry in PERTURB["noise"]]
 EXPERIMENTS = probes.workflow.config.experiments(config)
+DUAL = LATENT["dual_latent"]
+DUAL_MODELS = DUAL["models"]
 NEURONS = config["neurons"]
 NEURON_MODELS = config["neurons"]["models"]
 TRANSCODER_MODELS = config["transcoders"]["models"]
@@ -154,9 +156,10 @@ def experiment_stem(model, word_list, task, src, tgt):
 
 
 def latent_language_targets():
+    targets = ["results/tables/dual_latent_summary.html", *figure_paths("dual_latent")] if DUAL_MODELS else []
     if not EXPERIMENTS:
-        return []
-    targets = [
+        return targets
+    targets += [
         "results/tables/latent_language_summary.html",
         *figure_paths("latent_language_relative"),
         *(
@@ -243,6 +246,11 @@ def run_info_inputs():
         ]
         if LATENT["tuned_lens"]:
             records += expand(rules.train_tuned_lens.output.provenance, model=sorted({e[0] for e in EXPERIMENTS}))
+    if DUAL_MODELS:
+        records += [
+            *expand(rules.dual_latent.output.provenance, model=DUAL_MODELS),
+            rules.summarise_dual_latent.output.provenance,
+        ]
     if SAE_MODELS:
         records += [
             *expand(rules.cache_token_activations.output.provenance, model=SAE_MODELS),
@@ -302,6 +310,8 @@ def result_table_inputs():
     inputs = {}
     if EXPERIMENTS:
         inputs["latent_language"] = rules.summarise_latent_language.output.summary_csv
+    if DUAL_MODELS:
+        inputs["dual_latent"] = rules.summarise_dual_latent.output.summary_csv
     if SAE_MODELS:
         inputs["sae_metrics"] = rules.summarise_sae.output.metrics_table
         inputs["sparse_probing"] = rules.summarise_sae.output.sparse_summary_table
@@ -314,7 +324,8 @@ def result_table_inputs():
 
 
 def result_table_outputs():
-    names = (["latent_language"] if EXPERIMENTS else []) + (["sae_metrics", "sparse_probing"] if SAE_MODELS else [])
+    names = (["latent_language"] if EXPERIMENTS else []) + (["dual_latent"] if DUAL_MODELS else [])
+    names += ["sae_metrics", "sparse_probing"] if SAE_MODELS else []
     names += ["neuron_probing"] if NEURON_MODELS else []
     names += ["depth_usage"] if DEPTH_MODELS else []
     return {f"{name}_md": f"results/tables/markdown/{name}.md" for name in names}

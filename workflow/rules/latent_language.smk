@@ -1,4 +1,5 @@
-# Latent language: tuned lenses per model, logit- and tuned-lens curves per experiment, summary and figures.
+# Latent language: tuned lenses per model, logit- and tuned-lens curves per experiment and for the dual-latent
+# analysis (one job per model), summaries and figures.
 
 
 rule train_tuned_lens:
@@ -68,6 +69,89 @@ rule latent_language:
         run_stage(
             probes.workflow.stages.latent_language.latent_language, input, output, params, log, threads, **wildcards
         )
+
+
+rule dual_latent:
+    input:
+        manifest=lambda wc: manifest_path(wc.model),
+        languages=repo_path(LATENT["languages"]),
+        words=[word_list_path(name, "words") for name in WORD_LISTS],
+        cloze=[word_list_path(name, "cloze") for name in WORD_LISTS],
+    output:
+        curves="results/latent_language/{model}/dual_latent.parquet",
+        prompts="results/latent_language/{model}/dual_latent.prompts.parquet",
+        meta="results/latent_language/{model}/dual_latent.meta.json",
+        provenance="results/provenance/dual_latent/{model}.json",
+    params:
+        word_list=DUAL["word_list"],
+        targets=DUAL["targets"],
+        related=DUAL["related"],
+        shots=LATENT["shots"],
+        max_concepts=DUAL["max_concepts"],
+        settings=probes.workflow.config.extraction_settings(config),
+        word_lists=WORD_LISTS,
+        train_concepts=probes.workflow.config.tuned_lens_settings(config)["train_concepts"],
+        seed=config["seed"],
+    log:
+        "logs/dual_latent/{model}.log",
+    threads: 8
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=GPU,
+    run:
+        run_stage(
+            probes.workflow.stages.latent_language.dual_latent, input, output, params, log, threads, **wildcards
+        )
+
+
+rule summarise_dual_latent:
+    input:
+        curves=expand(rules.dual_latent.output.curves, model=DUAL_MODELS),
+        metas=expand(rules.dual_latent.output.meta, model=DUAL_MODELS),
+    output:
+        intervals="results/tables/dual_latent_intervals.parquet",
+        summary_csv="results/tables/dual_latent_summary.csv",
+        summary_html=report(
+            "results/tables/dual_latent_summary.html",
+            caption="../report/dual_latent_summary.rst",
+            category="Latent language",
+            labels={"model": "all", "figure": "dual latent table"},
+        ),
+        provenance="results/provenance/summarise_dual_latent.json",
+    params:
+        related=DUAL["related"],
+        middle=DUAL["middle"],
+        min_prob=DUAL["min_prob"],
+        ci=config["concept_depth"]["ci"],
+        n_boot=config["concept_depth"]["n_boot"],
+        seed=config["seed"],
+    log:
+        "logs/summarise_dual_latent.log",
+    localrule: True
+    run:
+        run_stage(probes.workflow.stages.latent_language.summarise_dual_latent, input, output, params, log)
+
+
+rule plot_dual_latent:
+    input:
+        intervals=rules.summarise_dual_latent.output.intervals,
+        summary=rules.summarise_dual_latent.output.summary_csv,
+    output:
+        figures=report(
+            figure_paths("dual_latent"),
+            caption="../report/dual_latent.rst",
+            category="Latent language",
+            labels={"model": "all", "figure": "dual latent"},
+        ),
+        provenance="results/provenance/plot_dual_latent.json",
+    params:
+        dpi=config["figures"]["dpi"],
+    log:
+        "logs/plot_dual_latent.log",
+    localrule: True
+    run:
+        run_stage(probes.workflow.stages.latent_language.plot_dual_latent, input, output, params, log)
 
 
 rule summarise_latent_language:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,6 +106,105 @@ def train_tuned_lens(
     }
 
 
+@functools.cache
+def _energy_gram(manifest: str, stamp: int) -> tuple[np.ndarray, int]:
+    """The model's energy Gram matrix and vocabulary size, read once per conversion (``stamp``: its mtime)."""
+    from probes.lenses.energy import hf_unembedding, unembedding_gram
+    from probes.models.loading import load_hf_model
+
+    unembedding, gain = hf_unembedding(load_hf_model(manifest)[0])
+    return unembedding_gram(unembedding, gain), unembedding.shape[0]
+
+
+def energy_gram(manifest: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """:func:`probes.lenses.energy.unembedding_gram` of a converted model and its vocabulary size, computed once
+    per process (Snakemake runs the jobs in one) and again only after a new conversion."""
+    path = Path(manifest).resolve()
+    return _energy_gram(str(path), path.stat().st_mtime_ns)
+
+
+def _run_curves(
+    hooked,
+    lenses: tuple[Any, Any],
+    vocabulary,
+    words_table,
+    task: str,
+    src: str,
+    tgt: str,
+    gram: tuple[np.ndarray, int],
+    *,
+    settings,
+    shots: int | None,
+    max_concepts: int | None,
+    seed: int,
+    exclude: Sequence[str],
+    languages: Sequence[str] | None = None,
+    extra: Sequence[str] = (),
+):
+    """One run's concepts, prompts, last-position residuals and tidy curves (exclusive and full token sets,
+    top-1, entropy and energy); ``languages`` narrows the curves to those languages (and the shared tokens)."""
+    from probes.activations.extraction import pooled_activations
+    from probes.datasets.wordlists import build_prompts
+    from probes.lenses import curves as lens_curves
+    from probes.lenses import energy as lens_energy
+    from probes.lenses import vocabulary as lens_vocabulary
+
+    selection = lens_vocabulary.select_concepts(
+        words_table, vocabulary, task, src, tgt, max_concepts, seed, exclude=exclude, extra=extra
+    )
+    log.info("%s %s->%s: %d concepts kept, dropped %s", task, src, tgt, len(selection.concepts), selection.dropped)
+    built = build_prompts(words_table, task, src, tgt, selection.concepts, shots, seed)
+    pooled, details = pooled_activations(hooked, [p.text for p in built], settings)
+    residuals = pooled["last"]
+    full = {language: selection.token_sets[language] for language in (languages or selection.token_sets)}
+    exclusive = lens_vocabulary.exclusive_token_sets(full, selection.compared)
+    tidy = lens_curves.language_curves(hooked, *lenses, residuals, exclusive, full)
+    energy = lens_energy.token_energy(residuals, *gram)
+    items = tidy.pop("item").to_numpy()
+    tidy = tidy.assign(
+        word_list=words_table.name,
+        task=task,
+        src=src,
+        tgt=tgt,
+        concept=np.asarray(selection.concepts)[items],
+        depth=tidy["layer"] / hooked.cfg.n_layers,
+        energy=energy[items, tidy["layer"].to_numpy()],
+    )
+    table = pd.DataFrame(
+        {"concept": selection.concepts, "prompt": [p.text for p in built], "answer": [p.answer for p in built]}
+    ).assign(task=task, src=src, tgt=tgt)
+    for language, sets in exclusive.items():
+        table[f"tokens_{language}"] = sets
+    for language, sets in full.items():
+        table[f"full_tokens_{language}"] = sets
+    meta = {
+        "word_list": words_table.name,
+        "task": task,
+        "src": src,
+        "tgt": tgt,
+        "contrast": selection.contrast,
+        "compared": selection.compared,
+        "source_checked": selection.source_checked,
+        "n_concepts": len(words_table.words),
+        "dropped": selection.dropped,
+    }
+    return tidy, table, meta, residuals, details
+
+
+def _lenses_and_vocabulary(manifest, settings, tuned_lens, seed):
+    """The shared model, its lenses (unembedding, tuned lens or None) and its vocabulary index."""
+    import torch
+
+    from probes.lenses import tuned as lens_tuned
+    from probes.lenses import vocabulary as lens_vocabulary
+
+    torch.manual_seed(seed)
+    hooked = shared_model(manifest, device=settings.device, dtype=settings.dtype)
+    unembed = lens_tuned.unembed_of(hooked)
+    tuned = lens_tuned.load_tuned_lens(tuned_lens, unembed) if tuned_lens else None
+    return hooked, (unembed, tuned), lens_vocabulary.Vocabulary(hooked.tokenizer)
+
+
 def latent_language(
     manifest: str | os.PathLike,
     languages: str | os.PathLike,
@@ -119,7 +220,7 @@ def latent_language(
     task: str,
     src: str,
     tgt: str,
-    shots: int,
+    shots: int | None,
     settings: Mapping[str, Any],
     word_lists: Sequence[str],
     train_concepts: int,
@@ -129,77 +230,111 @@ def latent_language(
     """The ``latent_language`` rule: prompts and token sets, last-position residuals, then both lenses.
 
     One job per model and pair, so the model is loaded once; the residuals are kept for reuse outside
-    the pipeline, and the tidy curves hold P(language) and entropy per concept, layer and lens. Only
-    concepts held out from the tuned lens are used (queries and solved examples alike), from the same
-    split as ``train_tuned_lens`` (``words``, ``cloze``: every word list, as there), whether or not a tuned
-    lens runs.
+    the pipeline, and the tidy curves hold P(language) and entropy per concept, layer and lens, and the
+    energy per concept and layer. Only concepts held out from the tuned lens are used (queries and solved
+    examples alike), from the same split as ``train_tuned_lens`` (``words``, ``cloze``: every word list, as
+    there), whether or not a tuned lens runs.
     """
-    import torch
     from safetensors.torch import save_file
 
-    from probes.activations.extraction import ExtractionSettings, pooled_activations
-    from probes.datasets.wordlists import build_prompts, check_task
+    from probes.activations.extraction import ExtractionSettings
+    from probes.datasets.wordlists import check_task
     from probes.lenses import curves as lens_curves
-    from probes.lenses import tuned as lens_tuned
     from probes.lenses import vocabulary as lens_vocabulary
 
     settings = ExtractionSettings(**{**settings, "site": "resid", "poolings": ("last",)})
     lists = {w.name: w for w in _word_lists(word_lists, words, cloze, languages)}
-    words_table = lists[word_list]
-    check_task(words_table, task, src, tgt)
+    check_task(lists[word_list], task, src, tgt)
     lens_concepts = lens_vocabulary.lens_concepts(
         lens_vocabulary.lens_text_split(list(lists.values()), train_concepts, seed), word_list
     )
-    torch.manual_seed(seed)
-    hooked = shared_model(manifest, device=settings.device, dtype=settings.dtype)
-    vocabulary = lens_vocabulary.Vocabulary(hooked.tokenizer)
-    selection = lens_vocabulary.select_concepts(
-        words_table, vocabulary, task, src, tgt, max_concepts, seed, exclude=lens_concepts
+    hooked, lenses, vocabulary = _lenses_and_vocabulary(manifest, settings, tuned_lens, seed)
+    tidy, table, record, residuals, details = _run_curves(
+        hooked,
+        lenses,
+        vocabulary,
+        lists[word_list],
+        task,
+        src,
+        tgt,
+        energy_gram(manifest),
+        settings=settings,
+        shots=shots,
+        max_concepts=max_concepts,
+        seed=seed,
+        exclude=lens_concepts,
     )
-    log.info("%s %s->%s: %d concepts kept, dropped %s", task, src, tgt, len(selection.concepts), selection.dropped)
-    built = build_prompts(words_table, task, src, tgt, selection.concepts, shots, seed)
-    pooled, details = pooled_activations(hooked, [p.text for p in built], settings)
-    residuals = pooled["last"]
-
-    unembed = lens_tuned.unembed_of(hooked)
-    tuned = lens_tuned.load_tuned_lens(tuned_lens, unembed) if tuned_lens else None
-    tidy = lens_curves.language_curves(hooked, unembed, tuned, residuals, selection.token_sets)
-    concepts = np.asarray(selection.concepts)[tidy.pop("item").to_numpy()]
-    tidy = tidy.assign(
-        model=model,
-        word_list=word_list,
-        task=task,
-        src=src,
-        tgt=tgt,
-        concept=concepts,
-        depth=tidy["layer"] / hooked.cfg.n_layers,
-    )
-    table = pd.DataFrame(
-        {"concept": selection.concepts, "prompt": [p.text for p in built], "answer": [p.answer for p in built]}
-    )
-    for language, sets in selection.token_sets.items():
-        table[f"tokens_{language}"] = sets
-
     with atomic_path(tensors) as tmp:
         save_file({"last": residuals.contiguous()}, str(tmp))
     write_parquet(prompts, table)
-    write_parquet(curves, tidy[lens_curves.CURVE_COLUMNS])
-    write_json(
-        meta,
-        {
-            "model": model,
-            "word_list": word_list,
-            "task": task,
-            "src": src,
-            "tgt": tgt,
-            "contrast": selection.contrast,
-            "source_checked": selection.source_checked,
-            "n_concepts": len(words_table.words),
-            "dropped": selection.dropped,
-            "lens_concepts": lens_concepts,
-        },
+    write_parquet(curves, tidy.assign(model=model)[lens_curves.CURVE_COLUMNS])
+    write_json(meta, {"model": model} | record | {"lens_concepts": lens_concepts})
+    return details | {"n_kept": len(table), "token_scheme": asdict(vocabulary.scheme)}
+
+
+def dual_latent(
+    manifest: str | os.PathLike,
+    languages: str | os.PathLike,
+    words: Sequence[str | os.PathLike],
+    cloze: Sequence[str | os.PathLike],
+    curves: str | os.PathLike,
+    prompts: str | os.PathLike,
+    meta: str | os.PathLike,
+    model: str,
+    word_list: str,
+    targets: Sequence[str],
+    related: Mapping[str, str],
+    shots: int | None,
+    settings: Mapping[str, Any],
+    word_lists: Sequence[str],
+    train_concepts: int,
+    max_concepts: int | None = 40,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The ``dual_latent`` rule: the monolingual cloze in every target language, on one model in one job.
+
+    Each run compares English, the target and the target's related language (docs/methods.md §3.9) under the
+    logit lens, the lens of Wendler et al. and Zhong et al. (a tuned lens would double the decoding, the
+    stage's main cost), on the concepts ``latent_language`` uses: those held out from the tuned lens.
+    """
+    from probes.activations.extraction import ExtractionSettings
+    from probes.lenses import curves as lens_curves
+    from probes.lenses import vocabulary as lens_vocabulary
+
+    settings = ExtractionSettings(**{**settings, "site": "resid", "poolings": ("last",)})
+    lists = {w.name: w for w in _word_lists(word_lists, words, cloze, languages)}
+    lens_concepts = lens_vocabulary.lens_concepts(
+        lens_vocabulary.lens_text_split(list(lists.values()), train_concepts, seed), word_list
     )
-    return details | {"n_kept": len(selection.concepts), "token_scheme": asdict(vocabulary.scheme)}
+    hooked, lenses, vocabulary = _lenses_and_vocabulary(manifest, settings, None, seed)
+    gram = energy_gram(manifest)
+    frames, tables, records = [], [], []
+    for tgt in targets:
+        extra = [related[tgt]] if tgt in related else []
+        tidy, table, record, _, _ = _run_curves(
+            hooked,
+            lenses,
+            vocabulary,
+            lists[word_list],
+            "cloze",
+            tgt,
+            tgt,
+            gram,
+            settings=settings,
+            shots=shots,
+            max_concepts=max_concepts,
+            seed=seed,
+            exclude=lens_concepts,
+            languages=["en", tgt, *extra],
+            extra=extra,
+        )
+        frames.append(tidy.assign(model=model))
+        tables.append(table)
+        records.append({"model": model} | record)
+    write_parquet(curves, pd.concat(frames, ignore_index=True)[lens_curves.CURVE_COLUMNS])
+    write_parquet(prompts, pd.concat(tables, ignore_index=True))
+    write_json(meta, {"model": model, "runs": records, "lens_concepts": lens_concepts})
+    return {"n_kept": {record["tgt"]: record["n_concepts"] - sum(record["dropped"].values()) for record in records}}
 
 
 # The columns the summary page opens with (estimates with their intervals); every column stays one click below.
@@ -211,11 +346,28 @@ SUMMARY_LEAD = {
     "lens": "lens",
     "n_concepts": "concepts",
     "p_target_final": "P(target), last layer",
-    "p_en_max_intermediate": "max P(English), intermediate layers",
+    "p_shared_final": "P(shared tokens), last layer",
+    "p_en_max_intermediate": "max P(English), layers 1 to L-1",
     "p_en_argmax_layer": "at layer",
-    "top_intermediate_language": "top intermediate language",
+    "top_language_before_takeover": "top language before the takeover",
     "target_takeover_layer": "target leads from layer",
+    "leaders": "leading language by layer",
 }
+
+
+def _drop_counts(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per run's meta record: which languages it compared, and how many concepts it dropped and why."""
+    from probes.lenses.curves import RUN_KEYS
+    from probes.lenses.vocabulary import DROP_REASONS
+
+    return pd.DataFrame(
+        [
+            {**{key: record[key] for key in RUN_KEYS}, "contrast": record["contrast"], "n_words": record["n_concepts"]}
+            | {"compared": "+".join(record["compared"]), "source_checked": record["source_checked"]}
+            | {f"dropped_{reason}": record["dropped"].get(reason, 0) for reason in DROP_REASONS}
+            for record in records
+        ]
+    )
 
 
 def summarise_latent_language(
@@ -233,21 +385,11 @@ def summarise_latent_language(
 ) -> None:
     """The ``summarise_latent_language`` rule: the tidy table, concept-mean curves with intervals, a summary
     per pair (with intervals and drop counts), and every model's held-out KL."""
-    from probes.lenses.curves import curve_intervals, summarise_curves
-    from probes.lenses.vocabulary import DROP_REASONS
+    from probes.lenses.curves import RUN_KEYS, curve_intervals, summarise_curves
 
     combined = pd.concat([pd.read_parquet(path) for path in curves], ignore_index=True)
     summary = summarise_curves(combined, ci, n_boot, seed)
-    keys = ["model", "word_list", "task", "src", "tgt"]
-    dropped = pd.DataFrame(
-        [
-            {**{k: record[k] for k in keys}, "contrast": record["contrast"], "n_words": record["n_concepts"]}
-            | {"source_checked": record["source_checked"]}
-            | {f"dropped_{reason}": record["dropped"].get(reason, 0) for reason in DROP_REASONS}
-            for record in map(read_json, metas)
-        ]
-    )
-    summary = summary.merge(dropped, on=keys, how="left")
+    summary = summary.merge(_drop_counts(list(map(read_json, metas))), on=RUN_KEYS, how="left")
     write_parquet(table, combined)
     write_parquet(intervals, curve_intervals(combined, ci, n_boot, seed))
     write_table(
@@ -260,6 +402,67 @@ def summarise_latent_language(
     )
     kl_frames = [pd.read_parquet(path) for path in kl]
     write_parquet(kl_table, pd.concat(kl_frames, ignore_index=True) if kl_frames else pd.DataFrame())
+
+
+# The columns the dual-latent page opens with.
+DUAL_LEAD = {
+    "model": "model",
+    "tgt": "target",
+    "related": "related",
+    "lens": "lens",
+    "n_concepts": "concepts",
+    "p_en": "P(English), middle layers",
+    "p_target": "P(target), middle layers",
+    "p_related": "P(related), middle layers",
+    "p_shared": "P(shared tokens), middle layers",
+    "latent": "latent language(s)",
+    "dominant_share": "share of resamples led by the first",
+    "leaders": "leader per middle layer",
+}
+
+
+def summarise_dual_latent(
+    curves: Sequence[str | os.PathLike],
+    metas: Sequence[str | os.PathLike],
+    intervals: str | os.PathLike,
+    summary_csv: str | os.PathLike,
+    summary_html: str | os.PathLike,
+    related: Mapping[str, str],
+    middle: Sequence[float],
+    min_prob: float,
+    ci: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> None:
+    """The ``summarise_dual_latent`` rule: per model, target and lens, the middle layers' latent language(s)
+    with intervals over concepts and drop counts, and the concept-mean curves with intervals for the figure."""
+    from probes.lenses.curves import RUN_KEYS, curve_intervals, dual_latent_summary
+
+    combined = pd.concat([pd.read_parquet(path) for path in curves], ignore_index=True)
+    summary = dual_latent_summary(combined, related, middle, min_prob, ci, n_boot, seed)
+    records = [record for meta in metas for record in read_json(meta)["runs"]]
+    summary = summary.merge(_drop_counts(records), on=RUN_KEYS, how="left")
+    write_parquet(intervals, curve_intervals(combined, ci, n_boot, seed))
+    write_table(
+        summary,
+        summary_csv,
+        summary_html,
+        "Dual latent languages: the middle layers' leading language(s) per model, target and lens",
+        float_format="%.4g",
+        lead=DUAL_LEAD,
+    )
+
+
+def plot_dual_latent(
+    intervals: str | os.PathLike,
+    summary: str | os.PathLike,
+    figures: Sequence[str | os.PathLike],
+    dpi: int = 200,
+) -> None:
+    """The ``plot_dual_latent`` rule."""
+    from probes.plotting.latent_language import dual_latent_figure
+
+    save_figure(dual_latent_figure(pd.read_parquet(intervals), pd.read_csv(summary)), figures, dpi)
 
 
 def plot_latent_language(
