@@ -234,9 +234,10 @@ def test_mdl_curves_resample_the_bits_of_each_example_and_the_orders():
     assert row["max_mdl_compression"] == pytest.approx(1.0)  # 200 bits for 200 labels on average
     assert row["max_mdl_compression_lo"] < 1 < row["max_mdl_compression_hi"]  # which rows are drawn matters
 
-    # Two orders 20 bits apart on every layer, every row with the same influence (no row variance): the point is
-    # their mean and only resampling the orders widens the interval; a peak planted at layer 7 is found with an
-    # interval of layers; the control's and the grouped code's curves come beside the task's.
+    # Two orders 20 bits apart on every layer, every row with the same influence: the point is their mean and the
+    # interval the linear bootstrap of that mean (each resample the mean code length plus the rows' extra draws
+    # times the influence, scaled to n rows); a peak planted at layer 7 is found with an interval of layers; the
+    # control's and the grouped code's curves come beside the task's.
     rng = np.random.default_rng(0)
     base = 0.9 + 0.02 * rng.standard_normal((25, 1, 200))
     base[7] -= 0.3
@@ -252,8 +253,8 @@ def test_mdl_curves_resample_the_bits_of_each_example_and_the_orders():
     result = summarise_predictions(predictions, null, 0.5, depth=24, n_boot=400, mdl=mdl)
     curves = result.curves.set_index(["metric", "layer"])
     np.testing.assert_allclose(curves.loc["mdl_codelength", "value"], base.sum(-1)[:, 0])
-    low, high = curves.loc[("mdl_codelength", 3), "lo"], curves.loc[("mdl_codelength", 3), "hi"]
-    assert low < base[3].sum() < high and high - low == pytest.approx(20.0, abs=0.5)  # both orders drawn twice
+    grouped = result.curves.set_index(["metric", "layer"]).loc["mdl_grouped_codelength"]
+    np.testing.assert_allclose(curves.loc["mdl_codelength", ["lo", "hi"]], grouped[["lo", "hi"]])  # same mean, same U
     row = result.row
     assert row["max_mdl_compression_layer"] == 7 and row["max_mdl_compression_layer_lo"] == 7
     assert row["max_mdl_compression_depth"] == pytest.approx(7 / 24)
