@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from tuned_lens.nn.unembed import Unembed
 
 
+MOMENTUM = 0.9  # the tuned_lens package's SGD momentum
 LENSES = ("logit", "linear", "tuned")  # the identity, the least-squares map, the trained translator
 
 
@@ -144,8 +145,8 @@ class TunedLensSettings:
     ridge: float = 1e-6
     steps: int = 60
     batch_tokens: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    lr: float = 1.0
+    weight_decay: float = 1e-3
     sampled_vocab: int | None = 2048
     batch_size: int = 16
     device: str = "cpu"
@@ -250,21 +251,23 @@ def fit_tuned_lens(
     lens = new_tuned_lens(model, unembed).to(weight.device)
     lens.layer_translators.load_state_dict(start.layer_translators.state_dict())
 
-    with torch.no_grad():
-        final = [torch.softmax(decode(model, unembed, chunk), -1) for chunk in residuals[:, n_layers].split(256)]
-        if not exact:
-            expected_unembedding = torch.cat([p @ weight for p in final])
-            expected_bias = torch.cat([p @ bias for p in final])
-            mass = torch.stack([p.sum(0) for p in final]).sum(0)
-            n_kept = settings.sampled_vocab // 2
-            kept = torch.topk(mass, n_kept).indices
-            rest = torch.ones(vocab, dtype=torch.bool, device=weight.device)
-            rest[kept] = False
-            rest = rest.nonzero().squeeze(1)
-            n_sampled = settings.sampled_vocab - n_kept
-            offset = torch.cat([torch.zeros(n_kept), torch.full((n_sampled,), math.log(len(rest) / n_sampled))])
-            offset = offset.to(weight)
-        del final
+    if not exact:  # the target term's expected unembedding, one chunk of final distributions at a time
+        parts, mass = [], torch.zeros(vocab, device=weight.device)
+        with torch.no_grad():
+            for chunk in residuals[:, n_layers].split(256):
+                p = torch.softmax(decode(model, unembed, chunk), -1)
+                parts.append((p @ weight, p @ bias))
+                mass += p.sum(0)
+        expected_unembedding = torch.cat([part[0] for part in parts])
+        expected_bias = torch.cat([part[1] for part in parts])
+        n_kept = settings.sampled_vocab // 2
+        kept = torch.topk(mass, n_kept).indices
+        rest = torch.ones(vocab, dtype=torch.bool, device=weight.device)
+        rest[kept] = False
+        rest = rest.nonzero().squeeze(1)
+        n_sampled = settings.sampled_vocab - n_kept
+        offset = torch.cat([torch.zeros(n_kept), torch.full((n_sampled,), math.log(len(rest) / n_sampled))])
+        offset = offset.to(weight)
 
     def columns() -> torch.Tensor | None:
         if exact:
@@ -304,8 +307,13 @@ def fit_tuned_lens(
             best_loss[layer], best_step[layer] = losses[layer], step
             best_state[layer] = {k: v.detach().clone() for k, v in lens[layer].state_dict().items()}
 
-    optimiser = torch.optim.AdamW(
-        lens.layer_translators.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+    # The package's optimiser: SGD with Nesterov momentum, its learning rate scaled by 1 - momentum.
+    optimiser = torch.optim.SGD(
+        lens.layer_translators.parameters(),
+        lr=settings.lr * (1 - MOMENTUM),
+        momentum=MOMENTUM,
+        nesterov=True,
+        weight_decay=settings.weight_decay,
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1 - step / settings.steps)
     evaluate_every = max(1, settings.steps // 10)
@@ -316,6 +324,8 @@ def fit_tuned_lens(
         loss = layer_losses(batch, columns()).sum()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        for translator in lens.layer_translators:  # the package clips all translators together
+            torch.nn.utils.clip_grad_norm_(translator.parameters(), 1.0)
         optimiser.step()
         schedule.step()
         history.append(loss.item() / n_layers)

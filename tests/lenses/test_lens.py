@@ -243,7 +243,7 @@ def test_tuned_lens_full_vocabulary_path_and_unembedding_check(tiny_model, tmp_p
     texts = ["The city of Lyon is in France.", "I loved the film, the acting was wonderful."] * 4
     residuals = token_residuals(tiny_model, texts, 4, progress=False)
     unembed = unembed_of(tiny_model)
-    settings = TunedLensSettings(steps=10, batch_tokens=32, sampled_vocab=None, lr=1e-2)
+    settings = TunedLensSettings(steps=10, batch_tokens=32, sampled_vocab=None)
     start = new_tuned_lens(tiny_model, unembed)
     tuned, history, _ = fit_tuned_lens(tiny_model, unembed, start, residuals, 8, settings, seed=0, progress=False)
     assert history[-1] < history[0]
@@ -274,7 +274,7 @@ def test_least_squares_start_reads_an_exact_affine_relation_with_no_kl_and_train
     maps, bias, n = least_squares_maps(rows.split(128), ridge=1e-9)
     assert n == 600
     linear = least_squares_lens(tiny_model, unembed, maps, bias)
-    settings = TunedLensSettings(steps=20, batch_tokens=64, sampled_vocab=None, lr=1e-2)
+    settings = TunedLensSettings(steps=20, batch_tokens=64, sampled_vocab=None)
     tuned, _, _ = fit_tuned_lens(tiny_model, unembed, linear, rows, 60, settings, seed=0, progress=False)
     kl = heldout_kl(tiny_model, unembed, {"logit": None, "linear": linear, "tuned": tuned}, heldout, n_boot=50)
     below = kl.pivot(index="layer", columns="lens", values="kl_bits").loc[: tiny_model.cfg.n_layers - 1]
@@ -289,7 +289,7 @@ def test_training_never_leaves_a_layer_above_its_least_squares_start_on_the_vali
     n_validation = len(residuals) // 3
     linear = _lens_from_least_squares(tiny_model, unembed, residuals, n_validation)
 
-    def validation_kl(lr: float) -> tuple[pd.DataFrame, list[int]]:
+    def validation_kl(lr: float) -> tuple[pd.DataFrame, list[int]]:  # lr: the package's scale, default 1
         settings = TunedLensSettings(steps=20, batch_tokens=32, sampled_vocab=None, lr=lr)
         tuned, _, kept = fit_tuned_lens(
             tiny_model, unembed, linear, residuals, n_validation, settings, seed=0, progress=False
@@ -299,9 +299,9 @@ def test_training_never_leaves_a_layer_above_its_least_squares_start_on_the_vali
         return kl.pivot(index="layer", columns="lens", values="kl_bits").loc[: tiny_model.cfg.n_layers - 1], kept
 
     # a learning rate far too large, where training makes layers worse: those keep their start
-    wild, _ = validation_kl(0.3)
-    assert (wild["tuned"] <= wild["linear"] + 1e-6).all()
-    gentle, kept = validation_kl(1e-2)
+    wild, kept = validation_kl(1000.0)
+    assert (wild["tuned"] <= wild["linear"] + 1e-6).all() and min(kept) == 0
+    gentle, kept = validation_kl(TunedLensSettings().lr)
     assert (gentle["tuned"] <= gentle["linear"] + 1e-6).all() and (gentle["tuned"] < gentle["linear"]).any()
     assert max(kept) > 0
     with pytest.raises(ValueError, match="validation rows"):
@@ -531,28 +531,40 @@ def test_lens_and_curve_stages_keep_their_concepts_apart(smollm2_manifest, every
         "cloze": [DATA / "everyday_cloze.csv"],
         "word_lists": ["everyday"],
     }
+    from probes.activations.token_cache import TokenCacheSettings
+
     settings = TunedLensSettings(
-        train_concepts=50, train_tokens=256, heldout_tokens=96, steps=3, batch_tokens=32, sampled_vocab=512
+        train_concepts=50, train_tokens=256, cloze_tokens=256, heldout_tokens=96, steps=3, batch_tokens=32
     )
     out = tmp_path
     details = train_tuned_lens(
         smollm2_manifest,
         **lists,
+        corpus=[REPO / "data" / "corpus" / "smollm2_generated.jsonl"],
+        datasets=[],
         lens=out / "lens.safetensors",
+        start=out / "start.safetensors",
         kl=out / "kl.parquet",
         text=out / "text.parquet",
         model="smollm2-135m",
-        settings=settings.__dict__,
+        dataset_columns=[],
+        settings=settings.__dict__ | {"sampled_vocab": 512},
+        corpus_settings=TokenCacheSettings().__dict__,
         seed=0,
         ci=0.95,
         n_boot=200,
     )
     text = pd.read_parquet(out / "text.parquet")
-    used = text[text["used"]]
-    assert set(used["role"]) == {"train", "heldout"}
-    assert used.loc[used["role"] == "train", "n_tokens"].sum() >= 256 and details["n_train_tokens"] == 256
+    cloze = text[text["source"] == "cloze"]
+    used = cloze[cloze["used"]]
+    assert set(used["role"]) == {"train"} and used["n_tokens"].sum() >= 256
+    assert details["n_cloze_tokens"] == 256 and details["n_train_tokens"] == 256 - 32 + 256  # a window validates
+    corpus = text[text["source"] == "corpus"]
+    assert corpus.groupby("role").size().to_dict() == {"train": 7, "validation": 1, "heldout": 3}
     kl = pd.read_parquet(out / "kl.parquet")
-    assert (kl["n_tokens"] == 96).all() and (kl["n_texts"] == used["role"].eq("heldout").sum()).all()
+    assert (
+        set(kl["lens"]) == {"logit", "linear", "tuned"} and (kl["n_tokens"] == 96).all() and (kl["n_texts"] == 3).all()
+    )
     below = kl[kl["layer"] < kl["layer"].max()]
     assert (below["kl_lo"] <= below["kl_bits"]).all() and (below["kl_bits"] <= below["kl_hi"]).all()
     latent_language(
@@ -575,12 +587,52 @@ def test_lens_and_curve_stages_keep_their_concepts_apart(smollm2_manifest, every
         seed=0,
     )
     meta = read_json(out / "meta.json")
-    lens = set(text.loc[text["role"] != "heldout", "concept"])
+    lens = set(cloze.loc[cloze["role"] != "heldout", "concept"])
     assert set(meta["lens_concepts"]) == lens and meta["dropped"]["lens_training"] == 50
     curves = pd.read_parquet(out / "curves.parquet")
     assert curves["concept"].nunique() == 6 and not set(curves["concept"]) & lens
     # no word of a curve concept, in any language, is in any sentence the lens trained on
-    trained = text.loc[text["used"] & (text["role"] == "train"), "text"].tolist()
+    trained = cloze.loc[cloze["used"] & (cloze["role"] == "train"), "text"].tolist()
     for concept in set(curves["concept"]):
         for word in everyday.words.loc[concept]:
             assert not any(_mentions(sentence, word) for sentence in trained), (concept, word)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("manifest", ["smollm2_manifest", "gemma_manifest"])
+def test_the_default_tuned_lens_reads_more_than_both_other_lenses_at_every_layer_but_the_last(
+    manifest, request, tmp_path
+):
+    """The default config's stage on each embedded model: on held-out corpus documents the tuned lens's KL is
+    below the logit lens's and below its own least-squares start at every layer l < L, intervals included."""
+    from probes.workflow import config as workflow_config
+    from probes.workflow.stages.latent_language import train_tuned_lens
+
+    config = workflow_config.validate_config(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+    latent, corpus = config["latent_language"], config["sae"]["corpus"]
+    datasets = list(config["datasets"]) if corpus["concept_texts"] else []
+    train_tuned_lens(
+        request.getfixturevalue(manifest),
+        languages=REPO / latent["languages"],
+        words=[REPO / entry["words"] for entry in latent["word_lists"].values()],
+        cloze=[REPO / entry["cloze"] for entry in latent["word_lists"].values()],
+        corpus=[REPO / path for path in corpus["files"]],
+        datasets=[REPO / config["datasets"][name]["path"] for name in datasets],
+        lens=tmp_path / "lens.safetensors",
+        start=tmp_path / "start.safetensors",
+        kl=tmp_path / "kl.parquet",
+        text=tmp_path / "text.parquet",
+        model=manifest,
+        word_lists=list(latent["word_lists"]),
+        dataset_columns=[workflow_config.dataset_columns(config, name) for name in datasets],
+        settings=workflow_config.tuned_lens_settings(config),
+        corpus_settings=workflow_config.token_cache_settings(config),
+        hf_dataset=corpus["hf_dataset"],
+        seed=config["seed"],
+        ci=config["concept_depth"]["ci"],
+        n_boot=config["concept_depth"]["n_boot"],
+    )
+    kl = pd.read_parquet(tmp_path / "kl.parquet")
+    below = kl[(kl["layer"] < kl["layer"].max()) & (kl["lens"] != "tuned")]
+    assert len(below) == 2 * kl["layer"].max() and (kl["n_tokens"] >= 1000).all()
+    assert (below["kl_minus_tuned_lo"] > 0).all(), below[below["kl_minus_tuned_lo"] <= 0]

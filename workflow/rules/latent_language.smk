@@ -12,6 +12,7 @@ rule train_tuned_lens:
         datasets=[dataset_path(dataset) for dataset in SAE_CONCEPT_DATASETS],
     output:
         lens="results/lens/{model}/tuned_lens.safetensors",
+        start="results/lens/{model}/least_squares_lens.safetensors",
         kl="results/lens/{model}/tuned_lens_kl.parquet",
         text="results/lens/{model}/tuned_lens_text.parquet",
         provenance="results/provenance/train_tuned_lens/{model}.json",

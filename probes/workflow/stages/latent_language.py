@@ -34,6 +34,7 @@ def train_tuned_lens(
     corpus: Sequence[str | os.PathLike],
     datasets: Sequence[str | os.PathLike],
     lens: str | os.PathLike,
+    start: str | os.PathLike,
     kl: str | os.PathLike,
     text: str | os.PathLike,
     model: str,
@@ -56,7 +57,9 @@ def train_tuned_lens(
     training), ``heldout_tokens`` of held-out ones. The cloze split into lens and held-out concepts comes
     from the word lists alone (:func:`probes.lenses.vocabulary.lens_text_split`); the first ``cloze_tokens``
     tokens of the lens sentences (seeded order) join the training rows, so the translators see every
-    language of the curves. ``text`` records every text's role, token count and whether it was used.
+    language of the curves. ``start`` is the least-squares lens, saved as the tuned lens is, so both
+    reload as the ``tuned_lens`` package's lenses; ``text`` records every text's role, token count and whether
+    it was used.
     """
     import torch
 
@@ -152,6 +155,7 @@ def train_tuned_lens(
     table["bytes_per_token"] = texts.str.encode("utf-8").str.len().sum() / (len(texts) * settings.context)
     log.info("held-out KL (bits per token):\n%s", table.pivot(index="layer", columns="lens", values="kl_bits").round(3))
     lens_tuned.save_tuned_lens(tuned, lens)
+    lens_tuned.save_tuned_lens(linear, start)
     write_parquet(kl, table)
     write_parquet(text, pd.concat([split, corpus_table], ignore_index=True))
     counts = split.groupby("role")["concept"].size().to_dict()
