@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 MOMENTUM = 0.9  # the tuned_lens package's SGD momentum
 LENSES = ("logit", "linear", "tuned")  # the identity, the least-squares map, the trained translator
+VALIDATION_TOKENS = 128  # rows of exact validation loss, read at CHECKPOINTS evaluations after the start
+CHECKPOINTS = 4
 
 
 def unembed_of(model: HookedTransformer) -> Unembed:
@@ -225,7 +227,10 @@ def fit_tuned_lens(
 
     ``residuals`` are token rows (n, L+1, d), the last ``n_validation`` of them kept for validation. Each
     layer keeps its translator from the evaluation with the lowest validation loss, ``start`` included, so
-    training cannot leave a layer worse off than where it started on text like the validation rows.
+    training cannot leave a layer worse off than where it started on text like the validation rows. That
+    loss is the exact one over the full vocabulary, on ``VALIDATION_TOKENS`` rows spread over the validation
+    documents: the sampled one is biased low for a lens that spreads mass over the re-weighted tail, and
+    training that exploits it passed a sampled validation while raising the held-out KL.
     Returns the lens, the mean loss per step and, per layer, the step whose translator was kept (0: the
     start).
     """
@@ -245,7 +250,8 @@ def fit_tuned_lens(
         raise ValueError(f"{n_validation} validation rows of {len(residuals)}: both sides need at least one")
     residuals = residuals.to(weight)
     n_train = len(residuals) - n_validation
-    validation = torch.arange(n_train, len(residuals))
+    spacing = max(1, n_validation // VALIDATION_TOKENS)
+    validation = torch.arange(n_train, len(residuals))[::spacing][:VALIDATION_TOKENS]
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     lens = new_tuned_lens(model, unembed).to(weight.device)
@@ -276,8 +282,8 @@ def fit_tuned_lens(
         return torch.cat([kept, sampled]).to(weight.device)
 
     def layer_losses(tokens: torch.Tensor, vocabulary: torch.Tensor | None) -> torch.Tensor:
-        """Mean cross-entropy per layer (0..L-1) on these tokens."""
-        if exact:
+        """Mean cross-entropy per layer (0..L-1) on these tokens, over the full vocabulary without ``vocabulary``."""
+        if vocabulary is None:
             with torch.no_grad():
                 target = torch.softmax(decode(model, unembed, residuals[tokens, n_layers]), -1)
         else:
@@ -285,7 +291,7 @@ def fit_tuned_lens(
         losses = []
         for layer in range(n_layers):
             hidden = lens.transform_hidden(residuals[tokens, layer], layer)
-            if exact:
+            if vocabulary is None:
                 logits = decode(model, unembed, hidden)
                 losses.append((torch.logsumexp(logits, -1) - (target * logits).sum(-1)).mean())
             else:
@@ -295,14 +301,13 @@ def fit_tuned_lens(
                 losses.append((log_normaliser - linear).mean())
         return torch.stack(losses)
 
-    validation_columns = columns()
     best_loss = torch.full((n_layers,), math.inf)
     best_state = [None] * n_layers
     best_step = [0] * n_layers
 
     def keep_best(step: int) -> None:
         with torch.no_grad():
-            losses = layer_losses(validation, validation_columns).cpu()
+            losses = layer_losses(validation, None).cpu()
         for layer in torch.nonzero(losses < best_loss).flatten().tolist():
             best_loss[layer], best_step[layer] = losses[layer], step
             best_state[layer] = {k: v.detach().clone() for k, v in lens[layer].state_dict().items()}
@@ -316,7 +321,7 @@ def fit_tuned_lens(
         weight_decay=settings.weight_decay,
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1 - step / settings.steps)
-    evaluate_every = max(1, settings.steps // 10)
+    evaluate_every = max(1, settings.steps // CHECKPOINTS)
     history = []
     keep_best(0)
     for step in tqdm(range(1, settings.steps + 1), desc="tuned lens", unit="step", disable=not progress):

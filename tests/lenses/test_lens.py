@@ -282,6 +282,31 @@ def test_least_squares_start_reads_an_exact_affine_relation_with_no_kl_and_train
     assert (below["linear"] < 1e-4).all() and (below["tuned"] < 1e-3).all()
 
 
+def test_training_beats_the_least_squares_start_where_the_output_is_noisy(tiny_model):
+    """A planted case: the last layer is an affine map of each layer plus independent noise. Least squares
+    recovers the map, so its lens decodes the mean residual, sharper than the noisy output's average
+    distribution; KL training on the full vocabulary can flatten it, and must, on held-out rows at every
+    layer. A sampled normaliser of 64 of the 300 entries is biased: training on it raised the held-out KL
+    at layers 1 and 2 (0.164 to 0.179 and 0.188 bits) while a sampled validation kept it; the exact
+    validation keeps the start instead."""
+    generator = torch.Generator().manual_seed(2)  # not the rows' seed, whose first draws make layer 0
+    rows = _affine_residuals(tiny_model, 1200, seed=1)
+    rows[:, -1] += 3 * torch.randn(rows[:, -1].shape, generator=generator)
+    rows, heldout = rows[:900], rows[900:]
+    unembed = unembed_of(tiny_model)
+    linear = _lens_from_least_squares(tiny_model, unembed, rows, 100)
+    kl = {}
+    for sampled_vocab in (None, 64):
+        settings = TunedLensSettings(steps=40, batch_tokens=64, sampled_vocab=sampled_vocab)
+        tuned, _, kept = fit_tuned_lens(tiny_model, unembed, linear, rows, 100, settings, seed=0, progress=False)
+        table = heldout_kl(tiny_model, unembed, {"linear": linear, "tuned": tuned}, heldout, n_boot=200)
+        kl[sampled_vocab] = table[(table["lens"] == "linear") & (table["layer"] < tiny_model.cfg.n_layers)]
+        if sampled_vocab is None:
+            assert min(kept) > 0
+    assert (kl[None]["kl_minus_tuned_lo"] > 0).all(), kl[None]
+    assert (kl[64]["kl_minus_tuned"] >= -1e-4).all(), kl[64]
+
+
 def test_training_never_leaves_a_layer_above_its_least_squares_start_on_the_validation_rows(tiny_model):
     texts = ["The city of Lyon is in France.", "I loved the film, the acting was wonderful.", "Alice flips the coin."]
     residuals = token_residuals(tiny_model, texts * 4, 4, progress=False)
