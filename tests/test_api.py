@@ -153,22 +153,42 @@ def test_a_notebook_reproduces_the_pipelines_activations_and_summary(run):
 
 
 @pytest.mark.slow
-def test_the_stored_tuned_lens_reloads_as_a_tuned_lens_and_reproduces_its_held_out_kl(run, smollm2):
+def test_the_stored_lenses_reload_as_tuned_lenses_and_reproduce_their_held_out_kl(run, smollm2):
     from tuned_lens.nn.lenses import TunedLens
 
+    from probes.activations.token_cache import TokenCacheSettings, tokenised_corpus
     from probes.lenses.tuned import TunedLensSettings, heldout_kl, token_residuals, unembed_of
+    from probes.workflow.stages.sae import corpus_texts
 
     folder = run / "results/lens/smollm2-135m"
-    lens = probes.load_tuned_lens(folder / "tuned_lens.safetensors", smollm2)
-    assert isinstance(lens, TunedLens) and len(lens.layer_translators) == smollm2.cfg.n_layers
+    lenses = {
+        "logit": None,
+        "linear": probes.load_tuned_lens(folder / "least_squares_lens.safetensors", smollm2),
+        "tuned": probes.load_tuned_lens(folder / "tuned_lens.safetensors", smollm2),
+    }
+    for lens in (lenses["linear"], lenses["tuned"]):
+        assert isinstance(lens, TunedLens) and len(lens.layer_translators) == smollm2.cfg.n_layers
 
-    arguments = read_json(run / "results/provenance/train_tuned_lens/smollm2-135m.json")["arguments"]
+    provenance = read_json(run / "results/provenance/train_tuned_lens/smollm2-135m.json")
+    arguments, inputs = provenance["arguments"], provenance["inputs"]
     settings = TunedLensSettings(**arguments["settings"])
+    texts = corpus_texts(
+        [run / path for path in inputs["corpus"]],
+        [run / path for path in inputs["datasets"]],
+        arguments["dataset_columns"],
+        arguments["hf_dataset"],
+    )
+    corpus_settings = TokenCacheSettings(**arguments["corpus_settings"])
+    token_lists, _, heldout_documents, _ = tokenised_corpus(smollm2, texts, corpus_settings, arguments["seed"])
     text = pd.read_parquet(folder / "tuned_lens_text.parquet")
-    heldout = text[(text["role"] == "heldout") & text["used"]]["text"].tolist()
-    residuals, owner = token_residuals(smollm2, heldout, settings.batch_size, progress=False, with_text=True)
+    documents = text.query("source == 'corpus' and role == 'heldout'")["document"].to_numpy()
+    assert set(documents) <= set(heldout_documents) and not set(documents) & set(
+        text.query("role == 'train'")["document"]
+    )
+    windows = [token_lists[document][: 1 + settings.context] for document in documents]
+    residuals, owner = token_residuals(smollm2, windows, settings.batch_size, progress=False, with_text=True)
     kept = slice(0, settings.heldout_tokens)
     options = {key: arguments[key] for key in ("ci", "n_boot", "seed")}
-    recomputed = heldout_kl(smollm2, unembed_of(smollm2), lens, residuals[kept], owner[kept], **options)
-    stored = pd.read_parquet(folder / "tuned_lens_kl.parquet").drop(columns="model")
+    recomputed = heldout_kl(smollm2, unembed_of(smollm2), lenses, residuals[kept], documents[owner[kept]], **options)
+    stored = pd.read_parquet(folder / "tuned_lens_kl.parquet").drop(columns=["model", "bytes_per_token"])
     pd.testing.assert_frame_equal(recomputed.reset_index(drop=True), stored, check_exact=False, rtol=1e-5, atol=1e-6)

@@ -13,7 +13,7 @@ sublayers, its skipping) carry the number of the residual it writes, 1..L.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -257,50 +257,73 @@ def skip_blocks(
 def fit_linear_shortcuts(
     model: HookedTransformer, windows: torch.Tensor, settings: DepthUsageSettings, progress: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Least-squares maps from the residual at every layer l to the one at L: ``h_L ≈ h_l @ A[l] + b[l]``.
-
-    The normal equations (sums of x, y, x x^T, x y^T per layer) are accumulated in float64 one batch at
-    a time, so the training tokens never sit in memory at once; a ridge of ``ridge`` times the mean
-    feature variance keeps the solve well posed when a layer's covariance is near singular. BOS rows are
-    left out; returns A (L+1, d, d), b (L+1, d) and the number of training tokens.
-    """
+    """Least-squares maps from the residual at every layer l to the one at L (:func:`least_squares_maps`) on
+    ``windows``, one batch of them in memory at a time; BOS rows are left out."""
     import torch
     from tqdm.auto import tqdm
 
     from probes.activations.extraction import check_finite
 
-    n_layers, d = model.cfg.n_layers, model.cfg.d_model
+    n_layers = model.cfg.n_layers
     skip_first = int(bool(model.cfg.default_prepend_bos))
     names = [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
-    sum_x = torch.zeros(n_layers + 1, d, dtype=torch.float64)
-    sum_xx = torch.zeros(n_layers + 1, d, d, dtype=torch.float64)
-    sum_xy = torch.zeros(n_layers + 1, d, d, dtype=torch.float64)
+
+    def batches() -> Iterator[torch.Tensor]:
+        starts = range(0, len(windows), settings.batch_size)
+        for start in tqdm(starts, desc="linear shortcuts", unit="batch", disable=not progress):
+            with torch.inference_mode():
+                _, cache = model.run_with_cache(
+                    windows[start : start + settings.batch_size].to(model.cfg.device),
+                    names_filter=names,
+                    stop_at_layer=n_layers,
+                )
+                for name in names:
+                    check_finite(model, cache[name], name, "resid")
+                rows = torch.stack([cache[name][:, skip_first:].flatten(0, 1) for name in names], 1)
+            yield rows
+
+    return least_squares_maps(batches(), settings.ridge)
+
+
+def least_squares_maps(batches: Iterable[torch.Tensor], ridge: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Least-squares maps ``h_L ≈ h_l @ A[l] + b[l]`` from every layer l to the last, on token rows (n, L+1, d).
+
+    The normal equations (sums of x, y, x x^T, x y^T per layer) are accumulated in float64 one batch at
+    a time, so the rows need never sit in memory at once; a ridge of ``ridge`` times the mean feature
+    variance keeps the solve well posed when a layer's covariance is near singular. The tuned lens starts
+    from these maps (:func:`probes.lenses.tuned.least_squares_lens`). Returns A (L+1, d, d), b (L+1, d) and
+    the number of rows.
+    """
+    import torch
+
     n = 0
-    batches = range(0, len(windows), settings.batch_size)
-    with torch.inference_mode():
-        for start in tqdm(batches, desc="linear shortcuts", unit="batch", disable=not progress):
-            _, cache = model.run_with_cache(
-                windows[start : start + settings.batch_size].to(model.cfg.device),
-                names_filter=names,
-                stop_at_layer=n_layers,
-            )
-            target = cache[names[-1]][:, skip_first:].flatten(0, 1).double().cpu()
-            for layer, name in enumerate(names):
-                check_finite(model, cache[name], name, "resid")
-                rows = cache[name][:, skip_first:].flatten(0, 1).double().cpu()
-                sum_x[layer] += rows.sum(0)
-                sum_xx[layer] += rows.T @ rows
-                sum_xy[layer] += rows.T @ target
-            n += len(target)
+    for rows in batches:
+        rows = rows.double().cpu()
+        if n == 0:
+            sum_x = torch.zeros(rows.shape[1:], dtype=torch.float64)
+            sum_xx = torch.zeros(rows.shape[1], rows.shape[2], rows.shape[2], dtype=torch.float64)
+            sum_xy = torch.zeros_like(sum_xx)
+        target = rows[:, -1]
+        sum_x += rows.sum(0)
+        for layer in range(rows.shape[1]):
+            sum_xx[layer] += rows[:, layer].T @ rows[:, layer]
+            sum_xy[layer] += rows[:, layer].T @ target
+        n += len(rows)
+    if n == 0:
+        raise ValueError("no rows to fit the least-squares maps on")
+    d = sum_x.shape[1]
     mean_x = sum_x / n
-    mean_y = mean_x[n_layers]
+    mean_y = mean_x[-1]
     covariance = sum_xx / n - mean_x[:, :, None] * mean_x[:, None, :]
     cross = sum_xy / n - mean_x[:, :, None] * mean_y[None, None, :]
-    ridge = settings.ridge * covariance.diagonal(dim1=1, dim2=2).mean(1)
-    factor, info = torch.linalg.cholesky_ex(covariance + ridge[:, None, None] * torch.eye(d, dtype=torch.float64))
+    strength = ridge * covariance.diagonal(dim1=1, dim2=2).mean(1)
+    factor, info = torch.linalg.cholesky_ex(covariance + strength[:, None, None] * torch.eye(d, dtype=torch.float64))
     if info.any():
         layers = info.nonzero().flatten().tolist()
-        raise ValueError(f"the residual covariance of layers {layers} is singular: raise depth_usage.shortcuts.ridge")
+        raise ValueError(
+            f"the residual covariance of layers {layers} is singular: raise depth_usage.shortcuts.ridge "
+            "(tuned_lens.ridge for the tuned lens)"
+        )
     maps = torch.cholesky_solve(cross, factor)
     bias = mean_y[None, :] - torch.einsum("ld,lde->le", mean_x, maps)
     return maps.float(), bias.float(), n

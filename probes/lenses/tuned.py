@@ -3,7 +3,8 @@
 Both lenses are the ``tuned-lens`` package's modules: its ``Unembed`` takes a HookedTransformer's final
 norm (weights folded into the unembedding by TransformerLens, so the norm itself is weightless) and its
 unembedding. Its trainer only drives Hugging Face models through their own layer lists, so the
-translators are trained here with the published objective (KL to the final-layer distribution).
+translators are trained here with the published objective (KL to the final-layer distribution), starting
+from the closed-form least-squares map of each layer to the last (the package starts from the identity).
 
 Layers follow the residual convention of :mod:`probes.activations.extraction`: 0 is the embedding output and
 ``l`` is the output of block ``l-1``, so layer ``L`` is what the model itself decodes.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,12 @@ if TYPE_CHECKING:
     from tuned_lens.nn.unembed import Unembed
 
 
-LENSES = ("logit", "tuned")
+MOMENTUM = 0.9  # the tuned_lens package's SGD momentum
+LENSES = ("logit", "linear", "tuned")  # the identity, the least-squares map, the trained translator
+# The exact validation loss reads the full vocabulary (Gemma: about 0.8 TFLOP for 128 rows), so it reads
+# few rows, at the start and CHECKPOINTS times during training.
+VALIDATION_TOKENS = 128
+CHECKPOINTS = 4
 
 
 def unembed_of(model: HookedTransformer) -> Unembed:
@@ -56,6 +62,21 @@ def new_tuned_lens(model: HookedTransformer, unembed: Unembed) -> TunedLens:
         base_model_name_or_path=model.cfg.model_name, d_model=model.cfg.d_model, num_hidden_layers=model.cfg.n_layers
     )
     return TunedLens(unembed, config)
+
+
+def least_squares_lens(model: HookedTransformer, unembed: Unembed, maps: torch.Tensor, bias: torch.Tensor) -> TunedLens:
+    """The package's lens whose translators apply the least-squares maps ``h @ A[l] + b[l]`` of
+    :func:`probes.depth_usage.contributions.least_squares_maps`: the translator adds ``h (A - I) + b`` to ``h``,
+    so its weight is ``A^T - I`` (``nn.Linear`` multiplies by the transpose)."""
+    import torch
+
+    lens = new_tuned_lens(model, unembed).to(unembed.unembedding.weight.device)
+    eye = torch.eye(model.cfg.d_model)
+    with torch.no_grad():
+        for layer, translator in enumerate(lens.layer_translators):
+            translator.weight.copy_(maps[layer].T - eye)
+            translator.bias.copy_(bias[layer])
+    return lens.requires_grad_(False)
 
 
 def lens_logits(
@@ -118,13 +139,18 @@ def load_tuned_lens(path: str | os.PathLike, model: HookedTransformer | Unembed)
 
 @dataclass(frozen=True)
 class TunedLensSettings:
+    """Budgets of the tuned lens; the defaults fit the 2-core CPU budget (docs/methods.md §3.6)."""
+
     train_concepts: int = 50
-    train_tokens: int = 2048
+    train_tokens: int = 8192
+    cloze_tokens: int = 1024
+    context: int = 32
     heldout_tokens: int = 1024
+    ridge: float = 1e-6
     steps: int = 60
     batch_tokens: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    lr: float = 1.0
+    weight_decay: float = 1e-3
     sampled_vocab: int | None = 2048
     batch_size: int = 16
     device: str = "cpu"
@@ -132,20 +158,29 @@ class TunedLensSettings:
 
     def __post_init__(self) -> None:
         sizes = (self.train_concepts, self.train_tokens, self.heldout_tokens, self.steps, self.batch_tokens)
-        if min(*sizes, self.batch_size) < 1:
+        if min(*sizes, self.batch_size) < 1 or self.cloze_tokens < 0 or self.context < 2:
             raise ValueError(
-                "train_concepts, train_tokens, heldout_tokens, steps, batch_tokens and batch_size must be >= 1"
+                "train_concepts, train_tokens, heldout_tokens, steps, batch_tokens and batch_size must be >= 1, "
+                "cloze_tokens >= 0 and context >= 2"
             )
         if self.sampled_vocab is not None and self.sampled_vocab < 2:
             raise ValueError("sampled_vocab must be >= 2 or null (the full vocabulary)")
+        if self.ridge < 0:
+            raise ValueError(f"ridge must be >= 0, got {self.ridge}")
 
 
 def token_residuals(
-    model: HookedTransformer, texts: Sequence[str], batch_size: int, progress: bool = True, with_text: bool = False
+    model: HookedTransformer,
+    texts: Sequence[str] | Sequence[torch.Tensor],
+    batch_size: int,
+    progress: bool = True,
+    with_text: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, np.ndarray]:
     """Residual stream at every layer for every token but a prepended BOS: (tokens, L+1, d_model).
 
-    Rows follow the texts in order. With ``with_text``, also which text each row comes from.
+    ``texts`` are strings or token lists as :func:`probes.activations.extraction.tokenize` returns them (a
+    prepended BOS included). Rows follow the texts in order. With ``with_text``, also which text each row
+    comes from.
     """
     import torch
     from tqdm.auto import tqdm
@@ -154,7 +189,7 @@ def token_residuals(
 
     hooks = site_hooks("resid", model.cfg.n_layers)
     skip = int(bool(model.cfg.default_prepend_bos))
-    token_lists, _ = tokenize(model, texts, model.cfg.n_ctx)
+    token_lists = tokenize(model, texts, model.cfg.n_ctx)[0] if len(texts) and isinstance(texts[0], str) else texts
     chunks, owners = [], []
     for start in tqdm(range(0, len(texts), batch_size), desc="lens corpus", unit="batch", disable=not progress):
         tokens, mask = right_padded(model, token_lists[start : start + batch_size])
@@ -177,12 +212,14 @@ def token_residuals(
 def fit_tuned_lens(
     model: HookedTransformer,
     unembed: Unembed,
+    start: TunedLens,
     residuals: torch.Tensor,
+    n_validation: int,
     settings: TunedLensSettings,
     seed: int,
     progress: bool = True,
-) -> tuple[TunedLens, list[float]]:
-    """Train one affine translator per layer to minimise cross-entropy to the final-layer distribution.
+) -> tuple[TunedLens, list[float], list[int]]:
+    """Train a copy of ``start``'s translators to minimise cross-entropy to the final-layer distribution.
 
     Minimising cross-entropy minimises KL, the entropy of the target being fixed. The full-vocabulary
     normaliser costs (tokens x vocabulary x d_model) per layer and step; with ``sampled_vocab`` set it is
@@ -190,9 +227,14 @@ def fit_tuned_lens(
     re-weighted (sampled softmax), while the target term stays exact: sum_v p_v z_v = (W^T p) . norm(h).
     Models that soft-cap their logits make that term non-linear and always train on the full vocabulary.
 
-    A tenth of the tokens is kept for validation: each layer keeps its translator from the evaluation
-    with the lowest validation loss, the identity (the logit lens) included, so a small training budget
-    cannot leave a layer worse off than the logit lens on similar text.
+    ``residuals`` are token rows (n, L+1, d), the last ``n_validation`` of them kept for validation. Each
+    layer keeps its translator from the evaluation with the lowest validation loss, ``start`` included, so
+    training cannot leave a layer worse off than where it started on text like the validation rows. That
+    loss is the exact one over the full vocabulary, on ``VALIDATION_TOKENS`` rows spread over the validation
+    documents: the sampled one is biased low for a lens that spreads mass over the re-weighted tail, and
+    training that exploits it passed a sampled validation while raising the held-out KL.
+    Returns the lens, the mean loss per step and, per layer, the step whose translator was kept (0: the
+    start).
     """
     import torch
     from tqdm.auto import tqdm
@@ -206,29 +248,34 @@ def fit_tuned_lens(
     exact = (
         settings.sampled_vocab is None or settings.sampled_vocab >= vocab or (model.cfg.output_logits_soft_cap or 0) > 0
     )
+    if not 1 <= n_validation < len(residuals):
+        raise ValueError(f"{n_validation} validation rows of {len(residuals)}: both sides need at least one")
     residuals = residuals.to(weight)
-    n_validation = max(1, residuals.shape[0] // 10)
-    n_train = residuals.shape[0] - n_validation
-    validation = torch.arange(n_train, residuals.shape[0])
+    n_train = len(residuals) - n_validation
+    spacing = max(1, n_validation // VALIDATION_TOKENS)
+    validation = torch.arange(n_train, len(residuals))[::spacing][:VALIDATION_TOKENS]
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     lens = new_tuned_lens(model, unembed).to(weight.device)
+    lens.layer_translators.load_state_dict(start.layer_translators.state_dict())
 
-    with torch.no_grad():
-        final = [torch.softmax(decode(model, unembed, chunk), -1) for chunk in residuals[:, n_layers].split(256)]
-        if not exact:
-            expected_unembedding = torch.cat([p @ weight for p in final])
-            expected_bias = torch.cat([p @ bias for p in final])
-            mass = torch.stack([p.sum(0) for p in final]).sum(0)
-            n_kept = settings.sampled_vocab // 2
-            kept = torch.topk(mass, n_kept).indices
-            rest = torch.ones(vocab, dtype=torch.bool, device=weight.device)
-            rest[kept] = False
-            rest = rest.nonzero().squeeze(1)
-            n_sampled = settings.sampled_vocab - n_kept
-            offset = torch.cat([torch.zeros(n_kept), torch.full((n_sampled,), math.log(len(rest) / n_sampled))])
-            offset = offset.to(weight)
-        del final
+    if not exact:  # the target term's expected unembedding, one chunk of final distributions at a time
+        parts, mass = [], torch.zeros(vocab, device=weight.device)
+        with torch.no_grad():
+            for chunk in residuals[:, n_layers].split(256):
+                p = torch.softmax(decode(model, unembed, chunk), -1)
+                parts.append((p @ weight, p @ bias))
+                mass += p.sum(0)
+        expected_unembedding = torch.cat([part[0] for part in parts])
+        expected_bias = torch.cat([part[1] for part in parts])
+        n_kept = settings.sampled_vocab // 2
+        kept = torch.topk(mass, n_kept).indices
+        rest = torch.ones(vocab, dtype=torch.bool, device=weight.device)
+        rest[kept] = False
+        rest = rest.nonzero().squeeze(1)
+        n_sampled = settings.sampled_vocab - n_kept
+        offset = torch.cat([torch.zeros(n_kept), torch.full((n_sampled,), math.log(len(rest) / n_sampled))])
+        offset = offset.to(weight)
 
     def columns() -> torch.Tensor | None:
         if exact:
@@ -237,8 +284,8 @@ def fit_tuned_lens(
         return torch.cat([kept, sampled]).to(weight.device)
 
     def layer_losses(tokens: torch.Tensor, vocabulary: torch.Tensor | None) -> torch.Tensor:
-        """Mean cross-entropy per layer (0..L-1) on these tokens."""
-        if exact:
+        """Mean cross-entropy per layer (0..L-1) on these tokens, over the full vocabulary without ``vocabulary``."""
+        if vocabulary is None:
             with torch.no_grad():
                 target = torch.softmax(decode(model, unembed, residuals[tokens, n_layers]), -1)
         else:
@@ -246,7 +293,7 @@ def fit_tuned_lens(
         losses = []
         for layer in range(n_layers):
             hidden = lens.transform_hidden(residuals[tokens, layer], layer)
-            if exact:
+            if vocabulary is None:
                 logits = decode(model, unembed, hidden)
                 losses.append((torch.logsumexp(logits, -1) - (target * logits).sum(-1)).mean())
             else:
@@ -256,42 +303,51 @@ def fit_tuned_lens(
                 losses.append((log_normaliser - linear).mean())
         return torch.stack(losses)
 
-    validation_columns = columns()
     best_loss = torch.full((n_layers,), math.inf)
     best_state = [None] * n_layers
+    best_step = [0] * n_layers
 
-    def keep_best() -> None:
+    def keep_best(step: int) -> None:
         with torch.no_grad():
-            losses = layer_losses(validation, validation_columns).cpu()
+            losses = layer_losses(validation, None).cpu()
         for layer in torch.nonzero(losses < best_loss).flatten().tolist():
-            best_loss[layer] = losses[layer]
+            best_loss[layer], best_step[layer] = losses[layer], step
             best_state[layer] = {k: v.detach().clone() for k, v in lens[layer].state_dict().items()}
 
-    optimiser = torch.optim.AdamW(lens.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    # The package's optimiser: SGD with Nesterov momentum, its learning rate scaled by 1 - momentum.
+    optimiser = torch.optim.SGD(
+        lens.layer_translators.parameters(),
+        lr=settings.lr * (1 - MOMENTUM),
+        momentum=MOMENTUM,
+        nesterov=True,
+        weight_decay=settings.weight_decay,
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1 - step / settings.steps)
-    evaluate_every = max(1, settings.steps // 10)
+    evaluate_every = max(1, settings.steps // CHECKPOINTS)
     history = []
-    keep_best()
+    keep_best(0)
     for step in tqdm(range(1, settings.steps + 1), desc="tuned lens", unit="step", disable=not progress):
         batch = torch.randint(n_train, (min(settings.batch_tokens, n_train),), generator=generator)
         loss = layer_losses(batch, columns()).sum()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        for translator in lens.layer_translators:  # the package clips all translators together
+            torch.nn.utils.clip_grad_norm_(translator.parameters(), 1.0)
         optimiser.step()
         schedule.step()
         history.append(loss.item() / n_layers)
         if step % evaluate_every == 0 or step == settings.steps:
-            keep_best()
+            keep_best(step)
     for layer, state in enumerate(best_state):
         lens[layer].load_state_dict(state)
     lens.requires_grad_(False)
-    return lens, history
+    return lens, history, best_step
 
 
 def heldout_kl(
     model: HookedTransformer,
     unembed: Unembed,
-    tuned: TunedLens,
+    lenses: Mapping[str, TunedLens | None],
     residuals: torch.Tensor,
     texts: Sequence[int] | np.ndarray | None = None,
     ci: float = 0.95,
@@ -299,16 +355,17 @@ def heldout_kl(
     seed: int = 0,
     chunk: int = 512,
 ) -> pd.DataFrame:
-    """KL(final || lens) in bits per layer and lens, over the full vocabulary, with a bootstrap interval.
+    """KL(final || lens) in bits per token, per layer and lens (None: the logit lens), over the full
+    vocabulary, with a bootstrap interval, and each lens's KL minus the one of the lens named ``tuned``,
+    with its interval (positive where the tuned lens reads more of the output).
 
     ``texts`` says which text each token row comes from: tokens of one text are not independent, so a
-    resample draws whole texts (without it, single tokens). Every layer and both lenses see the same
-    resamples, so the ratio logit/tuned per layer gets its interval too. KL = sum_v p_v log p_v
-    - sum_v p_v z_v + logsumexp(z), with the middle term through the expected unembedding (W^T p) . norm(h)
-    when the logits are linear in the normed residual, which leaves one matrix product and one
-    logsumexp per token, layer and lens. ``chunk`` tokens share one product with the unembedding: on a 2-core
-    CPU that product runs 1.5x faster at 512 tokens than at 128 (Gemma's 262k-entry vocabulary: 512 MB of
-    logits per chunk).
+    resample draws whole texts (without it, single tokens). Every layer and lens sees the same resamples,
+    so the paired differences get their intervals. KL = sum_v p_v log p_v - sum_v p_v z_v + logsumexp(z),
+    with the middle term through the expected unembedding (W^T p) . norm(h) when the logits are linear in
+    the normed residual, which leaves one matrix product and one logsumexp per token, layer and lens.
+    ``chunk`` tokens share one product with the unembedding: on a 2-core CPU that product runs 1.5x faster
+    at 512 tokens than at 128 (Gemma's 262k-entry vocabulary: 512 MB of logits per chunk).
     """
     import torch
 
@@ -318,7 +375,7 @@ def heldout_kl(
     linear = (model.cfg.output_logits_soft_cap or 0) <= 0
     residuals = residuals.to(weight)
     n = residuals.shape[0]
-    per_token = {name: np.zeros((n_layers + 1, n)) for name in LENSES}  # layer L stays 0: both are the output
+    per_token = {name: np.zeros((n_layers + 1, n)) for name in lenses}  # layer L stays 0: every lens is the output
     # One logits buffer for every chunk, layer and lens: a fresh 512 MB tensor each time costs its page faults.
     buffer = torch.empty((min(chunk, n), weight.shape[0]), dtype=weight.dtype, device=weight.device)
     with torch.inference_mode():
@@ -330,7 +387,7 @@ def heldout_kl(
             if linear:
                 expected_weight = p @ weight
                 expected_bias = p @ bias if bias is not None else torch.zeros(len(part)).to(weight)
-            for name, lens in (("logit", None), ("tuned", tuned)):
+            for name, lens in lenses.items():
                 for layer in range(n_layers):
                     hidden = part[:, layer] if lens is None else lens.transform_hidden(part[:, layer], layer)
                     if linear:
@@ -347,15 +404,14 @@ def heldout_kl(
     groups = None if texts is None else np.asarray(texts)
     weights = bootstrap_weights(n, n_boot, seed, groups)
     resampled = {name: resampled_means(weights, values) for name, values in per_token.items()}  # (n_boot, L+1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = resampled["logit"] / resampled["tuned"]
-        ratio_point = per_token["logit"].mean(1) / per_token["tuned"].mean(1)
-    ratio[:, n_layers], ratio_point[n_layers] = np.nan, np.nan
-    ratio_lo, ratio_hi = percentile_interval(ratio, ci)
     n_texts = n if groups is None else len(np.unique(groups))
     frames = []
-    for name in LENSES:
+    for name in lenses:
         lo, hi = percentile_interval(resampled[name], ci)
+        difference_lo, difference_hi = percentile_interval(resampled[name] - resampled["tuned"], ci)
+        difference = per_token[name].mean(1) - per_token["tuned"].mean(1)
+        # undefined for the tuned lens itself, and at L, where every lens is the output
+        difference[n_layers if name != "tuned" else slice(None)] = np.nan
         frames.append(
             pd.DataFrame(
                 {
@@ -364,9 +420,9 @@ def heldout_kl(
                     "kl_bits": per_token[name].mean(1),
                     "kl_lo": lo,
                     "kl_hi": hi,
-                    "logit_over_tuned": ratio_point,
-                    "logit_over_tuned_lo": ratio_lo,
-                    "logit_over_tuned_hi": ratio_hi,
+                    "kl_minus_tuned": difference,
+                    "kl_minus_tuned_lo": np.where(np.isnan(difference), np.nan, difference_lo),
+                    "kl_minus_tuned_hi": np.where(np.isnan(difference), np.nan, difference_hi),
                     "n_tokens": n,
                     "n_texts": n_texts,
                     "ci": ci,

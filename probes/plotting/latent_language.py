@@ -244,19 +244,26 @@ def dual_latent_figure(frame: pd.DataFrame, summary: pd.DataFrame) -> Figure:
 def tuned_lens_kl_figure(frame: pd.DataFrame) -> Figure:
     """Held-out KL to the model's output per layer: how much each lens misses of the final prediction.
 
-    Bands are the table's bootstrap intervals (``kl_lo``/``kl_hi``, resampling held-out sentences).
+    The least-squares map is where the tuned lens starts; the tuned lens below it at a layer is what its KL
+    training bought there. Bands are the table's bootstrap intervals (``kl_lo``/``kl_hi``, resampling
+    held-out documents).
     """
     apply_style()
     import matplotlib.pyplot as plt
 
+    lenses = {
+        "logit": ("logit lens", "#555555", "o"),
+        "linear": ("least-squares map (tuned lens's start)", "#1b9e77", "s"),
+        "tuned": ("tuned lens", "#d95f02", "^"),
+    }
     models = sorted(frame["model"].unique())
-    fig, axes = plt.subplots(1, len(models), figsize=(4.0 * len(models), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.0 * len(models), 3.2), squeeze=False)
     for ax, model in zip(axes[0], models):
         part = frame[frame["model"] == model]
         n_layers = int(part["layer"].max())
-        for lens, colour in (("logit", "#555555"), ("tuned", "#d95f02")):
+        for lens, (label, colour, marker) in lenses.items():
             curve = part[(part["lens"] == lens) & (part["layer"] < n_layers)].sort_values("layer")
-            ax.plot(curve["layer"], curve["kl_bits"], "o-", ms=3, color=colour, label=LENS_TITLES[lens])
+            ax.plot(curve["layer"], curve["kl_bits"], marker=marker, ms=3, color=colour, label=label)
             ax.fill_between(
                 curve["layer"], curve["kl_lo"].clip(lower=1e-3), curve["kl_hi"], color=colour, alpha=0.2, lw=0
             )
@@ -264,12 +271,12 @@ def tuned_lens_kl_figure(frame: pd.DataFrame) -> Figure:
         ax.set_xlabel("layer")
         first = part.iloc[0]
         ax.set_title(
-            f"{model} ({count(int(first['n_tokens']), 'held-out token')}, {count(int(first['n_texts']), 'sentence')})",
+            f"{model} ({count(int(first['n_tokens']), 'held-out token')}, {count(int(first['n_texts']), 'document')})",
             fontsize=9,
         )
         relative_depth_axis(ax, n_layers)
         ax.legend(fontsize=7)
     ci = frame["ci"].iloc[0]
-    axes[0, 0].set_ylabel(f"KL(model ‖ lens), bits ({ci:.0%} CI)")
+    axes[0, 0].set_ylabel(f"KL(model ‖ lens), bits per token ({ci:.0%} CI)")
     fig.tight_layout()
     return fig

@@ -14,11 +14,13 @@ import yaml
 from helpers import REPO, byte_level_bpe
 from probes.activations.extraction import ExtractionSettings, pooled_activations
 from probes.datasets.wordlists import build_prompts, filled_cloze, load_word_list
+from probes.depth_usage.contributions import least_squares_maps
 from probes.lenses.curves import curve_intervals, language_curves, summarise_curves
 from probes.lenses.tuned import (
     TunedLensSettings,
     fit_tuned_lens,
     heldout_kl,
+    least_squares_lens,
     lens_logits,
     load_tuned_lens,
     new_tuned_lens,
@@ -206,30 +208,30 @@ def test_logit_lens_matches_an_independent_hugging_face_computation(smollm2, smo
                     assert ours[item, layer, language] == pytest.approx(theirs, abs=5e-5), (item, layer, language)
 
 
-def _corpus_residuals(model, everyday):
-    from probes.datasets.wordlists import filled_cloze
-
-    texts = filled_cloze(everyday)
-    train = token_residuals(model, texts[texts["concept"].isin(everyday.words.index[:40])]["text"].tolist(), 16, False)
-    heldout = token_residuals(
-        model, texts[texts["concept"].isin(everyday.words.index[-3:])]["text"].tolist(), 16, False
-    )
-    return train, heldout
+def _lens_from_least_squares(model, unembed, residuals, n_validation):
+    maps, bias, _ = least_squares_maps([residuals[:-n_validation]], TunedLensSettings().ridge)
+    return least_squares_lens(model, unembed, maps, bias)
 
 
 @pytest.mark.slow
-def test_tuned_lens_beats_the_logit_lens_on_held_out_text(smollm2, everyday, tmp_path):
-    train, heldout = _corpus_residuals(smollm2, everyday)
+def test_tuned_lens_beats_both_other_lenses_on_held_out_text(smollm2, everyday, tmp_path):
+    from probes.datasets.wordlists import filled_cloze
+
+    texts = filled_cloze(everyday)
+    train = token_residuals(smollm2, texts[texts["concept"].isin(everyday.words.index[:40])]["text"].tolist(), 16)
+    heldout = token_residuals(smollm2, texts[texts["concept"].isin(everyday.words.index[-3:])]["text"].tolist(), 16)
     unembed = unembed_of(smollm2)
+    linear = _lens_from_least_squares(smollm2, unembed, train, 256)
     settings = TunedLensSettings(steps=25, batch_tokens=128, sampled_vocab=1024)
-    tuned, history = fit_tuned_lens(smollm2, unembed, train, settings, seed=0, progress=False)
-    assert history[-1] < history[0]
-    kl = heldout_kl(smollm2, unembed, tuned, heldout[:64]).pivot(index="layer", columns="lens", values="kl_bits")
+    tuned, history, kept = fit_tuned_lens(smollm2, unembed, linear, train, 256, settings, seed=0, progress=False)
+    assert history[-1] < history[0] and max(kept) > 0
+    lenses = {"logit": None, "linear": linear, "tuned": tuned}
+    kl = heldout_kl(smollm2, unembed, lenses, heldout[:64]).pivot(index="layer", columns="lens", values="kl_bits")
     middle = kl.loc[5:25]
-    assert (middle["tuned"] < middle["logit"]).all()
+    assert (middle["tuned"] < middle["logit"]).all() and (middle["linear"] < middle["logit"]).all()
     assert kl.loc[smollm2.cfg.n_layers].abs().max() == 0
     # same seed, same translators; a saved lens reloads exactly
-    again, _ = fit_tuned_lens(smollm2, unembed, train, settings, seed=0, progress=False)
+    again, _, _ = fit_tuned_lens(smollm2, unembed, linear, train, 256, settings, seed=0, progress=False)
     for a, b in zip(tuned.parameters(), again.parameters()):
         assert torch.equal(a, b)
     save_tuned_lens(tuned, tmp_path / "lens.safetensors")
@@ -242,14 +244,94 @@ def test_tuned_lens_full_vocabulary_path_and_unembedding_check(tiny_model, tmp_p
     texts = ["The city of Lyon is in France.", "I loved the film, the acting was wonderful."] * 4
     residuals = token_residuals(tiny_model, texts, 4, progress=False)
     unembed = unembed_of(tiny_model)
-    settings = TunedLensSettings(steps=10, batch_tokens=32, sampled_vocab=None, lr=1e-2)
-    tuned, history = fit_tuned_lens(tiny_model, unembed, residuals, settings, seed=0, progress=False)
+    settings = TunedLensSettings(steps=10, batch_tokens=32, sampled_vocab=None)
+    start = new_tuned_lens(tiny_model, unembed)
+    tuned, history, _ = fit_tuned_lens(tiny_model, unembed, start, residuals, 8, settings, seed=0, progress=False)
     assert history[-1] < history[0]
     save_tuned_lens(tuned, tmp_path / "lens.safetensors")
     other = unembed_of(tiny_model)
     other.unembedding.weight.data += 1.0
     with pytest.raises(ValueError, match="different unembedding"):
         load_tuned_lens(tmp_path / "lens.safetensors", other)
+
+
+def _affine_residuals(model, n: int, seed: int) -> torch.Tensor:
+    """Rows (n, L+1, d) where every layer is an invertible affine map of layer 0, so the last layer is an exact
+    affine map of each layer (random: far from the identity, which the logit lens assumes)."""
+    generator = torch.Generator().manual_seed(seed)
+    d, n_layers = model.cfg.d_model, model.cfg.n_layers
+    first = torch.randn(n, d, generator=generator)
+    layers = [first]
+    for _ in range(n_layers):
+        mixing = torch.eye(d) + 0.5 * torch.randn(d, d, generator=generator) / d**0.5
+        layers.append(first @ mixing + torch.randn(d, generator=generator))
+    return torch.stack(layers, 1) * 3
+
+
+def test_least_squares_start_reads_an_exact_affine_relation_with_no_kl_and_training_keeps_it(tiny_model):
+    unembed = unembed_of(tiny_model)
+    rows = _affine_residuals(tiny_model, 800, seed=0)
+    rows, heldout = rows[:600], rows[600:]  # the same maps, other rows
+    maps, bias, n = least_squares_maps(rows.split(128), ridge=1e-9)
+    assert n == 600
+    linear = least_squares_lens(tiny_model, unembed, maps, bias)
+    settings = TunedLensSettings(steps=20, batch_tokens=64, sampled_vocab=None)
+    tuned, _, _ = fit_tuned_lens(tiny_model, unembed, linear, rows, 60, settings, seed=0, progress=False)
+    kl = heldout_kl(tiny_model, unembed, {"logit": None, "linear": linear, "tuned": tuned}, heldout, n_boot=50)
+    below = kl.pivot(index="layer", columns="lens", values="kl_bits").loc[: tiny_model.cfg.n_layers - 1]
+    assert (below["logit"] > 0.05).all()
+    assert (below["linear"] < 1e-4).all() and (below["tuned"] < 1e-3).all()
+
+
+def test_training_beats_the_least_squares_start_where_the_output_is_noisy(tiny_model):
+    """A planted case: the last layer is an affine map of each layer plus independent noise. Least squares
+    recovers the map, so its lens decodes the mean residual, sharper than the noisy output's average
+    distribution; KL training on the full vocabulary can flatten it, and must, on held-out rows at every
+    layer. A sampled normaliser of 64 of the 300 entries is biased: training on it raised the held-out KL
+    at layers 1 and 2 (0.164 to 0.179 and 0.188 bits) while a sampled validation kept it; the exact
+    validation keeps the start instead."""
+    generator = torch.Generator().manual_seed(2)  # not the rows' seed, whose first draws make layer 0
+    rows = _affine_residuals(tiny_model, 1200, seed=1)
+    rows[:, -1] += 3 * torch.randn(rows[:, -1].shape, generator=generator)
+    rows, heldout = rows[:900], rows[900:]
+    unembed = unembed_of(tiny_model)
+    linear = _lens_from_least_squares(tiny_model, unembed, rows, 100)
+    kl = {}
+    for sampled_vocab in (None, 64):
+        settings = TunedLensSettings(steps=40, batch_tokens=64, sampled_vocab=sampled_vocab)
+        tuned, _, kept = fit_tuned_lens(tiny_model, unembed, linear, rows, 100, settings, seed=0, progress=False)
+        table = heldout_kl(tiny_model, unembed, {"linear": linear, "tuned": tuned}, heldout, n_boot=200)
+        kl[sampled_vocab] = table[(table["lens"] == "linear") & (table["layer"] < tiny_model.cfg.n_layers)]
+        if sampled_vocab is None:
+            assert min(kept) > 0
+    assert (kl[None]["kl_minus_tuned_lo"] > 0).all(), kl[None]
+    assert (kl[64]["kl_minus_tuned"] >= -1e-4).all(), kl[64]
+
+
+def test_training_never_leaves_a_layer_above_its_least_squares_start_on_the_validation_rows(tiny_model):
+    texts = ["The city of Lyon is in France.", "I loved the film, the acting was wonderful.", "Alice flips the coin."]
+    residuals = token_residuals(tiny_model, texts * 4, 4, progress=False)
+    unembed = unembed_of(tiny_model)
+    n_validation = len(residuals) // 3
+    linear = _lens_from_least_squares(tiny_model, unembed, residuals, n_validation)
+
+    def validation_kl(lr: float) -> tuple[pd.DataFrame, list[int]]:  # lr: the package's scale, default 1
+        settings = TunedLensSettings(steps=20, batch_tokens=32, sampled_vocab=None, lr=lr)
+        tuned, _, kept = fit_tuned_lens(
+            tiny_model, unembed, linear, residuals, n_validation, settings, seed=0, progress=False
+        )
+        lenses = {"linear": linear, "tuned": tuned}
+        kl = heldout_kl(tiny_model, unembed, lenses, residuals[-n_validation:], n_boot=50)
+        return kl.pivot(index="layer", columns="lens", values="kl_bits").loc[: tiny_model.cfg.n_layers - 1], kept
+
+    # a learning rate far too large, where training makes layers worse: those keep their start
+    wild, kept = validation_kl(1000.0)
+    assert (wild["tuned"] <= wild["linear"] + 1e-6).all() and min(kept) == 0
+    gentle, kept = validation_kl(TunedLensSettings().lr)
+    assert (gentle["tuned"] <= gentle["linear"] + 1e-6).all() and (gentle["tuned"] < gentle["linear"]).any()
+    assert max(kept) > 0
+    with pytest.raises(ValueError, match="validation rows"):
+        fit_tuned_lens(tiny_model, unembed, linear, residuals, 0, TunedLensSettings(), seed=0, progress=False)
 
 
 # --- leakage-free lens text, held-out KL with its interval, intervals over concepts ---------------------
@@ -334,36 +416,52 @@ def _perturbed_lens(model, unembed):
 
 
 @pytest.mark.parametrize("soft_cap", [0.0, 5.0])
-def test_heldout_kl_matches_a_direct_computation_and_has_an_interval_over_texts(tiny_model, soft_cap):
+def test_heldout_kl_equals_the_tuned_lens_packages_evaluation_with_intervals_over_texts(tiny_model, soft_cap):
+    from transformer_lens.utilities.activation_functions import apply_softcap
+    from tuned_lens.nn.lenses import LogitLens
+
     texts = ["The city of Lyon is in France.", "I loved the film, the acting was wonderful.", "Alice flips the coin."]
     residuals, owner = token_residuals(tiny_model, texts * 3, 4, progress=False, with_text=True)
     assert len(owner) == len(residuals) and sorted(set(owner)) == list(range(9))
     unembed = unembed_of(tiny_model)
-    tuned = _perturbed_lens(tiny_model, unembed)
+    lenses = {
+        "logit": None,
+        "linear": _lens_from_least_squares(tiny_model, unembed, residuals, 1),
+        "tuned": _perturbed_lens(tiny_model, unembed),
+    }
     n_layers = tiny_model.cfg.n_layers
     previous, tiny_model.cfg.output_logits_soft_cap = tiny_model.cfg.output_logits_soft_cap, soft_cap
     try:
-        table = heldout_kl(tiny_model, unembed, tuned, residuals, owner, ci=0.9, n_boot=300, seed=0, chunk=32)
+        table = heldout_kl(tiny_model, unembed, lenses, residuals, owner, ci=0.9, n_boot=300, seed=0, chunk=32)
+        # the package's evaluation (scripts/eval_loop.py): sum(final_probs * (final_lps - lens_lps)) in nats per
+        # token, each lens's logits from its own forward (soft-capped as the model caps its output)
+        package = {"logit": LogitLens(unembed), "linear": lenses["linear"], "tuned": lenses["tuned"]}
         with torch.inference_mode():
-            final = torch.log_softmax(lens_logits(tiny_model, unembed, None, residuals[:, n_layers], n_layers), -1)
-            for lens_name, lens in (("logit", None), ("tuned", tuned)):
+            final = torch.log_softmax(apply_softcap(unembed(residuals[:, n_layers]), soft_cap), -1)
+            for name, lens in package.items():
                 for layer in range(n_layers):
-                    approx = torch.log_softmax(lens_logits(tiny_model, unembed, lens, residuals[:, layer], layer), -1)
-                    direct = (final.exp() * (final - approx)).sum(-1).mean().item() / np.log(2)
-                    row = table[(table["lens"] == lens_name) & (table["layer"] == layer)].iloc[0]
-                    assert row["kl_bits"] == pytest.approx(direct, rel=1e-4, abs=1e-6), (lens_name, layer)
+                    lens_lps = torch.log_softmax(apply_softcap(lens(residuals[:, layer], idx=layer), soft_cap), -1)
+                    nats = torch.sum(final.exp() * (final - lens_lps), dim=-1).mean().item()
+                    row = table[(table["lens"] == name) & (table["layer"] == layer)].iloc[0]
+                    assert row["kl_bits"] == pytest.approx(nats / np.log(2), rel=1e-4, abs=1e-6), (name, layer)
         # resampling texts, not tokens: the same seed gives the same interval, per-token resampling another
-        again = heldout_kl(tiny_model, unembed, tuned, residuals, owner, ci=0.9, n_boot=300, seed=0)
-        tokens = heldout_kl(tiny_model, unembed, tuned, residuals, None, ci=0.9, n_boot=300, seed=0)
+        again = heldout_kl(tiny_model, unembed, lenses, residuals, owner, ci=0.9, n_boot=300, seed=0)
+        tokens = heldout_kl(tiny_model, unembed, lenses, residuals, None, ci=0.9, n_boot=300, seed=0)
     finally:
         tiny_model.cfg.output_logits_soft_cap = previous
     below = table[table["layer"] < n_layers]
     assert (below["kl_lo"] <= below["kl_bits"]).all() and (below["kl_bits"] <= below["kl_hi"]).all()
     assert (below["kl_lo"] < below["kl_hi"]).all()
-    assert (below["logit_over_tuned_lo"] <= below["logit_over_tuned"]).all()
-    assert (below["logit_over_tuned"] <= below["logit_over_tuned_hi"]).all()
+    # each lens against the tuned lens: paired on the same resamples, undefined for the tuned lens and at L
+    kl = below.pivot(index="layer", columns="lens", values="kl_bits")
+    for name in ("logit", "linear"):
+        rows = below[below["lens"] == name].set_index("layer")
+        assert np.allclose(rows["kl_minus_tuned"], kl[name] - kl["tuned"])
+        assert (rows["kl_minus_tuned_lo"] <= rows["kl_minus_tuned"]).all()
+        assert (rows["kl_minus_tuned"] <= rows["kl_minus_tuned_hi"]).all()
+    assert below.loc[below["lens"] == "tuned", "kl_minus_tuned"].isna().all()
     top = table[table["layer"] == n_layers]
-    assert (top["kl_bits"] == 0).all() and top["logit_over_tuned"].isna().all()
+    assert (top["kl_bits"] == 0).all() and top["kl_minus_tuned"].isna().all()
     assert (table["n_tokens"] == len(residuals)).all() and (table["n_texts"] == 9).all() and (table["ci"] == 0.9).all()
     assert np.allclose(again[["kl_lo", "kl_hi"]], table[["kl_lo", "kl_hi"]])
     assert (tokens["n_texts"] == len(residuals)).all() and not np.allclose(tokens["kl_lo"], table["kl_lo"])
@@ -474,28 +572,40 @@ def test_lens_and_curve_stages_keep_their_concepts_apart(smollm2_manifest, every
         "cloze": [DATA / "everyday_cloze.csv"],
         "word_lists": ["everyday"],
     }
+    from probes.activations.token_cache import TokenCacheSettings
+
     settings = TunedLensSettings(
-        train_concepts=50, train_tokens=256, heldout_tokens=96, steps=3, batch_tokens=32, sampled_vocab=512
+        train_concepts=50, train_tokens=256, cloze_tokens=256, heldout_tokens=96, steps=3, batch_tokens=32
     )
     out = tmp_path
     details = train_tuned_lens(
         smollm2_manifest,
         **lists,
+        corpus=[REPO / "data" / "corpus" / "smollm2_generated.jsonl"],
+        datasets=[],
         lens=out / "lens.safetensors",
+        start=out / "start.safetensors",
         kl=out / "kl.parquet",
         text=out / "text.parquet",
         model="smollm2-135m",
-        settings=settings.__dict__,
+        dataset_columns=[],
+        settings=settings.__dict__ | {"sampled_vocab": 512},
+        corpus_settings=TokenCacheSettings().__dict__,
         seed=0,
         ci=0.95,
         n_boot=200,
     )
     text = pd.read_parquet(out / "text.parquet")
-    used = text[text["used"]]
-    assert set(used["role"]) == {"train", "heldout"}
-    assert used.loc[used["role"] == "train", "n_tokens"].sum() >= 256 and details["n_train_tokens"] == 256
+    cloze = text[text["source"] == "cloze"]
+    used = cloze[cloze["used"]]
+    assert set(used["role"]) == {"train"} and used["n_tokens"].sum() >= 256
+    assert details["n_cloze_tokens"] == 256 and details["n_train_tokens"] == 256 - 32 + 256  # a window validates
+    corpus = text[text["source"] == "corpus"]
+    assert corpus.groupby("role").size().to_dict() == {"train": 7, "validation": 1, "heldout": 3}
     kl = pd.read_parquet(out / "kl.parquet")
-    assert (kl["n_tokens"] == 96).all() and (kl["n_texts"] == used["role"].eq("heldout").sum()).all()
+    assert (
+        set(kl["lens"]) == {"logit", "linear", "tuned"} and (kl["n_tokens"] == 96).all() and (kl["n_texts"] == 3).all()
+    )
     below = kl[kl["layer"] < kl["layer"].max()]
     assert (below["kl_lo"] <= below["kl_bits"]).all() and (below["kl_bits"] <= below["kl_hi"]).all()
     latent_language(
@@ -519,12 +629,12 @@ def test_lens_and_curve_stages_keep_their_concepts_apart(smollm2_manifest, every
     )
     meta = read_json(out / "meta.json")
     assert meta["compared"] == ["en", "fr"]
-    lens = set(text.loc[text["role"] != "heldout", "concept"])
+    lens = set(cloze.loc[cloze["role"] != "heldout", "concept"])
     assert set(meta["lens_concepts"]) == lens and meta["dropped"]["lens_training"] == 50
     curves = pd.read_parquet(out / "curves.parquet")
     assert curves["concept"].nunique() == 6 and not set(curves["concept"]) & lens
     # no word of a curve concept, in any language, is in any sentence the lens trained on
-    trained = text.loc[text["used"] & (text["role"] == "train"), "text"].tolist()
+    trained = cloze.loc[cloze["used"] & (cloze["role"] == "train"), "text"].tolist()
     for concept in set(curves["concept"]):
         for word in everyday.words.loc[concept]:
             assert not any(_mentions(sentence, word) for sentence in trained), (concept, word)

@@ -41,7 +41,7 @@ def kl_table(models: list[str], n_layers: int = 30) -> pd.DataFrame:
     layers = np.arange(n_layers + 1)
     frames = []
     for model in models:
-        for lens, scale in (("logit", 8.0), ("tuned", 2.0)):
+        for lens, scale in (("logit", 8.0), ("linear", 3.0), ("tuned", 2.0)):
             kl = scale * (1 - layers / n_layers) + 0.01
             frames.append(
                 pd.DataFrame({"model": model, "lens": lens, "layer": layers, "kl_bits": kl}).assign(

@@ -239,7 +239,10 @@ def test_latent_language_outputs(run):
     assert {"dropped_lens_training", "dropped_source_overlap"} <= set(dropped.columns)
     assert (summary["n_concepts"] + dropped.sum(axis=1) == summary["n_words"]).all()
     kl = pd.read_parquet(run / "results/tables/tuned_lens_kl.parquet")
-    assert set(kl["lens"]) == {"logit", "tuned"} and kl["n_tokens"].min() == 32
+    assert set(kl["lens"]) == {"logit", "linear", "tuned"} and (kl["n_tokens"] == 128).all()
+    assert (kl["n_texts"] == 4).all() and (kl["bytes_per_token"] > 1).all()
+    below = kl[kl["layer"] < 30]
+    assert (below["kl_lo"] <= below["kl_bits"]).all() and (below["kl_bits"] <= below["kl_hi"]).all()
     for name in [
         "latent_language_smollm2-135m_everyday_translation_fr-en",
         "latent_language_relative",

@@ -1,5 +1,5 @@
-# Latent language: tuned lenses per model, logit- and tuned-lens curves per experiment and for the dual-latent
-# analysis (one job per model), summaries and figures.
+# Latent language: tuned lenses per model (on the SAE corpus and cloze sentences), logit- and tuned-lens curves per
+# experiment and for the dual-latent analysis (one job per model), summaries and figures.
 
 
 rule train_tuned_lens:
@@ -8,14 +8,20 @@ rule train_tuned_lens:
         languages=repo_path(LATENT["languages"]),
         words=[word_list_path(name, "words") for name in WORD_LISTS],
         cloze=[word_list_path(name, "cloze") for name in WORD_LISTS],
+        corpus=[repo_path(path) for path in SAE["corpus"]["files"]],
+        datasets=[dataset_path(dataset) for dataset in SAE_CONCEPT_DATASETS],
     output:
         lens="results/lens/{model}/tuned_lens.safetensors",
+        start="results/lens/{model}/least_squares_lens.safetensors",
         kl="results/lens/{model}/tuned_lens_kl.parquet",
         text="results/lens/{model}/tuned_lens_text.parquet",
         provenance="results/provenance/train_tuned_lens/{model}.json",
     params:
         word_lists=WORD_LISTS,
+        dataset_columns=[dataset_columns(dataset) for dataset in SAE_CONCEPT_DATASETS],
         settings=probes.workflow.config.tuned_lens_settings(config),
+        corpus_settings=probes.workflow.config.token_cache_settings(config),
+        hf_dataset=SAE["corpus"]["hf_dataset"],
         seed=config["seed"],
         ci=config["concept_depth"]["ci"],
         n_boot=config["concept_depth"]["n_boot"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -32,28 +33,43 @@ def train_tuned_lens(
     languages: str | os.PathLike,
     words: Sequence[str | os.PathLike],
     cloze: Sequence[str | os.PathLike],
-    word_lists: Sequence[str],
+    corpus: Sequence[str | os.PathLike],
+    datasets: Sequence[str | os.PathLike],
     lens: str | os.PathLike,
+    start: str | os.PathLike,
     kl: str | os.PathLike,
     text: str | os.PathLike,
     model: str,
+    word_lists: Sequence[str],
+    dataset_columns: Sequence[dict],
     settings: dict,
+    corpus_settings: dict,
+    hf_dataset: dict | None = None,
     seed: int = 0,
     ci: float = 0.95,
     n_boot: int = 1000,
 ) -> dict[str, Any]:
-    """The ``train_tuned_lens`` rule: the lens concepts' cloze sentences, filled in, all languages.
+    """The ``train_tuned_lens`` rule: least-squares maps from every layer to the last, then KL training from
+    them, on the corpus's training documents plus the lens concepts' cloze sentences; the KL of the logit
+    lens, the least-squares maps and the tuned lens on held-out corpus documents.
 
-    The split into lens and held-out concepts comes from the word lists alone
-    (:func:`probes.lenses.vocabulary.lens_text_split`); the translators train on the first ``train_tokens``
-    tokens of the lens sentences (seeded order), the KL is
-    measured on the first ``heldout_tokens`` tokens of held-out sentences, its interval resampling sentences.
-    ``text`` records every sentence's role, token count and whether it was used.
+    The corpus is the SAE corpus, tokenised and split as the token cache and depth usage split it
+    (:func:`probes.activations.token_cache.tokenised_corpus`): windows of ``context`` tokens after any BOS,
+    one per document, ``train_tokens`` of training documents (the last tenth of the windows validates the
+    training), ``heldout_tokens`` of held-out ones. The cloze split into lens and held-out concepts comes
+    from the word lists alone (:func:`probes.lenses.vocabulary.lens_text_split`); the first ``cloze_tokens``
+    tokens of the lens sentences (seeded order) join the training rows, so the translators see every
+    language of the curves. ``start`` is the least-squares lens, saved as the tuned lens is, so both
+    reload as the ``tuned_lens`` package's lenses; ``text`` records every text's role, token count and whether
+    it was used.
     """
     import torch
 
+    from probes.activations.token_cache import TokenCacheSettings, tokenised_corpus
+    from probes.depth_usage.contributions import corpus_windows, least_squares_maps
     from probes.lenses import tuned as lens_tuned
     from probes.lenses import vocabulary as lens_vocabulary
+    from probes.workflow.stages.sae import corpus_texts
 
     settings = lens_tuned.TunedLensSettings(**settings)
     split = lens_vocabulary.lens_text_split(
@@ -63,46 +79,99 @@ def train_tuned_lens(
     hooked = shared_model(manifest, device=settings.device, dtype=settings.dtype)
     skip = int(bool(hooked.cfg.default_prepend_bos))
     split["n_tokens"] = [hooked.to_tokens(t, move_to_device=False).shape[1] - skip for t in split["text"]]
-    split["used"] = False
-    chosen = {}
-    for role, budget in (("train", settings.train_tokens), ("heldout", settings.heldout_tokens)):
-        rows = split.index[split["role"] == role]
-        chosen[role] = rows[: lens_vocabulary.first_tokens(split.loc[rows, "n_tokens"], budget)]
-        split.loc[chosen[role], "used"] = True
-        if split.loc[chosen[role], "n_tokens"].sum() < budget:
+    lens_rows = split.index[split["role"] == "train"]
+    lens_rows = lens_rows[: lens_vocabulary.first_tokens(split.loc[lens_rows, "n_tokens"], settings.cloze_tokens)]
+    lens_rows = lens_rows if settings.cloze_tokens else lens_rows[:0]
+    split["used"] = split.index.isin(lens_rows)
+    split = split.assign(source="cloze", document=-1)
+
+    token_lists, train_documents, heldout_documents, _ = tokenised_corpus(
+        hooked, corpus_texts(corpus, datasets, dataset_columns, hf_dataset), TokenCacheSettings(**corpus_settings), seed
+    )
+    length = skip + settings.context
+    windows, documents, roles = [], [], []
+    for role, candidates, budget in (
+        ("train", train_documents, settings.train_tokens),
+        ("heldout", heldout_documents, settings.heldout_tokens),
+    ):
+        wanted = math.ceil(budget / settings.context)
+        tokens, chosen = corpus_windows(token_lists, candidates, length, wanted)
+        if len(chosen) < wanted:
             log.warning(
-                "%s sentences hold %d tokens, fewer than the %d asked for (tuned_lens.%s_tokens); using them all",
+                "%d %s documents hold %d tokens, fewer than the %d windows asked for (tuned_lens.%s_tokens)",
+                len(chosen),
                 role,
-                split.loc[chosen[role], "n_tokens"].sum(),
-                budget,
+                length,
+                wanted,
                 role,
             )
-    unembed = lens_tuned.unembed_of(hooked)
-    train = lens_tuned.token_residuals(hooked, split.loc[chosen["train"], "text"].tolist(), settings.batch_size)
-    train = train[: settings.train_tokens]
-    tuned, history = lens_tuned.fit_tuned_lens(hooked, unembed, train, settings, seed)
-    n_train = len(train)
-    del train
-    heldout, owner = lens_tuned.token_residuals(
-        hooked, split.loc[chosen["heldout"], "text"].tolist(), settings.batch_size, with_text=True
+        n_validation = max(1, len(chosen) // 10) if role == "train" else 0
+        windows += list(tokens)
+        documents += chosen
+        roles += [role] * (len(chosen) - n_validation) + ["validation"] * n_validation
+    corpus_table = pd.DataFrame(
+        {
+            "source": "corpus",
+            "document": documents,
+            "text": [hooked.tokenizer.decode(window[skip:]) for window in windows],
+            "role": roles,
+            "n_tokens": settings.context,
+            "used": True,
+        }
     )
-    heldout, owner = heldout[: settings.heldout_tokens], owner[: settings.heldout_tokens]
-    table = lens_tuned.heldout_kl(hooked, unembed, tuned, heldout, owner, ci, n_boot, seed)
+    residuals, owner = lens_tuned.token_residuals(hooked, windows, settings.batch_size, with_text=True)
+    role_of = np.asarray(roles)[owner]
+    heldout = np.flatnonzero(role_of == "heldout")[: settings.heldout_tokens]
+    heldout_residuals, heldout_documents = residuals[heldout], np.asarray(documents)[owner[heldout]]
+    cloze_residuals = (
+        lens_tuned.token_residuals(hooked, split.loc[lens_rows, "text"].tolist(), settings.batch_size)
+        if len(lens_rows)
+        else residuals[:0]
+    )
+    n_validation = int((role_of == "validation").sum())
+    rows = torch.cat(
+        [
+            residuals[role_of == "train"],
+            cloze_residuals[: settings.cloze_tokens],
+            residuals[role_of == "validation"],
+        ]
+    )
+    del residuals, cloze_residuals
+    maps, bias, n_train = least_squares_maps(rows[:-n_validation].split(1024), settings.ridge)
+    unembed = lens_tuned.unembed_of(hooked)
+    linear = lens_tuned.least_squares_lens(hooked, unembed, maps, bias)
+    tuned, history, kept = lens_tuned.fit_tuned_lens(hooked, unembed, linear, rows, n_validation, settings, seed)
+    del rows
+    table = lens_tuned.heldout_kl(
+        hooked,
+        unembed,
+        {"logit": None, "linear": linear, "tuned": tuned},
+        heldout_residuals,
+        heldout_documents,
+        ci,
+        n_boot,
+        seed,
+    )
+    texts = corpus_table.loc[corpus_table["role"] == "heldout", "text"]
     table.insert(0, "model", model)
-    log.info("held-out KL (bits):\n%s", table.pivot(index="layer", columns="lens", values="kl_bits").round(3))
+    table["bytes_per_token"] = texts.str.encode("utf-8").str.len().sum() / (len(texts) * settings.context)
+    log.info("held-out KL (bits per token):\n%s", table.pivot(index="layer", columns="lens", values="kl_bits").round(3))
     lens_tuned.save_tuned_lens(tuned, lens)
+    lens_tuned.save_tuned_lens(linear, start)
     write_parquet(kl, table)
-    write_parquet(text, split)
+    write_parquet(text, pd.concat([split, corpus_table], ignore_index=True))
     counts = split.groupby("role")["concept"].size().to_dict()
     return {
         "n_lens_concepts": settings.train_concepts,
         "n_sentences": {role: int(counts.get(role, 0)) for role in lens_vocabulary.LENS_TEXT_ROLES},
-        "n_train_texts": len(chosen["train"]),
         "n_train_tokens": n_train,
-        "n_heldout_texts": int(len(np.unique(owner))),
+        "n_cloze_tokens": n_train - int((role_of == "train").sum()),
+        "n_validation_tokens": n_validation,
+        "n_heldout_documents": int(len(np.unique(heldout_documents))),
         "n_heldout_tokens": len(heldout),
         "loss_first": history[0],
         "loss_last": history[-1],
+        "kept_step": kept,
     }
 
 
