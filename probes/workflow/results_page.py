@@ -243,6 +243,44 @@ def dual_latent_table(summary: pd.DataFrame, lens: str = "logit") -> str:
     return markdown(header, body)
 
 
+def tuned_lens_table(kl: pd.DataFrame) -> str:
+    """Per model, over the layers before the last: where the tuned lens reads below its least-squares start and
+    below the logit lens on held-out documents (a layer counts where the paired interval of the difference is
+    above 0), and the mean KL of each lens."""
+    body = []
+    for model, frame in kl.groupby("model", sort=False):
+        frame = frame[frame["layer"] < frame["layer"].max()]
+        lenses = frame.set_index(["lens", "layer"])
+        start, logit, tuned = (lenses.loc[name] for name in ("linear", "logit", "tuned"))
+        below_start = start["kl_minus_tuned_lo"] > 0
+        same = start.index[start["kl_minus_tuned"].abs() < 1e-9].tolist()
+        body.append(
+            [
+                model,
+                len(start),
+                f"{int(below_start.sum())} of {len(start)}",
+                f"{int((logit['kl_minus_tuned_lo'] > 0).sum())} of {len(logit)}",
+                ", ".join(str(layer) for layer in same) or "–",
+                f"{logit['kl_bits'].mean():.2f}",
+                f"{start['kl_bits'].mean():.2f}",
+                f"{tuned['kl_bits'].mean():.2f}",
+                int(tuned["n_tokens"].iloc[0]),
+            ]
+        )
+    header = [
+        "model",
+        "layers 0..L−1",
+        "tuned below its least-squares start",
+        "tuned below the logit lens",
+        "layers that keep the start",
+        "mean KL, logit lens (bits)",
+        "least-squares start",
+        "tuned lens",
+        "held-out tokens",
+    ]
+    return markdown(header, body)
+
+
 def sae_metrics_table(metrics: pd.DataFrame) -> str:
     """Per model, kind (SAE, transcoder) and layer: reconstruction, sparsity, dead and dense latents, SAELens's CE
     loss and KL scores (the ablation zeroes every position) and the loss recovered with the BOS kept clean."""
@@ -339,6 +377,12 @@ SECTIONS = (
         "Latent language",
         "Each language's probability per layer under the logit lens, on its tokens that spell no other compared "
         "language's word; the shared tokens apart.",
+    ),
+    (
+        "tuned_lens",
+        "Tuned lens",
+        "KL to the model's output on held-out corpus documents, layers before the last: a layer counts where the "
+        "paired interval of the difference is above 0.",
     ),
     (
         "dual_latent",

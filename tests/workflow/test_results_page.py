@@ -175,3 +175,29 @@ def test_mdl_table_reads_each_code_and_the_layer_of_highest_compression():
     table = mdl_table(pd.DataFrame([row, off]), "fp32")
     assert table.count("\n") == 3
     assert "| m | d (factual) | 1.31 [1.20, 1.40] | 0.50 [0.40, 0.60] | 1.50 [1.40, 1.60] | – |" in table
+
+
+def test_tuned_lens_table_counts_layers_where_the_tuned_lens_reads_below_each_other_lens():
+    from probes.workflow.results_page import tuned_lens_table
+
+    rows = []
+    for layer in range(4):  # layer 3 is the output, left out; layer 2 keeps its start, layer 1's interval crosses 0
+        tuned = 1.0
+        start = {0: 3.0, 1: 1.2, 2: 1.0}.get(layer, 0.0)
+        start_lo = {0: 1.5, 1: -0.1, 2: 0.0}.get(layer, 0.0)
+        for lens, value, low in (("logit", 20.0, 15.0), ("linear", start, start_lo), ("tuned", tuned, 0.0)):
+            value, low = (0.0, 0.0) if layer == 3 else (value, low)
+            difference = value - (0.0 if layer == 3 else tuned) if lens != "tuned" else 0.0
+            rows.append(
+                {
+                    "model": "m",
+                    "lens": lens,
+                    "layer": layer,
+                    "kl_bits": value,
+                    "kl_minus_tuned": difference,
+                    "kl_minus_tuned_lo": low if lens != "tuned" else 0.0,
+                    "n_tokens": 96,
+                }
+            )
+    line = tuned_lens_table(pd.DataFrame(rows)).splitlines()[2]
+    assert line == "| m | 3 | 1 of 3 | 3 of 3 | 2 | 20.00 | 1.73 | 1.00 | 96 |"

@@ -25,6 +25,7 @@ def result_tables(
     weights: str,
     latent_language: str | os.PathLike | None = None,
     dual_latent: str | os.PathLike | None = None,
+    tuned_lens: str | os.PathLike | None = None,
     sae_metrics: str | os.PathLike | None = None,
     sparse_probing: str | os.PathLike | None = None,
     depth_usage: str | os.PathLike | None = None,
@@ -32,6 +33,7 @@ def result_tables(
     best_neurons: str | os.PathLike | None = None,
     latent_language_md: str | os.PathLike | None = None,
     dual_latent_md: str | os.PathLike | None = None,
+    tuned_lens_md: str | os.PathLike | None = None,
     sae_metrics_md: str | os.PathLike | None = None,
     sparse_probing_md: str | os.PathLike | None = None,
     depth_usage_md: str | os.PathLike | None = None,
@@ -40,7 +42,7 @@ def result_tables(
     """The ``result_tables`` rule: one markdown file per table, and the results page of them all
     (``python -m probes.workflow.results_page`` copies it to ``docs/results.md``).
 
-    The latent-language, dual-latent, SAE, neuron and depth-usage tables exist when the config runs those
+    The latent-language, tuned-lens, dual-latent, SAE, neuron and depth-usage tables exist when the config runs those
     experiments. The page names the commit of the run's jobs (from ``run_info``), the date it was rendered and
     this machine.
     """
@@ -56,6 +58,8 @@ def result_tables(
     }
     if latent_language_md:
         tables["latent_language"] = render.latent_language_table(pd.read_csv(latent_language))
+    if tuned_lens_md:
+        tables["tuned_lens"] = render.tuned_lens_table(pd.read_parquet(tuned_lens))
     if dual_latent_md:
         tables["dual_latent"] = render.dual_latent_table(pd.read_csv(dual_latent))
     if sae_metrics_md:
@@ -74,6 +78,7 @@ def result_tables(
         "concept_depth_perturbations": concept_depth_perturbations_md,
         "mdl": mdl_md,
         "latent_language": latent_language_md,
+        "tuned_lens": tuned_lens_md,
         "dual_latent": dual_latent_md,
         "sae_metrics": sae_metrics_md,
         "sparse_probing": sparse_probing_md,
