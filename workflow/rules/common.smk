@@ -310,6 +310,7 @@ def result_table_inputs():
     inputs = {}
     if EXPERIMENTS:
         inputs["latent_language"] = rules.summarise_latent_language.output.summary_csv
+    if EXPERIMENTS and LATENT["tuned_lens"]:
         inputs["tuned_lens"] = rules.summarise_latent_language.output.kl_table
     if DUAL_MODELS:
         inputs["dual_latent"] = rules.summarise_dual_latent.output.summary_csv
@@ -325,7 +326,8 @@ def result_table_inputs():
 
 
 def result_table_outputs():
-    names = ["latent_language", "tuned_lens"] if EXPERIMENTS else []
+    names = ["latent_language"] if EXPERIMENTS else []
+    names += ["tuned_lens"] if EXPERIMENTS and LATENT["tuned_lens"] else []
     names += ["dual_latent"] if DUAL_MODELS else []
     names += ["sae_metrics", "sparse_probing"] if SAE_MODELS else []
     names += ["neuron_probing"] if NEURON_MODELS else []
