@@ -113,7 +113,8 @@ def levels_table(levels: pd.DataFrame) -> str:
 
 def mdl_table(summary: pd.DataFrame, weights: str) -> str:
     """Every model x task's online codes: the highest compression of the task sent row by row, with the layer it is
-    reached at, of the task sent by whole groups and of the type control's labels, each with its interval."""
+    reached at, of the task sent by whole groups and of the type control's labels, each with its interval. Where the
+    highest compression's interval reaches 1, no layer compresses the labels and the layer is not given."""
     from probes.models.perturbations import unperturbed
 
     rows = summary[unperturbed(summary, weights)]
@@ -125,6 +126,8 @@ def mdl_table(summary: pd.DataFrame, weights: str) -> str:
             f"{row['max_mdl_compression_depth']:.2f} "
             f"[{row['max_mdl_compression_layer_lo'] / row['n_layers']:.2f}, "
             f"{row['max_mdl_compression_layer_hi'] / row['n_layers']:.2f}]"
+            if row["max_mdl_compression_lo"] > 1
+            else "–"
         )
         optional = [
             interval(row, name, 2) if pd.notna(row.get(name)) else "–"
@@ -369,8 +372,8 @@ SECTIONS = (
     (
         "mdl",
         "MDL",
-        "Online codes (Voita & Titov): the task sent row by row, intervals over examples and transmission orders; "
-        "by whole groups; and the type control's labels.",
+        "Online codes (Voita & Titov): the task sent row by row (the mean of its transmission orders), by "
+        "whole groups, and the type control's labels; the layer of highest compression as a fraction of the depth.",
     ),
     (
         "latent_language",

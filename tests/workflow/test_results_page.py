@@ -172,8 +172,9 @@ def test_mdl_table_reads_each_code_and_the_layer_of_highest_compression():
     row |= {"max_mdl_grouped_compression": 1.5, "max_mdl_grouped_compression_lo": 1.4}
     row |= {"max_mdl_grouped_compression_hi": 1.6, "max_mdl_control_compression": None}
     off = row | {"dataset": "e", "max_mdl_compression": None}  # MDL off: no row
-    table = mdl_table(pd.DataFrame([row, off]), "fp32")
-    assert table.count("\n") == 3
+    flat = row | {"dataset": "f", "max_mdl_compression": 0.99, "max_mdl_compression_lo": 0.98}  # nothing compresses
+    table = mdl_table(pd.DataFrame([row, off, flat]), "fp32")
+    assert table.count("\n") == 4 and "| m | f (factual) | 0.99 [0.98, 1.40] | – |" in table
     assert "| m | d (factual) | 1.31 [1.20, 1.40] | 0.50 [0.40, 0.60] | 1.50 [1.40, 1.60] | – |" in table
 
 
