@@ -224,11 +224,12 @@ def test_tuned_lens_beats_both_other_lenses_on_held_out_text(smollm2, everyday, 
     linear = _lens_from_least_squares(smollm2, unembed, train, 256)
     settings = TunedLensSettings(steps=25, batch_tokens=128, sampled_vocab=1024)
     tuned, history, kept = fit_tuned_lens(smollm2, unembed, linear, train, 256, settings, seed=0, progress=False)
-    assert history[-1] < history[0] and max(kept) > 0
+    assert len(history) == settings.steps and max(kept) > 0  # the sampled loss is noisy: read the held-out KL
     lenses = {"logit": None, "linear": linear, "tuned": tuned}
     kl = heldout_kl(smollm2, unembed, lenses, heldout[:64]).pivot(index="layer", columns="lens", values="kl_bits")
     middle = kl.loc[5:25]
     assert (middle["tuned"] < middle["logit"]).all() and (middle["linear"] < middle["logit"]).all()
+    assert (middle["tuned"] < middle["linear"]).mean() >= 0.75 and middle["tuned"].mean() < middle["linear"].mean()
     assert kl.loc[smollm2.cfg.n_layers].abs().max() == 0
     # same seed, same translators; a saved lens reloads exactly
     again, _, _ = fit_tuned_lens(smollm2, unembed, linear, train, 256, settings, seed=0, progress=False)
