@@ -82,7 +82,11 @@ def test_factual_concept_is_decodable_and_selectivity_is_against_the_control_tha
     predictions = pd.read_parquet(run / "results/probes/smollm2-135m/fp32/clean/cities.predictions.parquet")
     assert len(predictions) == 31 * 800 and predictions.groupby(["layer", "seed"])["example"].nunique().eq(800).all()
     assert (predictions.groupby(["seed", "group"])["fold"].nunique() == 1).all()  # a minimal pair shares its fold
-    assert predictions["mdl_bits"].notna().all()  # every layer, seed and example gets a finite code length
+    mdl = pd.read_parquet(run / "results/probes/smollm2-135m/fp32/clean/cities.mdl.parquet")
+    assert mdl["bits"].notna().all() and mdl["influence"].notna().all()  # a finite code length for every example
+    sizes = mdl.groupby("code")[["layer", "order", "example"]].nunique()
+    assert sizes.loc["task"].tolist() == [31, 3, 800] and sizes.loc["task_grouped", "order"] == 1  # rows and groups
+    assert set(sizes.index) == {"task", "task_grouped", "control"}  # cities declares its country as the type
     null = pd.read_parquet(run / "results/probes/smollm2-135m/fp32/clean/cities.null.parquet")
     assert null["permutation"].nunique() == 19 and null["accuracy"].between(0.3, 0.7).all()
     compression = curves[curves["metric"] == "mdl_compression"].set_index(["dataset", "layer"])["value"]
@@ -122,6 +126,7 @@ def test_changing_a_plot_option_reruns_only_plots(run):
         "plot_latent_language",
         "plot_latent_language_relative",
         "plot_tuned_lens_kl",
+        "plot_dual_latent",
         "plot_sae_metrics",
         "plot_sparse_probing",
         "plot_perturbations",
@@ -492,6 +497,7 @@ PLOT_AND_TABLE_RULES = {
     "plot_latent_language",
     "plot_latent_language_relative",
     "plot_tuned_lens_kl",
+    "plot_dual_latent",
     "plot_sae_metrics",
     "plot_sparse_probing",
     "plot_perturbations",
@@ -566,6 +572,8 @@ def test_every_job_records_its_provenance_and_run_info_gathers_them(run):
         "train_tuned_lens": 1,
         "latent_language": 1,
         "summarise_latent_language": 1,
+        "dual_latent": 1,
+        "summarise_dual_latent": 1,
         "cache_token_activations": 1,
         "train_sae": 2,
         "evaluate_sae": 1,
@@ -647,6 +655,7 @@ MODEL_RULES = {
     "probe_layers",
     "train_tuned_lens",
     "latent_language",
+    "dual_latent",
     "cache_token_activations",
     "train_sae",
     "evaluate_sae",
