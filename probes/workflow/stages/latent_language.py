@@ -28,6 +28,16 @@ def _word_lists(
     return [load_word_list(*paths, languages) for paths in zip(word_lists, words, cloze, strict=True)]
 
 
+def _held_out_lists(word_lists, words, cloze, languages, word_list: str, train_concepts: int, seed: int):
+    """Every word list by name, and the concepts of ``word_list`` that belong to the tuned lens (the same split as
+    ``train_tuned_lens``, whether or not a tuned lens runs), which the curve stages leave out."""
+    from probes.lenses import vocabulary as lens_vocabulary
+
+    lists = {w.name: w for w in _word_lists(word_lists, words, cloze, languages)}
+    split = lens_vocabulary.lens_text_split(list(lists.values()), train_concepts, seed)
+    return lists, lens_vocabulary.lens_concepts(split, word_list)
+
+
 def train_tuned_lens(
     manifest: str | os.PathLike,
     languages: str | os.PathLike,
@@ -309,14 +319,10 @@ def latent_language(
     from probes.activations.extraction import ExtractionSettings
     from probes.datasets.wordlists import check_task
     from probes.lenses import curves as lens_curves
-    from probes.lenses import vocabulary as lens_vocabulary
 
     settings = ExtractionSettings(**{**settings, "site": "resid", "poolings": ("last",)})
-    lists = {w.name: w for w in _word_lists(word_lists, words, cloze, languages)}
+    lists, lens_concepts = _held_out_lists(word_lists, words, cloze, languages, word_list, train_concepts, seed)
     check_task(lists[word_list], task, src, tgt)
-    lens_concepts = lens_vocabulary.lens_concepts(
-        lens_vocabulary.lens_text_split(list(lists.values()), train_concepts, seed), word_list
-    )
     hooked, lenses, vocabulary = _lenses_and_vocabulary(manifest, settings, tuned_lens, seed)
     tidy, table, record, residuals, details = _run_curves(
         hooked,
@@ -368,13 +374,9 @@ def dual_latent(
     """
     from probes.activations.extraction import ExtractionSettings
     from probes.lenses import curves as lens_curves
-    from probes.lenses import vocabulary as lens_vocabulary
 
     settings = ExtractionSettings(**{**settings, "site": "resid", "poolings": ("last",)})
-    lists = {w.name: w for w in _word_lists(word_lists, words, cloze, languages)}
-    lens_concepts = lens_vocabulary.lens_concepts(
-        lens_vocabulary.lens_text_split(list(lists.values()), train_concepts, seed), word_list
-    )
+    lists, lens_concepts = _held_out_lists(word_lists, words, cloze, languages, word_list, train_concepts, seed)
     hooked, lenses, vocabulary = _lenses_and_vocabulary(manifest, settings, None, seed)
     gram = energy_gram(manifest)
     frames, tables, records = [], [], []
