@@ -16,6 +16,7 @@ include: "workflow/rules/latent_language.smk"
 include: "workflow/rules/sae.smk"
 include: "workflow/rules/neurons.smk"
 include: "workflow/rules/depth_usage.smk"
+include: "workflow/rules/causal.smk"
 include: "workflow/rules/run_info.smk"
 include: "workflow/rules/result_tables.smk"
 

@@ -169,7 +169,7 @@ def _standardisation(
     """
     import torch
 
-    raw = torch.as_tensor(X).to(device=device, dtype=torch.float64)
+    raw = torch.tensor(np.asarray(X), dtype=torch.float64, device=device)  # a copy: standardised in place below
     n, n_layers, d = raw.shape
     raw = raw.reshape(n, -1)
     mean = raw.mean(0)

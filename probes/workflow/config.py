@@ -20,6 +20,7 @@ from probes.activations.token_cache import TokenCacheSettings
 from probes.depth_usage.contributions import DepthUsageSettings
 from probes.dictionaries.sae import SAEEvalSettings, SAESettings
 from probes.dictionaries.transcoders import TranscoderSettings
+from probes.interventions.settings import CausalSettings
 from probes.lenses.tuned import TunedLensSettings
 from probes.probing.settings import ProbeSettings
 
@@ -101,6 +102,7 @@ def resolve_models(config: Config) -> None:
     config["transcoders"]["models"] = config["sae"]["models"] if transcoders is None else chosen(transcoders, "sae")
     config["neurons"]["models"] = chosen(config["neurons"]["models"], "neurons")
     config["depth_usage"]["models"] = chosen(config["depth_usage"]["models"], "depth_usage")
+    config["causal"]["models"] = chosen(config["causal"]["models"], "causal")
     latent = config["latent_language"]
     listed = latent["experiments"]
     latent["experiments"] = (
@@ -264,6 +266,37 @@ def depth_usage_settings(config: Config) -> dict[str, Any]:
             skip_context=section["skipping"]["context"],
             train_tokens=section["shortcuts"]["train_tokens"],
             ridge=section["shortcuts"]["ridge"],
+            batch_size=section["batch_size"],
+            device=config["device"],
+            dtype=config["dtype"],
+        )
+    )
+
+
+def causal_settings(config: Config) -> dict[str, Any]:
+    section = config["causal"]
+    return asdict(
+        CausalSettings(
+            depths=tuple(section["depths"]),
+            n_eval=section["n_eval"],
+            folds=section["folds"],
+            min_auc=section["min_auc"],
+            probe_layers=section["probe_layers"],
+            erasure_controls=section["erasure"]["controls"],
+            size_band=section["erasure"]["size_band"],
+            steering_vector=section["steering"]["vector"],
+            strengths=tuple(section["steering"]["strengths"]),
+            steering_controls=section["steering"]["controls"],
+            steering_positions=section["steering"]["positions"],
+            deactivation_depths=tuple(section["deactivation"]["depths"]),
+            k=section["deactivation"]["k"],
+            ablations=tuple(section["deactivation"]["ablations"]),
+            criterion=section["deactivation"]["criterion"],
+            deactivation_controls=section["deactivation"]["controls"],
+            deactivation_positions=section["deactivation"]["positions"],
+            kl_documents=section["kl"]["documents"],
+            kl_context=section["kl"]["context"],
+            kl_positions=section["kl"]["positions"],
             batch_size=section["batch_size"],
             device=config["device"],
             dtype=config["dtype"],

@@ -363,6 +363,69 @@ def neuron_probing_table(summary: pd.DataFrame, best: pd.DataFrame, criterion: s
     return markdown([*header, "best single neuron", "its k = 1 F1"], body)
 
 
+def _at_depths(row: pd.Series, intervention: str, cell) -> str:
+    """``depth: cell(d)`` at each of a row's depths d = 1, 2, ... of one intervention in the causal summary."""
+    cells, d = [], 1
+    while pd.notna(row.get(f"{intervention}_depth_d{d}")):
+        cells.append(f"{row[f'{intervention}_depth_d{d}']:.2f}: {cell(d)}")
+        d += 1
+    return "; ".join(cells) or "–"
+
+
+def _versus(row: pd.Series, name: str, edited: str = "real", digits: int = 2) -> str:
+    """The edited value against the control's: ``0.71 vs 0.93``."""
+    value = row.get(f"{name}_{edited}")
+    return "–" if pd.isna(value) else f"{value:.{digits}f} vs {row[f'{name}_control']:.{digits}f}"
+
+
+def _off_target(row: pd.Series, name: str) -> str:
+    """How many other tasks' readouts deactivating a task's neurons moves (interval excluding 0), and the mean."""
+    if pd.isna(row.get(name)):
+        return "–"
+    return f"{int(row[f'{name}_moved'])} of {int(row[f'{name}_n'])} ({row[name]:.2f})"
+
+
+def causal_table(summary: pd.DataFrame) -> str:
+    """Per model and task: can the model do it, and at each relative depth what erasure, steering and neuron
+    deactivation do to its own readout beyond an equal-size random edit, what probes read after erasure and what each
+    edit costs on other text. Effects on a task's own readout read "skipped" where the model cannot do the task; its
+    neurons are still read on the other tasks."""
+    body = []
+    for _, row in summary.iterrows():
+        skip = None if row["behaviour"] == "measured" else f"skipped ({row['status']})"
+        body.append(
+            [
+                row["model"],
+                row["task"],
+                f"{'yes' if row['can_do'] else 'no'}, AUC {interval(row, 'auc')}",
+                skip or _at_depths(row, "erasure", lambda d: interval(row, f"erasure_margin_lost_d{d}")),
+                _at_depths(row, "erasure", lambda d: _versus(row, f"erasure_relearnt_last_d{d}", "erased")),
+                _at_depths(row, "erasure", lambda d: _versus(row, f"erasure_kl_bits_d{d}", digits=3)),
+                skip or _at_depths(row, "steering", lambda d: interval(row, f"steering_shift_d{d}")),
+                _at_depths(row, "steering", lambda d: _versus(row, f"steering_kl_bits_d{d}", digits=3)),
+                skip or _at_depths(row, "deactivation", lambda d: interval(row, f"deactivation_margin_lost_d{d}")),
+                _at_depths(row, "deactivation", lambda d: _off_target(row, f"deactivation_off_target_d{d}")),
+            ]
+        )
+    strength = summary.get("steering_strength", pd.Series(dtype=float)).max()
+    k = summary.get("deactivation_k", pd.Series(dtype=float)).max()
+    ablation = summary.get("deactivation_setting", pd.Series(dtype=object)).dropna()
+    header = [
+        "model",
+        "task",
+        "can do (readout AUC)",
+        "erasure: margin lost − control (nats), at each layer / L",
+        "re-learnt probe at L after erasure: erased vs control",
+        "erasure KL (bits): real vs control",
+        f"steering at α = {strength:g}: shift − control (nats)",
+        "steering KL (bits): real vs control",
+        f"deactivation (top-{k:g} neurons, {', '.join(dict.fromkeys(ablation)) or '–'} ablation): own-task margin "
+        "lost − control",
+        "other tasks moved (mean margin lost − control)",
+    ]
+    return markdown(header, body)
+
+
 # (table name, section title, what the table shows), in the page's order
 SECTIONS = (
     ("concept_depth", "Concept depth", "Every model and task on its own weights and clean inputs."),
@@ -402,6 +465,12 @@ SECTIONS = (
     ("sparse_probing", "Sparse probing", "Top-k latents, neurons and residual dimensions against the dense probe."),
     ("neuron_probing", "Neurons", "k-sparse neuron probes and the best single neuron."),
     ("depth_usage", "Depth usage", "What each layer does: contributions, skipping, shortcuts, layer maps."),
+    (
+        "causal",
+        "Causal checks",
+        "Is what the probe finds used? LEACE erasure, steering and neuron deactivation at each relative depth, each "
+        "against an equal-size random edit (paired intervals over examples, documents for KL).",
+    ),
 )
 
 

@@ -8,6 +8,7 @@ import probes.models.perturbations
 import probes.activations.token_cache
 import probes.datasets.wordlists
 from probes.workflow.stages import run_stage
+import probes.workflow.stages.causal
 import probes.workflow.stages.concept_depth
 import probes.workflow.stages.depth_usage
 import probes.workflow.stages.latent_language
@@ -39,7 +40,10 @@ DUAL_MODELS = DUAL["models"]
 NEURONS = config["neurons"]
 NEURON_MODELS = config["neurons"]["models"]
 TRANSCODER_MODELS = config["transcoders"]["models"]
-MLP_MODELS = sorted(set(NEURON_MODELS) | set(SAE_MODELS))  # their extractions also pool the MLP sites
+CAUSAL = config["causal"]
+CAUSAL_MODELS = CAUSAL["models"]
+# their extractions also pool the MLP sites (the causal checks deactivate neurons)
+MLP_MODELS = sorted(set(NEURON_MODELS) | set(SAE_MODELS) | set(CAUSAL_MODELS))
 DEPTH = config["depth_usage"]
 DEPTH_MODELS = config["depth_usage"]["models"]
 GPU = 1 if config["device"].startswith("cuda") else 0
@@ -231,6 +235,21 @@ def depth_usage_targets():
     ]
 
 
+def causal_targets():
+    if not CAUSAL_MODELS:
+        return []
+    return [
+        "results/tables/causal_summary.html",
+        *figure_paths("causal_effects"),
+        *(
+            path
+            for model in CAUSAL_MODELS
+            for stem in ("erasure", "steering", "specificity")
+            for path in figure_paths(f"causal_{stem}_{model}")
+        ),
+    ]
+
+
 def run_info_inputs():
     """The provenance record of every job of this config but the plots, so that redrawing never reruns run_info."""
     records = [
@@ -276,6 +295,11 @@ def run_info_inputs():
             rules.layer_maps.output.provenance,
             rules.summarise_depth_usage.output.provenance,
         ]
+    if CAUSAL_MODELS:
+        records += [
+            *expand(rules.causal_checks.output.provenance, model=CAUSAL_MODELS),
+            rules.summarise_causal.output.provenance,
+        ]
     return records
 
 
@@ -296,6 +320,7 @@ def all_targets():
         *sae_targets(),
         *neuron_targets(),
         *depth_usage_targets(),
+        *causal_targets(),
         "results/tables/run_info.html",
         "results/tables/markdown/concept_depth.md",
     ]
@@ -322,6 +347,8 @@ def result_table_inputs():
         inputs["best_neurons"] = rules.summarise_neurons.output.best_table
     if DEPTH_MODELS:
         inputs["depth_usage"] = rules.summarise_depth_usage.output.summary
+    if CAUSAL_MODELS:
+        inputs["causal"] = rules.summarise_causal.output.summary_table
     return inputs
 
 
@@ -332,4 +359,5 @@ def result_table_outputs():
     names += ["sae_metrics", "sparse_probing"] if SAE_MODELS else []
     names += ["neuron_probing"] if NEURON_MODELS else []
     names += ["depth_usage"] if DEPTH_MODELS else []
+    names += ["causal"] if CAUSAL_MODELS else []
     return {f"{name}_md": f"results/tables/markdown/{name}.md" for name in names}

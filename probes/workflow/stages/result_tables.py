@@ -29,6 +29,7 @@ def result_tables(
     sae_metrics: str | os.PathLike | None = None,
     sparse_probing: str | os.PathLike | None = None,
     depth_usage: str | os.PathLike | None = None,
+    causal: str | os.PathLike | None = None,
     neuron_probing: str | os.PathLike | None = None,
     best_neurons: str | os.PathLike | None = None,
     latent_language_md: str | os.PathLike | None = None,
@@ -37,6 +38,7 @@ def result_tables(
     sae_metrics_md: str | os.PathLike | None = None,
     sparse_probing_md: str | os.PathLike | None = None,
     depth_usage_md: str | os.PathLike | None = None,
+    causal_md: str | os.PathLike | None = None,
     neuron_probing_md: str | os.PathLike | None = None,
 ) -> None:
     """The ``result_tables`` rule: one markdown file per table, and the results page of them all
@@ -71,6 +73,8 @@ def result_tables(
         )
     if depth_usage_md:
         tables["depth_usage"] = render.depth_usage_table(pd.read_parquet(depth_usage))
+    if causal_md:
+        tables["causal"] = render.causal_table(pd.read_parquet(causal))
     outputs = {
         "concept_depth": concept_depth_md,
         "shortcut_audit": shortcut_audit_md,
@@ -84,6 +88,7 @@ def result_tables(
         "sparse_probing": sparse_probing_md,
         "neuron_probing": neuron_probing_md,
         "depth_usage": depth_usage_md,
+        "causal": causal_md,
     }
     for name, table in tables.items():
         write_text(outputs[name], table)

@@ -1,0 +1,1 @@
+"""Interventions: is what a probe finds used? (docs/methods.md §8)"""
