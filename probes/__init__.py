@@ -15,7 +15,9 @@ Subpackages, one concern each: :mod:`probes.models` (loading and converting mode
 :mod:`probes.datasets` (concept tasks, word lists, corpora), :mod:`probes.activations` (extraction and token
 caches), :mod:`probes.probing` (the probe protocol, its solver, MDL, depth summaries, shortcut audit),
 :mod:`probes.lenses` (logit and tuned lens, latent-language curves), :mod:`probes.dictionaries` (SAEs,
-transcoders, neurons, feature pages), :mod:`probes.depth_usage` (what each layer does), :mod:`probes.plotting`
+transcoders, neurons, feature pages), :mod:`probes.depth_usage` (what each layer does),
+:mod:`probes.interventions` (is what a probe finds used: readout, erasure, steering, deactivation),
+:mod:`probes.plotting`
 (one module of figures per family) and, never imported by the others, :mod:`probes.workflow` (the Snakemake
 stages, config, provenance, report and result tables).
 """
@@ -24,6 +26,8 @@ from probes.activations.extraction import Activations, ExtractionSettings, extra
 from probes.activations.storage import StoredActivations, load_activations
 from probes.datasets.concepts import load_dataset
 from probes.dictionaries.scoring import load_sae, score_sae
+from probes.interventions.checks import CausalResults, CausalTask, causal_checks
+from probes.interventions.settings import CausalSettings
 from probes.lenses.readout import LensReadout, read_lens
 from probes.lenses.tuned import load_tuned_lens
 from probes.models.cache import load_model
@@ -33,12 +37,16 @@ from probes.probing.settings import ProbeSettings
 
 __all__ = [
     "Activations",
+    "CausalResults",
+    "CausalSettings",
+    "CausalTask",
     "DepthSummary",
     "ExtractionSettings",
     "LayerProbes",
     "LensReadout",
     "ProbeSettings",
     "StoredActivations",
+    "causal_checks",
     "extract_activations",
     "load_activations",
     "load_dataset",

@@ -74,10 +74,10 @@ class ReadoutPasses:
     """The readout passes of one task's texts: ``BOS + text + question``, answered at the last token.
 
     ``token_lists`` are the texts' ids as extraction tokenises them (BOS included), ``suffix`` the question's ids;
-    ``starts`` are the residual layers edits will start from. Texts of one length share a batch, so nothing is
-    padded. ``clean_logodds`` and ``mass`` (probability on the answers) are the unedited readout; a task without a
-    readout passes no answers and an empty question, and its passes give only the later layers' vectors (log-odds
-    NaN).
+    ``starts`` are the residual layers edits will start from. Texts of similar lengths share a batch, padded on
+    the left (masked), so every text's last token sits at the same position. ``clean_logodds`` and ``mass``
+    (probability on the answers) are the unedited readout; a task without a readout passes no answers and an
+    empty question, and its passes give only the later layers' vectors (log-odds NaN).
     """
 
     def __init__(
@@ -198,7 +198,11 @@ class ReadoutPasses:
 
 class CorpusCost:
     """What an edit costs on unrelated text: KL from the clean next-token distribution on corpus windows, the
-    edit applied at every position, read at ``positions`` of each window."""
+    edit applied at every position but a prepended BOS, read at ``positions`` of each window.
+
+    The BOS is left alone because its residual is an attention sink many times the others' norm: an eraser
+    centred on ordinary tokens would move it far and charge the edit (and its control) for breaking the sink.
+    """
 
     def __init__(
         self, model: HookedTransformer, windows: torch.Tensor, starts: Sequence[int], positions: np.ndarray
@@ -209,6 +213,7 @@ class CorpusCost:
         from probes.lenses.tuned import unembed_of
 
         self.model, self.positions = model, positions
+        self.skip_first = int(bool(model.cfg.default_prepend_bos))
         names = {residual_hook(layer): layer for layer in sorted(set(starts))}
         with torch.inference_mode():
             final, cache = model.run_with_cache(
@@ -227,11 +232,16 @@ class CorpusCost:
             resid = self.clean[edit.start]
             hooks = []
             if edit.hook is None:
-                resid = _edited(edit, resid, every_position=True)
+                resid = self._edited(edit, resid)
             else:
-                hooks.append((edit.hook, lambda activation, hook: _edited(edit, activation, every_position=True)))
+                hooks.append((edit.hook, lambda activation, hook: self._edited(edit, activation)))
             final = model.run_with_hooks(
                 resid, start_at_layer=edit.start, stop_at_layer=model.cfg.n_layers, fwd_hooks=hooks
             )
             compared = self.reference.compare(final[:, self.positions].flatten(0, 1)[None])
         return compared["kl_bits"].view(self.n, -1).mean(-1).double().cpu().numpy()
+
+    def _edited(self, edit: Edit, activation: torch.Tensor) -> torch.Tensor:
+        activation = activation.clone()
+        activation[:, self.skip_first :] = _edited(edit, activation[:, self.skip_first :], every_position=True)
+        return activation

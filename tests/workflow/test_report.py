@@ -17,7 +17,15 @@ import yaml
 from chromium import Browser, find_or_install_chromium
 from helpers import REPO, snakemake
 
-CATEGORIES = ["Concept depth", "Latent language", "Sparse autoencoders", "Neurons", "Depth usage", "Run info"]
+CATEGORIES = [
+    "Concept depth",
+    "Latent language",
+    "Sparse autoencoders",
+    "Neurons",
+    "Depth usage",
+    "Causal checks",
+    "Run info",
+]
 FIGURES = {
     "concept_depth_smollm2-135m.png",
     "concept_depth_relative.png",
@@ -39,6 +47,10 @@ FIGURES = {
     "depth_usage_layer_maps.png",
     "depth_usage_layer_matches.png",
     "depth_usage_skipping_smollm2-135m.png",
+    "causal_effects.png",
+    "causal_erasure_smollm2-135m.png",
+    "causal_steering_smollm2-135m.png",
+    "causal_specificity_smollm2-135m.png",
 }
 TABLES = {
     "concept_depth_summary.html",
@@ -56,6 +68,11 @@ TABLES = {
     "concept_depth_by_level.html",
     "shortcut_audit.html",
     "depth_usage_summary.html",
+    "causal_readout.html",
+    "causal_effects.html",
+    "causal_probes.html",
+    "causal_fits.html",
+    "causal_summary.html",
 }
 CLICK_LINK = (
     "(text => {{ [...document.querySelectorAll('a')].find(a => a.innerText.trim() === text).click(); "

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -134,6 +135,9 @@ def test_changing_a_plot_option_reruns_only_plots(run):
         "plot_depth_usage",
         "plot_layer_skipping",
         "plot_neuron_probing",
+        "plot_causal_effects",
+        "plot_causal_model",
+        "plot_causal_specificity",
     }
 
 
@@ -410,6 +414,38 @@ def test_sparse_probing_outputs(run):
         assert (run / f"results/figures/{name}.png").stat().st_size > 10_000
 
 
+def test_causal_outputs_and_an_independent_leace_fit(run):
+    """The causal checks on the real SmolLM2: every table and figure, the readout's status, and the stage's eraser
+    re-fitted with concept-erasure itself on the stored vectors of the selection rows."""
+    import torch
+    from concept_erasure import LeaceFitter
+
+    from probes.activations.storage import load_activations
+    from probes.workflow.stages.causal import evaluation_rows
+
+    tables = run / "results/tables"
+    readout = pd.read_parquet(tables / "causal_readout.parquet")
+    assert set(readout["task"]) == {"cities", "coinflip"} and readout["status"].isin(["can do", "cannot do"]).all()
+    effects = pd.read_parquet(tables / "causal_effects.parquet")
+    kl = effects[(effects["metric"] == "kl_bits") & (effects["intervention"] == "erasure")]
+    assert len(kl) == 2 and kl[["real", "control", "effect_lo", "effect_hi"]].notna().all().all()
+    probes_ = pd.read_parquet(tables / "causal_probes.parquet")
+    assert set(probes_["probe"]) == {"transfer", "relearnt"} and probes_["later_layer"].max() == 30
+    fits = pd.read_parquet(tables / "causal_fits.parquet")
+    erasure = fits[(fits["intervention"] == "erasure") & (fits["task"] == "cities")].iloc[0]
+    assert erasure["rank"] == 1
+    for name in ("effects", "erasure_smollm2-135m", "steering_smollm2-135m", "specificity_smollm2-135m"):
+        assert (run / f"results/figures/causal_{name}.png").stat().st_size > 5_000
+    assert "| smollm2-135m |" in (tables / "markdown/causal.md").read_text()
+
+    stored = load_activations(run / "results/activations/smollm2-135m/fp32/clean/cities/resid.safetensors", "last")
+    selection = np.setdiff1d(np.arange(len(stored.labels)), evaluation_rows(stored.labels, stored.groups, 40, 0))
+    X = torch.as_tensor(stored.vectors[selection, stored.layers.index(int(erasure["layer"]))], dtype=torch.float64)
+    z = torch.as_tensor(stored.labels[selection], dtype=torch.float64)
+    eraser = LeaceFitter.fit(X, z, shrinkage=True, constrain_cov_trace=False).eraser
+    assert float((X - eraser(X)).norm(dim=1).mean()) == pytest.approx(erasure["edit_size"], rel=1e-6)
+
+
 def test_depth_usage_outputs_and_an_independent_shortcut(run):
     from probes.depth_usage.contributions import corpus_windows, measured_positions, window_residuals
     from probes.lenses.tuned import decode, unembed_of
@@ -505,11 +541,15 @@ PLOT_AND_TABLE_RULES = {
     "plot_depth_usage",
     "plot_layer_skipping",
     "plot_neuron_probing",
+    "plot_causal_effects",
+    "plot_causal_model",
+    "plot_causal_specificity",
     "summarise_concept_depth",
     "summarise_latent_language",
     "summarise_sae",
     "summarise_neurons",
     "summarise_depth_usage",
+    "summarise_causal",
     "figures",
 }
 
@@ -542,6 +582,8 @@ def test_figures_redraw_from_cached_tables_with_model_packages_unavailable(run, 
         "neuron_probing_smollm2-135m_coinflip",
         *(f"depth_usage_{name}" for name in ("sublayers", "shortcuts", "quality", "quality_correlations")),
         *(f"depth_usage_{name}" for name in ("layer_maps", "layer_matches", "skipping_smollm2-135m")),
+        *(f"causal_{name}" for name in ("effects", "erasure_smollm2-135m", "steering_smollm2-135m")),
+        "causal_specificity_smollm2-135m",
     ]
     assert sorted(path.name for path in (run / "results/figures").iterdir()) == sorted(f"{stem}.png" for stem in stems)
 
@@ -587,6 +629,8 @@ def test_every_job_records_its_provenance_and_run_info_gathers_them(run):
         "depth_usage": 1,
         "layer_maps": 1,
         "summarise_depth_usage": 1,
+        "causal_checks": 1,
+        "summarise_causal": 1,
     }
     assert info["git_commit"].notna().all() and (info["torch"] != "not installed").all()
     probes_ = info[info["rule"] == "probe_layers"].set_index("job")
@@ -665,6 +709,7 @@ MODEL_RULES = {
     "feature_pages",
     "probe_neurons",
     "depth_usage",
+    "causal_checks",
 }
 
 
