@@ -394,7 +394,10 @@ def causal_checks(
                 else steering.mean_difference(X_sel, y_sel)
             )
             scale = steering.residual_norm(X_sel)
+            # each random direction with its opposite: a random push's first-order shift (the same for every row,
+            # whichever class it is pushed to) cancels, so one draw is not a random offset
             randoms = steering.random_directions(direction.shape[0], settings.steering_controls, seed + layer)
+            randoms = [sign * r for r in randoms for sign in (1.0, -1.0)]
             fit_rows.append(
                 {
                     "task": task.name,

@@ -373,9 +373,11 @@ def _at_depths(row: pd.Series, intervention: str, cell) -> str:
 
 
 def _versus(row: pd.Series, name: str, edited: str = "real", digits: int = 2) -> str:
-    """The edited value against the control's: ``0.71 vs 0.93``."""
+    """The edited value against the control's, and their paired difference: ``0.71 vs 0.93, −0.22 [−0.30, −0.15]``."""
     value = row.get(f"{name}_{edited}")
-    return "–" if pd.isna(value) else f"{value:.{digits}f} vs {row[f'{name}_control']:.{digits}f}"
+    if pd.isna(value):
+        return "–"
+    return f"{value:.{digits}f} vs {row[f'{name}_control']:.{digits}f}, {interval(row, name, digits)}"
 
 
 def _off_target(row: pd.Series, name: str) -> str:
@@ -415,10 +417,10 @@ def causal_table(summary: pd.DataFrame) -> str:
         "task",
         "can do (readout AUC)",
         "erasure: margin lost − control (nats), at each layer / L",
-        "re-learnt probe at L after erasure: erased vs control",
-        "erasure KL (bits): real vs control",
+        "re-learnt probe at L after erasure: erased vs control, difference",
+        "erasure KL (bits): real vs control, difference",
         f"steering at α = {strength:g}: shift − control (nats)",
-        "steering KL (bits): real vs control",
+        "steering KL (bits): real vs control, difference",
         f"deactivation (top-{k:g} neurons, {', '.join(dict.fromkeys(ablation)) or '–'} ablation): own-task margin "
         "lost − control",
         "other tasks moved (mean margin lost − control)",
