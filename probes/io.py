@@ -91,3 +91,12 @@ def read_json(path: str | os.PathLike) -> Any:
 def write_parquet(path: str | os.PathLike, frame: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
+
+
+def write_arrays(path: str | os.PathLike, arrays: dict[str, Any]) -> None:
+    """Named numpy arrays as one safetensors file, atomically (an empty dict gives an empty file)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({name: np.ascontiguousarray(value) for name, value in arrays.items()}, str(tmp))

@@ -56,13 +56,16 @@ class CausalTask:
 
 @dataclass(frozen=True)
 class CausalResults:
-    """The tables of :func:`causal_checks`, in the columns docs/methods.md §8 describes."""
+    """The tables of :func:`causal_checks`, in the columns docs/methods.md §8 describes, and every steering
+    direction (``"{task}/{layer}"``: the unit vector; the ``fits`` table gives its scale), so that a steered
+    readout can be recomputed by hand."""
 
     readout: pd.DataFrame
     effects: pd.DataFrame
     probes: pd.DataFrame
     fits: pd.DataFrame
     rows: pd.DataFrame
+    directions: dict[str, np.ndarray]
 
 
 def evaluation_rows(y: np.ndarray, groups: np.ndarray | None, n_eval: int, seed: int) -> np.ndarray:
@@ -198,7 +201,7 @@ def causal_checks(
 
         return edit
 
-    readout_rows, effect_rows, probe_rows, row_records = [], [], [], []
+    readout_rows, effect_rows, probe_rows, row_records, directions = [], [], [], [], {}
     kl_cache: dict[tuple, np.ndarray] = {}
 
     def kl(key, edit):
@@ -398,6 +401,7 @@ def causal_checks(
             # whichever class it is pushed to) cancels, so one draw is not a random offset
             randoms = steering.random_directions(direction.shape[0], settings.steering_controls, seed + layer)
             randoms = [sign * r for r in randoms for sign in (1.0, -1.0)]
+            directions[f"{task.name}/{layer}"] = direction.astype(np.float32)
             fit_rows.append(
                 {
                     "task": task.name,
@@ -489,6 +493,7 @@ def causal_checks(
             {"neurons": str, "control_ranks": str, "control_size_ratios": str}, errors="ignore"
         ),
         pd.concat(row_records, ignore_index=True).assign(**keys),
+        directions,
     )
 
 

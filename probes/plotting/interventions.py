@@ -322,7 +322,7 @@ def specificity_figure(effects: pd.DataFrame, readout: pd.DataFrame, model: str,
         (effects["model"] == model) & (effects["intervention"] == "deactivation") & (effects["metric"] == "margin_lost")
     ]
     if rows.empty:  # neurons are deactivated only for tasks the model can do
-        fig, ax = plt.subplots(figsize=(4.5, 1.6), layout="constrained")
+        fig, ax = plt.subplots(figsize=(6.0, 2.6), layout="constrained")
         ax.axis("off")
         ax.text(0.5, 0.5, f"{model}: no task it can do, so no neurons deactivated", ha="center", va="center")
         return fig

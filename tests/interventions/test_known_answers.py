@@ -285,3 +285,13 @@ def test_deactivating_a_planted_neuron_changes_only_its_task(tiny_model):
     # the other task moves only as the final norm's scale does: a few percent of the own task's loss
     silenced, _ = elsewhere.run(Edit(1, zero(chosen), neuron_hook(2), from_read=True))
     assert np.abs(silenced - elsewhere.clean_logodds).mean() < 0.05 * lost.mean()
+
+
+def test_an_answer_that_is_not_one_token_is_refused_by_name(tiny_model):
+    from probes.interventions.readout import TaskReadout, verbaliser_ids
+
+    readout = TaskReadout("\nQuestion: yes or no?\nAnswer:", (" affirmatively",), (" no",))
+    with pytest.raises(ValueError, match="' affirmatively' is [0-9]+ tokens"):
+        verbaliser_ids(tiny_model, readout)
+    with pytest.raises(ValueError, match="both positive and negative"):
+        TaskReadout("\nAnswer:", (" yes",), (" yes",))

@@ -89,10 +89,10 @@ def test_test_config_runs_through_slurm_and_matches_a_local_run(cluster, run, tm
         if path.relative_to(work / "results/provenance").with_suffix("").parts[0] not in local_rules
     ]
     assert (
-        "run_info" in local_rules and len(remote) == 4 + 4 + 2 + 1 + 1 + 1 + 1 + 2 + 1 + 2 + 1 + 1 + 2 + 2 + 2
+        "run_info" in local_rules and len(remote) == 4 + 4 + 2 + 1 + 1 + 1 + 1 + 2 + 1 + 2 + 1 + 1 + 2 + 2 + 2 + 1
     )  # extract, probe, shortcut audit per task, lens, curves, dual-latent curves, SAEs (cache, train per layer, one
     # evaluation per model, sparse probing), depth usage per model, layer maps, transcoders (train per layer; evaluated
-    # with the SAEs), feature pages and neuron probes per task
+    # with the SAEs), feature pages and neuron probes per task, causal checks per model
     assert len(submitted) == len(remote) and set(submitted.values()) == {("COMPLETED", "debug")}, submitted
     reported = re.findall(r"has been submitted with SLURM jobid (\d+)", result.stdout + result.stderr)
     assert sorted(reported) == sorted(submitted)  # Snakemake's own account of what it submitted

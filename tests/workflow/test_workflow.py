@@ -444,6 +444,16 @@ def test_causal_outputs_and_an_independent_leace_fit(run):
     z = torch.as_tensor(stored.labels[selection], dtype=torch.float64)
     eraser = LeaceFitter.fit(X, z, shrinkage=True, constrain_cov_trace=False).eraser
     assert float((X - eraser(X)).norm(dim=1).mean()) == pytest.approx(erasure["edit_size"], rel=1e-6)
+    # the stored steering direction is the probe's normal fitted on the same rows
+    from safetensors.numpy import load_file
+
+    from probes.interventions.steering import probe_direction
+    from probes.probing.settings import ProbeSettings
+
+    directions = load_file(run / "results/causal/smollm2-135m/directions.safetensors")
+    stored_direction = directions[f"cities/{erasure['layer']}"]
+    direction = probe_direction(X.numpy(), stored.labels[selection], ProbeSettings().solver)
+    assert float(stored_direction @ direction) > 0.9999
 
 
 def test_depth_usage_outputs_and_an_independent_shortcut(run):

@@ -16,6 +16,7 @@ rule causal_checks:
         probes="results/causal/{model}/probes.parquet",
         fits="results/causal/{model}/fits.parquet",
         rows="results/causal/{model}/rows.parquet",
+        directions="results/causal/{model}/directions.safetensors",
         provenance="results/provenance/causal_checks/{model}.json",
     params:
         tasks=DATASETS,

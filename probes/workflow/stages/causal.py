@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from probes.interventions.checks import CausalTask, evaluation_rows
-from probes.io import write_parquet
+from probes.io import write_arrays, write_parquet
 from probes.workflow.stages import save_figure, shared_model, write_table
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ def causal_checks(
     probes: str | os.PathLike,
     fits: str | os.PathLike,
     rows: str | os.PathLike,
+    directions: str | os.PathLike,
     model: str,
     tasks: Sequence[str],
     dataset_columns: Sequence[dict],
@@ -101,6 +102,7 @@ def causal_checks(
     write_parquet(probes, results.probes)
     write_parquet(fits, results.fits)
     write_parquet(rows, results.rows)
+    write_arrays(directions, results.directions)
     n_layers = hooked.cfg.n_layers
     return {
         "layers": settings.layers(n_layers),
