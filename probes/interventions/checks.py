@@ -211,10 +211,15 @@ def causal_checks(
 
     keys = {"model": model, "n_layers": n_layers}
     # The clean readout of every task first: which tasks the model can do decides what is measured below.
-    passes_of, skill_of = {}, {}
+    passes_of, skill_of, design_of = {}, {}, {}
     for task in tqdm(loaded, desc="readout passes", unit="task"):
         y_eval, groups_eval = task.y[task.evaluation], task.eval_groups()
         passes_of[task.name] = _readout_passes(hooked, task, starts, layers, settings.batch_size, max_tokens)
+        # the evaluation rows' bootstrap resamples and threshold folds, shared by the readout and every effect
+        design_of[task.name] = weights, fold_of = (
+            bootstrap_weights(len(task.evaluation), n_boot, seed, groups_eval),
+            threshold_folds(y_eval, groups_eval, settings.folds, seed),
+        )
         if task.readout is None:
             log.info(
                 "%s has no readout (datasets.%s.readout): only its probes are read after erasure", *[task.name] * 2
@@ -223,8 +228,6 @@ def causal_checks(
                 {**keys, "task": task.name, "n_eval": len(y_eval), "can_do": False, "status": "no readout"}
             )
             continue
-        weights = bootstrap_weights(len(task.evaluation), n_boot, seed, groups_eval)
-        fold_of = threshold_folds(y_eval, groups_eval, settings.folds, seed)
         clean = passes_of[task.name].clean_logodds
         skill_of[task.name] = skill = readout_skill(clean, y_eval, groups_eval, fold_of, weights, ci, settings.min_auc)
         readout_rows.append(
@@ -242,51 +245,36 @@ def causal_checks(
 
     for task in tqdm(loaded, desc="causal checks", unit="task"):
         y_eval = task.y[task.evaluation]
-        groups_eval = task.eval_groups()
-        weights = bootstrap_weights(len(task.evaluation), n_boot, seed, groups_eval)
-        fold_of = threshold_folds(y_eval, groups_eval, settings.folds, seed)
+        weights, fold_of = design_of.pop(task.name)
         signs = 2.0 * y_eval - 1
         passes = passes_of.pop(task.name)
         behaviour = task.name in doable
         clean_correct = crossfit_correct(passes.clean_logodds, y_eval, fold_of)
 
+        def effect_key(intervention, setting, layer, metric, target, extra) -> dict:
+            """The key columns of one effects row; ``extra`` may name the source task, the strength or k."""
+            return {
+                **keys,
+                "task": extra.get("source", task.name),
+                "layer": layer,
+                "relative_depth": layer / n_layers,
+                "intervention": intervention,
+                "setting": setting,
+                "strength": extra.get("strength", np.nan),
+                "k": extra.get("k", 0),
+                "target_task": target,
+                "metric": metric,
+            }
+
         def record(intervention, setting, layer, metric, real, control, unit="examples", target=task.name, **extra):
             row_weights = weights if unit == "examples" else doc_weights
-            effect_rows.append(
-                {
-                    **keys,
-                    "task": extra.get("source", task.name),
-                    "layer": layer,
-                    "relative_depth": layer / n_layers,
-                    "intervention": intervention,
-                    "setting": setting,
-                    "strength": extra.get("strength", np.nan),
-                    "k": extra.get("k", 0),
-                    "target_task": target,
-                    "metric": metric,
-                    **paired_effect(real, control, row_weights, ci),
-                    "unit": unit,
-                    "status": "measured",
-                }
-            )
+            key = effect_key(intervention, setting, layer, metric, target, extra)
+            effect = paired_effect(real, control, row_weights, ci)
+            effect_rows.append(key | effect | {"unit": unit, "status": "measured"})
 
         def skipped(intervention, setting, layer, metric, target=task.name, **extra):
-            effect_rows.append(
-                {
-                    **keys,
-                    "task": extra.get("source", task.name),
-                    "layer": layer,
-                    "relative_depth": layer / n_layers,
-                    "intervention": intervention,
-                    "setting": setting,
-                    "strength": extra.get("strength", np.nan),
-                    "k": extra.get("k", 0),
-                    "target_task": target,
-                    "metric": metric,
-                    "unit": "examples",
-                    "status": "skipped: cannot do",
-                }
-            )
+            key = effect_key(intervention, setting, layer, metric, target, extra)
+            effect_rows.append(key | {"unit": "examples", "status": "skipped: cannot do"})
 
         def behavioural(intervention, setting, layer, real_logodds, control_logodds, target=task.name, **extra):
             """Margin lost and cross-fitted accuracy lost by the edit, real against control."""
